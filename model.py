@@ -1,0 +1,461 @@
+"""A compact GPT-2 with multi-stream attention (MSA): the model of Speculative Streaming.
+
+Paper: Bhendawade et al., "Speculative Streaming: Fast LLM Inference without Auxiliary Models",
+arXiv 2402.11131. Conventions (binding, see ../shared/docs/METHOD.md):
+  - main logits at position t predict x[t+1]; stream j (1..γ) at position t predicts x[t+1+j];
+  - blocks n_layer-n_msa_layers .. n_layer-1 are MSA blocks, the blocks below see the main stream only;
+  - only the main stream's keys/values are ever cached.
+"""
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from dataclasses import asdict, dataclass, fields
+
+import torch
+import torch.nn as nn
+from torch.nn import functional as F
+
+
+@dataclass
+class GPTConfig:
+    vocab_size: int = 50257
+    block_size: int = 256
+    n_layer: int = 6
+    n_head: int = 4
+    n_embd: int = 256
+    dropout: float = 0.0
+    bias: bool = True
+    n_streams: int = 0            # γ, the number of speculative streams (0 = plain GPT)
+    n_msa_layers: int = 0         # N_s, the top blocks that carry streams (1..n_layer when γ > 0)
+    lora_rank: int = 0            # LoRA rank r on attention and MLP projections (0 = off)
+    lora_alpha: float = 16.0      # LoRA scale is lora_alpha / lora_rank
+    stream_loss_weight: float = 0.1  # α_j of Eq. 5 (α_0 = 1)
+    prune_rank: int = 0           # rank of the early-exit pruning adapter (0 = no adapter)
+
+    def __post_init__(self):
+        def check(ok: bool, field: str, allowed: str):
+            if not ok:
+                raise ValueError(f"GPTConfig.{field}={getattr(self, field)!r} is invalid: it must be {allowed}")
+        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
+            check(isinstance(getattr(self, name), int) and getattr(self, name) >= 1, name, "an integer >= 1")
+        check(self.n_embd % self.n_head == 0, "n_embd", f"divisible by n_head={self.n_head}")
+        check(0.0 <= self.dropout < 1.0, "dropout", "in [0, 1)")
+        check(isinstance(self.n_streams, int) and self.n_streams >= 0, "n_streams", "an integer >= 0")
+        if self.n_streams > 0:
+            check(1 <= self.n_msa_layers <= self.n_layer, "n_msa_layers", f"in 1..n_layer={self.n_layer} when n_streams > 0")
+        else:
+            check(self.n_msa_layers == 0, "n_msa_layers", "0 when n_streams == 0")
+        check(isinstance(self.lora_rank, int) and self.lora_rank >= 0, "lora_rank", "an integer >= 0")
+        check(self.lora_alpha > 0, "lora_alpha", "> 0")
+        check(self.stream_loss_weight >= 0, "stream_loss_weight", ">= 0")
+        check(isinstance(self.prune_rank, int) and self.prune_rank >= 0, "prune_rank", "an integer >= 0")
+
+    @property
+    def first_msa_layer(self) -> int:
+        """Index N - N_s of the first MSA block (n_layer when there are no streams)."""
+        return self.n_layer - self.n_msa_layers
+
+
+class LoRALinear(nn.Linear):
+    """nn.Linear plus an optional low-rank update W + (alpha/r) B A; B starts at zero, so a fresh adapter is a no-op."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool, rank: int, alpha: float):
+        super().__init__(in_features, out_features, bias=bias)
+        self.rank, self.scale, self.merged = rank, alpha / max(rank, 1), False
+        if rank > 0:
+            self.lora_A = nn.Parameter(torch.randn(rank, in_features) / math.sqrt(in_features))
+            self.lora_B = nn.Parameter(torch.zeros(out_features, rank))
+
+    def forward(self, x):
+        y = F.linear(x, self.weight, self.bias)
+        if self.rank > 0 and not self.merged:
+            y = y + F.linear(F.linear(x, self.lora_A), self.lora_B) * self.scale
+        return y
+
+    @torch.no_grad()
+    def merge(self, merge: bool = True):
+        """Fold the low-rank update into the weight (merge=True) or take it back out (merge=False)."""
+        if self.rank == 0 or self.merged == merge:
+            return
+        delta = (self.lora_B @ self.lora_A) * self.scale
+        self.weight += delta if merge else -delta
+        self.merged = merge
+
+
+class KVCache:
+    """Main-stream keys/values of every block, preallocated: (B, nh, max_len, hs) per layer.
+
+    `length` entries are committed. A forward writes its T new entries at [length, length+T) ("pending");
+    `commit(keep)` moves the chosen pending entries right after the committed ones (cache compaction).
+    """
+
+    def __init__(self, config: GPTConfig, batch_size: int = 1, max_len: int | None = None,
+                 device=None, dtype=torch.float32):
+        max_len = max_len or config.block_size
+        hs = config.n_embd // config.n_head
+        shape = (batch_size, config.n_head, max_len, hs)
+        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
+        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
+        self.length = 0
+
+    def write(self, layer: int, k: torch.Tensor, v: torch.Tensor):
+        """Store T pending entries of one layer; return all keys/values a query may see: (B, nh, length+T, hs)."""
+        end = self.length + k.size(2)
+        if end > self.k[layer].size(2):
+            raise ValueError(f"KV cache overflow: {end} entries needed, {self.k[layer].size(2)} allocated")
+        self.k[layer][:, :, self.length:end] = k
+        self.v[layer][:, :, self.length:end] = v
+        return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
+
+    def select_pending(self, keep: torch.Tensor, layers: range):
+        """Keep only the pending entries `keep` (indices into the last forward's new rows) in `layers`."""
+        n = len(keep)
+        for layer in layers:
+            for buf in (self.k[layer], self.v[layer]):
+                buf[:, :, self.length:self.length + n] = buf[:, :, self.length + keep]
+
+    def commit(self, keep: torch.Tensor):
+        """Compaction after acceptance: the pending entries `keep` (in this order) become committed."""
+        self.select_pending(keep, range(len(self.k)))
+        self.length += len(keep)
+
+
+class CausalSelfAttention(nn.Module):
+    """Multi-head attention for the main stream and, in MSA blocks, for the γ streams (Eq. 1, Eq. 2)."""
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        r, a = config.lora_rank, config.lora_alpha
+        self.c_attn = LoRALinear(config.n_embd, 3 * config.n_embd, config.bias, r, a)
+        self.c_proj = LoRALinear(config.n_embd, config.n_embd, config.bias, r, a)
+        self.attn_dropout = nn.Dropout(config.dropout)
+        self.resid_dropout = nn.Dropout(config.dropout)
+        self.n_head, self.n_embd, self.dropout = config.n_head, config.n_embd, config.dropout
+
+    def heads(self, t: torch.Tensor) -> torch.Tensor:
+        return t.unflatten(-1, (self.n_head, -1)).movedim(-2, 1)  # (B, ..., C) -> (B, nh, ..., hs)
+
+    def forward(self, x, s=None, mask=None, cache=None, layer=0, stream_rows=None):
+        """x: (B, T, C) main stream; s: (B, T', γ, C) streams of the rows `stream_rows` of x (all rows if None);
+        mask: (T, L+T) bool, True = may attend (None = causal, empty cache). Returns the new x and s."""
+        B, T, C = x.size()
+        if mask is None and cache is not None and cache.length > 0:
+            raise ValueError("a forward on top of a non-empty KV cache needs an explicit attention mask")
+        q, k, v = map(self.heads, self.c_attn(x).split(C, dim=-1))  # (B, nh, T, hs)
+        if cache is not None:
+            k, v = cache.write(layer, k, v)  # (B, nh, L+T, hs): the cache, then the new rows
+        # Eq. 1: the main stream attends to main keys only (causal, or the tree mask on top of the cache)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None,
+                                           dropout_p=self.dropout if self.training else 0.0)
+        y = self.resid_dropout(self.c_proj(y.transpose(1, 2).reshape(B, T, C)))
+        if s is None:
+            return y, None
+        # Eq. 2: stream j at node t attends, in one softmax, to the main keys t may see plus streams 1..j of t
+        G = s.size(2)
+        qs, ks, vs = map(self.heads, self.c_attn(s).split(C, dim=-1))  # (B, nh, T, γ, hs)
+        scale = 1.0 / math.sqrt(qs.size(-1))
+        att_main = (qs.transpose(2, 3) @ k.unsqueeze(2).transpose(-2, -1)) * scale  # (B, nh, γ, T, L+T)
+        if mask is None:
+            mask = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
+        if stream_rows is not None:
+            mask = mask[stream_rows]  # a stream sees exactly the main keys its own node sees
+        att_main = att_main.masked_fill(~mask, float("-inf"))
+        att_self = (qs @ ks.transpose(-2, -1)) * scale  # (B, nh, T, γ, γ): same-node streams
+        stream_mask = torch.ones(G, G, dtype=torch.bool, device=x.device).tril()
+        att_self = att_self.masked_fill(~stream_mask, float("-inf")).transpose(2, 3)  # (B, nh, γ, T, γ)
+        att = F.softmax(torch.cat([att_main, att_self], dim=-1), dim=-1)
+        att = self.attn_dropout(att)
+        att_main, att_self = att.split([k.size(2), G], dim=-1)
+        ys = att_main @ v.unsqueeze(2)  # (B, nh, γ, T, hs)
+        ys = ys.transpose(2, 3) + att_self.transpose(2, 3) @ vs  # (B, nh, T, γ, hs)
+        ys = ys.movedim(1, -2).flatten(-2)  # (B, T, γ, C)
+        return y, self.resid_dropout(self.c_proj(ys))
+
+
+class MLP(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        r, a = config.lora_rank, config.lora_alpha
+        self.c_fc = LoRALinear(config.n_embd, 4 * config.n_embd, config.bias, r, a)
+        self.c_proj = LoRALinear(4 * config.n_embd, config.n_embd, config.bias, r, a)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x):
+        return self.dropout(self.c_proj(F.gelu(self.c_fc(x), approximate="tanh")))
+
+
+class Block(nn.Module):
+    """Pre-LayerNorm transformer block. Streams (if any) go through the very same weights as the main stream."""
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.attn = CausalSelfAttention(config)
+        self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.mlp = MLP(config)
+
+    def forward(self, x, s=None, mask=None, cache=None, layer=0, stream_rows=None):
+        ax, as_ = self.attn(self.ln_1(x), None if s is None else self.ln_1(s), mask, cache, layer, stream_rows)
+        x = x + ax
+        x = x + self.mlp(self.ln_2(x))
+        if s is not None:
+            s = s + as_
+            s = s + self.mlp(self.ln_2(s))
+        return x, s
+
+
+class PruneAdapter(nn.Module):
+    """Rank-r adapter o(h) = h + up(down(h)) for early-exit logits lm_head(ln_f(o(h))) used to prune the tree."""
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.down = nn.Linear(config.n_embd, config.prune_rank, bias=False)
+        self.up = nn.Linear(config.prune_rank, config.n_embd, bias=False)
+        nn.init.zeros_(self.up.weight)
+
+    def forward(self, h):
+        return h + self.up(self.down(h))
+
+
+@dataclass
+class GPTOutput:
+    logits: torch.Tensor                 # (B, T, V) main stream, predicts x[t+1]
+    stream_logits: torch.Tensor | None   # (B, T, γ, V), stream j predicts x[t+1+j]
+    loss: torch.Tensor | None = None     # Eq. 5
+    main_loss: torch.Tensor | None = None
+    stream_losses: torch.Tensor | None = None  # (γ,)
+
+
+class GPT(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.config = config
+        self.transformer = nn.ModuleDict(dict(
+            wte=nn.Embedding(config.vocab_size, config.n_embd),
+            wpe=nn.Embedding(config.block_size, config.n_embd),
+            drop=nn.Dropout(config.dropout),
+            h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
+            ln_f=nn.LayerNorm(config.n_embd, bias=config.bias),
+        ))
+        if config.n_streams > 0:  # P_j of Eq. 3, one learned vector per stream
+            self.transformer.stream_emb = nn.Parameter(torch.zeros(config.n_streams, config.n_embd))
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.transformer.wte.weight = self.lm_head.weight  # weight tying
+        if config.prune_rank > 0:
+            self.prune_adapter = PruneAdapter(config)
+        self.apply(self._init_weights)
+        for name, p in self.named_parameters():
+            if name.endswith("c_proj.weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+            elif name == "transformer.stream_emb":
+                nn.init.normal_(p, mean=0.0, std=0.02)
+            elif name == "prune_adapter.up.weight":
+                nn.init.zeros_(p)  # a fresh adapter is the identity: plain early exit ("logit lens")
+
+    def _init_weights(self, module):
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    # ---- the three pieces of a forward pass, shared by training and inference ----
+
+    def embed(self, idx: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        """Token + position embeddings. idx: (B, T), pos: (T,) -> (B, T, C)."""
+        if int(pos.max()) >= self.config.block_size:
+            raise ValueError(f"position {int(pos.max())} is past block_size={self.config.block_size}")
+        return self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
+
+    def lower(self, x: torch.Tensor, mask=None, cache: KVCache | None = None) -> torch.Tensor:
+        """Blocks 0 .. N-N_s-1, main stream only. Returns the hidden state at the input of block N-N_s."""
+        for layer in range(self.config.first_msa_layer):
+            x, _ = self.transformer.h[layer](x, None, mask, cache, layer)
+        return x
+
+    def upper(self, x: torch.Tensor, mask=None, cache: KVCache | None = None, stream_rows=None):
+        """MSA blocks N-N_s .. N-1 and the final LayerNorm. Streams are attached to the rows `stream_rows`
+        of x (all rows when None). Returns normalised main states (B, T, C) and stream states (B, T', γ, C)."""
+        s = None
+        if self.config.n_streams > 0:
+            rows = x if stream_rows is None else x[:, stream_rows]
+            s = rows.unsqueeze(2) + self.transformer.stream_emb  # Eq. 3 (f = identity): S_j = M + P_j
+        for layer in range(self.config.first_msa_layer, self.config.n_layer):
+            x, s = self.transformer.h[layer](x, s, mask, cache, layer, stream_rows)
+        return self.transformer.ln_f(x), None if s is None else self.transformer.ln_f(s)
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None,
+                loss_mask: torch.Tensor | None = None) -> GPTOutput:
+        """Full-sequence forward (training). idx, targets: (B, T) with targets[:, t] = x[t+1] (-1 = ignore);
+        loss_mask: (B, T) bool, False where targets[:, t] must not be learned (prompt tokens)."""
+        B, T = idx.size()
+        if T > self.config.block_size:
+            raise ValueError(f"sequence of length {T} is longer than block_size={self.config.block_size}")
+        pos = torch.arange(T, device=idx.device)
+        main, streams = self.upper(self.lower(self.embed(idx, pos)))
+        logits = self.lm_head(main)
+        stream_logits = None if streams is None else self.lm_head(streams)  # (B, T, γ, V)
+        out = GPTOutput(logits, stream_logits)
+        if targets is not None:
+            out.loss, out.main_loss, out.stream_losses = self.loss(logits, stream_logits, targets, loss_mask)
+        return out
+
+    def loss(self, logits, stream_logits, targets, loss_mask=None):
+        """Eq. 5: L = CE(main_t, x[t+1]) + sum_j α_j CE(stream_{t,j}, x[t+1+j]). Returns (L, main CE, (γ,) stream CEs).
+        targets[:, t] = x[t+1]; stream j at t is scored against targets[:, t+j]; past the end or masked = ignored."""
+        if loss_mask is not None:
+            targets = targets.masked_fill(~loss_mask.bool(), -1)
+        main_loss = cross_entropy(logits, targets)
+        if stream_logits is None:
+            return main_loss, main_loss, None
+        stream_losses = torch.stack([
+            cross_entropy(stream_logits[:, :, j - 1], F.pad(targets[:, j:], (0, j), value=-1))  # x[t+1+j]
+            for j in range(1, stream_logits.size(2) + 1)])
+        return main_loss + self.config.stream_loss_weight * stream_losses.sum(), main_loss, stream_losses
+
+    # ---- inference on top of a KV cache ----
+
+    def forward_nodes(self, idx: torch.Tensor, pos: torch.Tensor, mask: torch.Tensor, cache: KVCache,
+                      stream_rows=None):
+        """Forward new nodes (a prompt, one token, or a flattened tree) on top of the cache, all layers.
+        idx: (B, T); pos: (T,); mask: (T, L+T) bool over [cache + new nodes]. Returns main logits (B, T, V)
+        and stream states (B, T', γ, C) (apply `lm_head` only where needed). Entries stay pending in the cache."""
+        h = self.lower(self.embed(idx, pos), mask, cache)
+        main, streams = self.upper(h, mask, cache, stream_rows)
+        return self.lm_head(main), streams
+
+    def early_exit_logits(self, h: torch.Tensor) -> torch.Tensor:
+        """Pruning logits z~ = lm_head(ln_f(o(h))) from the hidden state h at the input of block N-N_s."""
+        return self.lm_head(self.transformer.ln_f(self.prune_adapter(h)))
+
+    # ---- LoRA, parameters, checkpoints ----
+
+    def lora_layers(self) -> list[LoRALinear]:
+        return [m for m in self.modules() if isinstance(m, LoRALinear) and m.rank > 0]
+
+    def merge_lora(self, merge: bool = True):
+        for m in self.lora_layers():
+            m.merge(merge)
+
+    def freeze_base(self):
+        """Train only LoRA tensors, stream embeddings and the pruning adapter; freeze everything else."""
+        for name, p in self.named_parameters():
+            p.requires_grad = ("lora_" in name) or name == "transformer.stream_emb" or name.startswith("prune_adapter.")
+
+    def parameter_counts(self) -> dict[str, int]:
+        """Base, LoRA, stream-embedding and adapter parameters, and what 4 Medusa heads would cost here."""
+        c, counts = self.config, dict(base=0, lora=0, stream_emb=0, prune_adapter=0)
+        for name, p in self.named_parameters():  # tied wte/lm_head is counted once
+            kind = ("lora" if "lora_" in name else "stream_emb" if name == "transformer.stream_emb"
+                    else "prune_adapter" if name.startswith("prune_adapter.") else "base")
+            counts[kind] += p.numel()
+        counts["medusa_4_heads"] = medusa_head_params(c.n_embd, c.vocab_size, 4)
+        return counts
+
+    def save_checkpoint(self, path: str, **extra):
+        """Config + weights (+ any extra picklable-free items) written atomically: temp file, then rename."""
+        save_atomic(dict(config=asdict(self.config), model=self.state_dict(), **extra), path)
+
+    @classmethod
+    def from_checkpoint(cls, path: str, map_location="cpu") -> GPT:
+        ckpt = load_checkpoint(path, map_location)
+        if "config" not in ckpt or "model" not in ckpt:
+            raise ValueError(f"{path} is not a specstream checkpoint (needs 'config' and 'model' entries)")
+        model = cls(config_from_dict(ckpt["config"], path))
+        load_weights(model, ckpt["model"], path)
+        return model
+
+    @classmethod
+    def from_hf_gpt2(cls, local_dir: str, n_streams: int = 0, n_msa_layers: int = 0, **overrides) -> GPT:
+        """Load a Hugging Face GPT-2 checkpoint (config.json + model.safetensors or pytorch_model.bin) from a
+        local directory, optionally adding streams (new stream embeddings are freshly initialised)."""
+        import json
+        with open(os.path.join(local_dir, "config.json")) as f:
+            hf = json.load(f)
+        config = GPTConfig(vocab_size=hf["vocab_size"], block_size=hf["n_positions"], n_layer=hf["n_layer"],
+                           n_head=hf["n_head"], n_embd=hf["n_embd"], bias=True, n_streams=n_streams,
+                           n_msa_layers=n_msa_layers, **overrides)
+        st, bin_ = os.path.join(local_dir, "model.safetensors"), os.path.join(local_dir, "pytorch_model.bin")
+        if os.path.exists(st):
+            from safetensors.torch import load_file
+            hf_sd = load_file(st)
+        elif os.path.exists(bin_):
+            hf_sd = torch.load(bin_, map_location="cpu", weights_only=True)
+        else:
+            raise FileNotFoundError(f"{local_dir} has neither model.safetensors nor pytorch_model.bin")
+        hf_sd = {k.removeprefix("transformer."): v for k, v in hf_sd.items()}
+        model = cls(config)
+        sd = model.state_dict()
+        with torch.no_grad():
+            for name, p in sd.items():
+                key = name.removeprefix("transformer.")
+                if "lora_" in name or name.startswith("prune_adapter.") or key == "stream_emb":
+                    continue  # new parameters: keep their initialisation
+                src = hf_sd["wte.weight"] if name == "lm_head.weight" else hf_sd[key]
+                if key.endswith(("c_attn.weight", "c_proj.weight", "c_fc.weight")):
+                    src = src.t()  # HF GPT-2 stores these as Conv1D: (in, out)
+                p.copy_(src)
+        return model
+
+
+def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean CE over targets != -1 (0 when there are none, instead of NaN)."""
+    total = F.cross_entropy(logits.flatten(0, -2), targets.flatten(), ignore_index=-1, reduction="sum")
+    return total / (targets != -1).sum().clamp(min=1)
+
+
+def medusa_head_params(n_embd: int, vocab_size: int, n_heads: int = 4) -> int:
+    """Medusa heads: a ResBlock (d x d weight + bias) plus an own LM head (d x V) each."""
+    return n_heads * (n_embd * n_embd + n_embd + n_embd * vocab_size)
+
+
+def save_atomic(obj, path: str):
+    """torch.save to a temporary file in the same folder, then rename: a crash never leaves half a file."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".pt")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def load_checkpoint(path: str, map_location="cpu") -> dict:
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"checkpoint {path} does not exist: train one first (e.g. python train_toy.py)")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:
+        raise ValueError(f"checkpoint {path} is corrupt or not a torch file ({type(e).__name__}: {e}); "
+                         f"delete it and train again") from e
+    if not isinstance(ckpt, dict):
+        raise ValueError(f"checkpoint {path} holds a {type(ckpt).__name__}, expected a dict")
+    return ckpt
+
+
+def config_from_dict(d: dict, source: str = "checkpoint") -> GPTConfig:
+    known = {f.name for f in fields(GPTConfig)}
+    unknown = set(d) - known
+    if unknown:
+        raise ValueError(f"{source}: unknown config fields {sorted(unknown)}; was it written by another version?")
+    return GPTConfig(**d)
+
+
+def load_weights(model: nn.Module, state_dict: dict, source: str = "checkpoint"):
+    """load_state_dict with an error that lists what is missing, unexpected or of the wrong shape."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(own))
+    shapes = [f"{k}: {tuple(state_dict[k].shape)} vs model {tuple(own[k].shape)}"
+              for k in own if k in state_dict and state_dict[k].shape != own[k].shape]
+    if missing or unexpected or shapes:
+        raise ValueError(f"{source} does not match the model: missing {missing[:5]}, unexpected {unexpected[:5]}, "
+                         f"shape mismatches {shapes[:5]}")
+    model.load_state_dict(state_dict)
