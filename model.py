@@ -98,7 +98,8 @@ class KVCache:
         shape = (batch_size, config.n_head, max_len, hs)
         self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
         self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
-        self.length = 0
+        self.length = 0   # committed entries
+        self.pending = 0  # entries written by the last forward, not committed yet
 
     def write(self, layer: int, k: torch.Tensor, v: torch.Tensor):
         """Store T pending entries of one layer; return all keys/values a query may see: (B, nh, length+T, hs)."""
@@ -107,6 +108,7 @@ class KVCache:
             raise ValueError(f"KV cache overflow: {end} entries needed, {self.k[layer].size(2)} allocated")
         self.k[layer][:, :, self.length:end] = k
         self.v[layer][:, :, self.length:end] = v
+        self.pending = k.size(2)
         return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
 
     def select_pending(self, keep: torch.Tensor, layers: range):
@@ -116,10 +118,14 @@ class KVCache:
             for buf in (self.k[layer], self.v[layer]):
                 buf[:, :, self.length:self.length + n] = buf[:, :, self.length + keep]
 
-    def commit(self, keep: torch.Tensor):
-        """Compaction after acceptance: the pending entries `keep` (in this order) become committed."""
-        self.select_pending(keep, range(len(self.k)))
-        self.length += len(keep)
+    def commit(self, keep: torch.Tensor | None = None):
+        """Compaction after acceptance: the pending entries `keep` (in this order; None = all) become committed."""
+        if keep is None:
+            self.length += self.pending
+        else:
+            self.select_pending(keep, range(len(self.k)))
+            self.length += len(keep)
+        self.pending = 0
 
 
 class CausalSelfAttention(nn.Module):
@@ -280,11 +286,11 @@ class GPT(nn.Module):
         """MSA blocks N-N_s .. N-1 and the final LayerNorm. Streams are attached to the rows `stream_rows`
         of x (all rows when None). Returns normalised main states (B, T, C) and stream states (B, T', γ, C)."""
         s = None
-        if self.config.n_streams > 0:
+        if self.config.n_streams > 0 and (stream_rows is None or len(stream_rows) > 0):
             rows = x if stream_rows is None else x[:, stream_rows]
             s = rows.unsqueeze(2) + self.transformer.stream_emb  # Eq. 3 (f = identity): S_j = M + P_j
         for layer in range(self.config.first_msa_layer, self.config.n_layer):
-            x, s = self.transformer.h[layer](x, s, mask, cache, layer, stream_rows)
+            x, s = self.transformer.h[layer](x, s, mask, cache, layer, None if s is None else stream_rows)
         return self.transformer.ln_f(x), None if s is None else self.transformer.ln_f(s)
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None,

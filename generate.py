@@ -1,0 +1,214 @@
+"""Decoding loops: the KV-cached greedy baseline and Speculative Streaming (METHOD.md §5-6).
+
+Both return a `GenerationResult`. Metric conventions (METHOD.md §6):
+  - forward_calls counts every call of the model, prefill included;
+  - step_tokens[0] is the first root, committed by the prefill; step_tokens[i] (i >= 1) are the tokens
+    committed by decode call i: the accepted drafts plus the new root ("bonus" token), so an accepted
+    length counts the root;
+  - acceptance rate at depth j = depth_accepted[j-1] / depth_attempted[j-1], i.e. P(depth j accepted |
+    depth j-1 accepted).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+from torch.nn import functional as F
+
+from model import GPT, KVCache
+from tree import Tree, draft_tree, position_ids, prune_tree, subtree, tree_attention_mask, verify_greedy
+
+
+@dataclass
+class StepTrace:
+    """One decode call, kept with trace=True (for notebooks and reference traces)."""
+    drafted: Tree            # the tree as drafted from the streams
+    kept: list[int]          # indices of the drafted nodes that survived pruning
+    tree: Tree               # the tree that went through the MSA layers (drafted[kept])
+    cache_len: int           # committed cache entries before this call
+    mask: torch.Tensor       # (n, cache_len + n) tree attention mask used for `tree`
+    main_argmax: list[int]   # main-stream argmax at each node of `tree`
+    path: list[int]          # accepted path, indices into `tree`, root first
+    committed: list[int]     # tokens committed by this call (after EOS / max_new_tokens truncation)
+
+
+@dataclass
+class GenerationResult:
+    tokens: list[int] = field(default_factory=list)            # new tokens only
+    step_tokens: list[list[int]] = field(default_factory=list)  # tokens committed by each forward call
+    forward_calls: int = 0
+    depth_attempted: list[int] = field(default_factory=list)   # per depth j = 1..γ
+    depth_accepted: list[int] = field(default_factory=list)
+    tree_sizes: list[int] = field(default_factory=list)        # drafted nodes per decode call
+    pruned_tree_sizes: list[int] = field(default_factory=list)  # nodes left after pruning
+    wall_time: float = 0.0
+    trace: list[StepTrace] | None = None
+
+    @property
+    def accepted_lengths(self) -> list[int]:
+        """Tokens committed per decode call (root/bonus token included), prefill excluded."""
+        return [len(s) for s in self.step_tokens[1:]]
+
+    @property
+    def tokens_per_call(self) -> float:
+        """Mean accepted length τ (root/bonus token included) over decode calls."""
+        lengths = self.accepted_lengths
+        return sum(lengths) / len(lengths) if lengths else float("nan")
+
+    @property
+    def acceptance_rates(self) -> list[float]:
+        return [a / t if t else float("nan") for a, t in zip(self.depth_accepted, self.depth_attempted)]
+
+
+def check_prompt(model: GPT, prompt_ids, max_new_tokens: int) -> torch.Tensor:
+    """Validate a prompt (list of ints or 1-D LongTensor) and return it as a (1, P) tensor on the model's device."""
+    if isinstance(prompt_ids, torch.Tensor):
+        if prompt_ids.dim() != 1 or prompt_ids.dtype not in (torch.long, torch.int, torch.int32, torch.int16):
+            raise TypeError(f"prompt_ids must be a 1-D integer tensor, got shape {tuple(prompt_ids.shape)} "
+                            f"and dtype {prompt_ids.dtype}")
+        prompt_ids = prompt_ids.tolist()
+    if not all(isinstance(t, int) and not isinstance(t, bool) for t in prompt_ids):
+        raise TypeError("prompt_ids must be integers (token ids); tokenize the text first")
+    cfg = model.config
+    if len(prompt_ids) == 0:
+        raise ValueError("the prompt is empty: give at least one token (e.g. an EOS/BOS id)")
+    bad = [t for t in prompt_ids if not 0 <= t < cfg.vocab_size]
+    if bad:
+        raise ValueError(f"prompt token ids {bad[:5]} are outside the vocabulary [0, {cfg.vocab_size})")
+    if not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens={max_new_tokens!r} must be an integer >= 0")
+    if len(prompt_ids) + max_new_tokens - 1 > cfg.block_size:
+        raise ValueError(f"prompt of {len(prompt_ids)} tokens + max_new_tokens={max_new_tokens} needs "
+                         f"{len(prompt_ids) + max_new_tokens - 1} positions but block_size={cfg.block_size}: "
+                         f"shorten the prompt or lower max_new_tokens")
+    device = next(model.parameters()).device
+    return torch.tensor([prompt_ids], dtype=torch.long, device=device)
+
+
+def commit_tokens(result: GenerationResult, new: list[int], max_new_tokens: int, eos_id: int | None) -> bool:
+    """Append the tokens of one call, truncated at EOS (kept) and at max_new_tokens. Returns True when done."""
+    new = new[:max_new_tokens - len(result.tokens)]
+    if eos_id is not None and eos_id in new:
+        new = new[:new.index(eos_id) + 1]
+    result.tokens += new
+    result.step_tokens.append(new)
+    return len(result.tokens) >= max_new_tokens or (eos_id is not None and new[-1:] == [eos_id])
+
+
+def new_cache(model: GPT, prompt: torch.Tensor, max_new_tokens: int, max_pending: int = 1) -> KVCache:
+    """A cache with room for the prompt, the output and the pending entries of one forward (a whole tree)."""
+    p = next(model.parameters())
+    return KVCache(model.config, 1, prompt.size(1) + max_new_tokens + max_pending, p.device, p.dtype)
+
+
+def causal_mask(n: int, device) -> torch.Tensor:
+    return torch.ones(n, n, dtype=torch.bool, device=device).tril()
+
+
+@torch.inference_mode()
+def generate_autoregressive(model: GPT, prompt_ids, max_new_tokens: int, eos_id: int | None = None) -> GenerationResult:
+    """Plain greedy decoding over the KV cache: one forward call per token (the first one is the prefill)."""
+    prompt = check_prompt(model, prompt_ids, max_new_tokens)
+    result, start = GenerationResult(), time.perf_counter()
+    if max_new_tokens > 0:
+        P, device = prompt.size(1), prompt.device
+        cache = new_cache(model, prompt, max_new_tokens)
+        logits, _ = model.forward_nodes(prompt, torch.arange(P, device=device), causal_mask(P, device), cache,
+                                        stream_rows=torch.empty(0, dtype=torch.long))
+        cache.commit()
+        result.forward_calls = 1
+        one = torch.ones(1, 1, dtype=torch.bool, device=device)
+        while not commit_tokens(result, [int(logits[0, -1].argmax())], max_new_tokens, eos_id):
+            token = torch.tensor([[result.tokens[-1]]], device=device)
+            mask = one.expand(1, cache.length + 1)
+            logits, _ = model.forward_nodes(token, torch.tensor([cache.length], device=device), mask, cache,
+                                            stream_rows=torch.empty(0, dtype=torch.long))
+            cache.commit()
+            result.forward_calls += 1
+    result.wall_time = time.perf_counter() - start
+    return result
+
+
+def stream_topk(model: GPT, stream_states: torch.Tensor, depth: int, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-k tokens and probabilities of streams 1..depth at one node. stream_states: (γ, C) -> (depth, k) each."""
+    probs = F.softmax(model.lm_head(stream_states[:depth]).float(), dim=-1)
+    top = probs.topk(k, dim=-1)
+    return top.indices, top.values
+
+
+@torch.inference_mode()
+def generate_speculative(model: GPT, prompt_ids, max_new_tokens: int, gamma: int | None = None, k: int = 1,
+                         tree_cap: int | None = None, prune_threshold: float | None = None,
+                         eos_id: int | None = None, trace: bool = False) -> GenerationResult:
+    """Greedy Speculative Streaming: each forward call verifies the previous tree with the main stream and
+    drafts the next tree from the streams of the last accepted node. Output == greedy autoregressive output."""
+    cfg = model.config
+    gamma = cfg.n_streams if gamma is None else gamma
+    if cfg.n_streams == 0:
+        raise ValueError("the model has no streams (n_streams=0): use generate_autoregressive or train streams")
+    if not isinstance(gamma, int) or not 1 <= gamma <= cfg.n_streams:
+        raise ValueError(f"gamma={gamma!r} must be an integer in 1..{cfg.n_streams} (the model's n_streams)")
+    if not isinstance(k, int) or not 1 <= k <= cfg.vocab_size:
+        raise ValueError(f"k={k!r} must be an integer in 1..vocab_size={cfg.vocab_size}")
+    if tree_cap is not None and (not isinstance(tree_cap, int) or tree_cap < 1):
+        raise ValueError(f"tree_cap={tree_cap!r} must be None or an integer >= 1")
+    if prune_threshold is not None:
+        if not 0.0 <= prune_threshold < 1.0:
+            raise ValueError(f"prune_threshold={prune_threshold!r} must be in [0, 1)")
+        if cfg.prune_rank == 0:
+            raise ValueError("prune_threshold needs a pruning adapter: build the model with prune_rank > 0 and "
+                             "train it (see train_toy.py)")
+    prompt = check_prompt(model, prompt_ids, max_new_tokens)
+    result, start = GenerationResult(trace=[] if trace else None), time.perf_counter()
+    result.depth_attempted, result.depth_accepted = [0] * gamma, [0] * gamma
+    if max_new_tokens == 0:
+        return result
+    P, device = prompt.size(1), prompt.device
+    full_size = sum(k ** d for d in range(gamma + 1))
+    cache = new_cache(model, prompt, max_new_tokens, full_size if tree_cap is None else min(tree_cap, full_size))
+    lower_layers = range(cfg.first_msa_layer)
+
+    # prefill: main stream over the prompt, streams only at its last position
+    logits, streams = model.forward_nodes(prompt, torch.arange(P, device=device), causal_mask(P, device), cache,
+                                          stream_rows=torch.tensor([P - 1], device=device))
+    cache.commit()
+    result.forward_calls = 1
+    root, streams = int(logits[0, -1].argmax()), streams[0, 0]  # streams: (γ, C)
+    done = commit_tokens(result, [root], max_new_tokens, eos_id)
+
+    while not done:
+        # draft: depth j from stream j of the last accepted node; never draft past max_new_tokens
+        depth = min(gamma, max_new_tokens - len(result.tokens) - 1)
+        drafted = draft_tree(root, *stream_topk(model, streams, depth, k), cap=tree_cap)
+        tree, L = drafted, cache.length
+        mask = tree_attention_mask(tree, L)
+        h = model.lower(model.embed(tree.tokens[None], position_ids(tree, L)), mask, cache)  # (1, n, C)
+        kept = torch.arange(len(tree), device=device)
+        if prune_threshold is not None and len(tree) > 1:
+            kept = prune_tree(tree, F.softmax(model.early_exit_logits(h[0]).float(), dim=-1), prune_threshold)
+            if len(kept) < len(tree):  # drop pruned nodes' lower-layer keys/values too
+                cache.select_pending(kept, lower_layers)
+                tree, h = subtree(tree, kept), h[:, kept]
+                mask = tree_attention_mask(tree, L)
+        main, streams = model.upper(h, mask, cache)  # MSA layers, γ streams on every surviving node
+        main_argmax = model.lm_head(main[0]).argmax(dim=-1)  # (n,) verification needs only the main stream
+        result.forward_calls += 1
+
+        path = verify_greedy(tree, main_argmax)  # root first
+        cache.commit(torch.tensor(path, device=device))
+        accepted_depth = len(path) - 1
+        drafted_depth = int(drafted.depths.max())
+        for j in range(1, drafted_depth + 1):
+            result.depth_attempted[j - 1] += accepted_depth >= j - 1
+            result.depth_accepted[j - 1] += accepted_depth >= j
+        result.tree_sizes.append(len(drafted))
+        result.pruned_tree_sizes.append(len(tree))
+
+        root, streams = int(main_argmax[path[-1]]), streams[0, path[-1]]
+        done = commit_tokens(result, tree.tokens[path[1:]].tolist() + [root], max_new_tokens, eos_id)
+        if trace:
+            result.trace.append(StepTrace(drafted, kept.tolist(), tree, L, mask, main_argmax.tolist(), path,
+                                          result.step_tokens[-1]))
+    result.wall_time = time.perf_counter() - start
+    return result
