@@ -1,0 +1,239 @@
+"""Benchmarks: tokens per call, CR ratio, per-depth acceptance and wall-time speedup of Speculative Streaming
+over the KV-cached greedy loop. Never a test: run it yourself and read the tables.
+
+    python bench.py speed          # a few (γ, k, pruning) settings on the toy model (train_toy.py first)
+    python bench.py toy            # the γ study: acceptance vs γ, speedup and CR vs γ per k, speedup vs tree
+                                   # size with and without pruning; writes results/toy/ (JSON, Markdown, PNGs)
+
+Method: one process, fixed thread count, batch 1, greedy. For every setting, each prompt is decoded by the
+autoregressive loop and by the speculative loop back to back (interleaved), after a warm-up; this repeats
+`--repeats` times and the speedup is median(total AR time) / median(total SS time). Every speculative output
+is checked to equal the autoregressive one.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+
+import torch
+
+from generate import generate_autoregressive, generate_speculative
+from model import GPT
+
+
+def measure(model: GPT, prompts: list[list[int]], max_new_tokens: int, eos_id: int | None, repeats: int,
+            **ss_kwargs) -> dict:
+    """AR vs SS on the same prompts, interleaved. Returns speedup, CR, tokens per call, acceptance, tree sizes."""
+    for prompt in prompts[:2]:  # warm-up
+        generate_autoregressive(model, prompt, max_new_tokens, eos_id)
+        generate_speculative(model, prompt, max_new_tokens, eos_id=eos_id, **ss_kwargs)
+    ar_totals, ss_totals = [], []
+    for _ in range(repeats):
+        ar_time = ss_time = 0.0
+        ar_calls = ss_calls = 0
+        lengths, attempted, accepted, drafted, kept = [], None, None, [], []
+        for prompt in prompts:
+            ar = generate_autoregressive(model, prompt, max_new_tokens, eos_id)
+            ss = generate_speculative(model, prompt, max_new_tokens, eos_id=eos_id, **ss_kwargs)
+            if ss.tokens != ar.tokens:
+                raise AssertionError(f"speculative output differs from greedy for prompt {prompt} ({ss_kwargs})")
+            ar_time, ss_time = ar_time + ar.wall_time, ss_time + ss.wall_time
+            ar_calls, ss_calls = ar_calls + ar.forward_calls, ss_calls + ss.forward_calls
+            lengths += ss.accepted_lengths
+            attempted = ss.depth_attempted if attempted is None else [a + b for a, b in zip(attempted, ss.depth_attempted)]
+            accepted = ss.depth_accepted if accepted is None else [a + b for a, b in zip(accepted, ss.depth_accepted)]
+            drafted += ss.tree_sizes
+            kept += ss.pruned_tree_sizes
+        ar_totals.append(ar_time)
+        ss_totals.append(ss_time)
+    return dict(
+        speedup=statistics.median(ar_totals) / statistics.median(ss_totals),
+        cr_ratio=ar_calls / ss_calls,
+        tokens_per_call=sum(lengths) / max(len(lengths), 1),
+        acceptance=[a / t if t else None for a, t in zip(accepted, attempted)],
+        tree_size=sum(drafted) / max(len(drafted), 1),
+        tree_size_after_pruning=sum(kept) / max(len(kept), 1),
+        ar_ms_per_token=1000 * statistics.median(ar_totals) / ar_calls,
+        ar_time=statistics.median(ar_totals), ss_time=statistics.median(ss_totals),
+    )
+
+
+def fmt(x, digits=2):
+    return "-" if x is None else f"{x:.{digits}f}"
+
+
+def load_toy(args):
+    from train_toy import ToyData
+    path = os.path.join(args.toy_dir, f"ss_gamma{args.toy_gamma}_pruned.pt")
+    if not os.path.exists(path):
+        raise SystemExit(f"{path} not found: run `python train_toy.py --out-dir {args.toy_dir}` first (or make demo)")
+    model = GPT.from_checkpoint(path).eval()
+    data = ToyData(args.n_stories, args.seed)
+    return model, data, data.prompts(args.prompts)
+
+
+def run_speed(args):
+    model, data, prompts = load_toy(args)
+    settings = [dict(k=1), dict(k=2, tree_cap=8), dict(k=2, tree_cap=16), dict(k=2, tree_cap=16, prune_threshold=0.05),
+                dict(k=3, tree_cap=24, prune_threshold=0.05)]
+    print(f"toy model ({args.toy_dir}), {len(prompts)} prompts, max {args.max_new_tokens} new tokens, "
+          f"{torch.get_num_threads()} threads, median of {args.repeats}")
+    print(f"{'γ':>2} {'k':>2} {'cap':>4} {'prune':>6} | {'tok/call':>8} {'CR':>5} {'speedup':>7} | tree (pruned)")
+    for gamma in sorted({1, 2, 4, model.config.n_streams}):
+        for s in settings:
+            r = measure(model, prompts, args.max_new_tokens, data.eos_id, args.repeats, gamma=gamma, **s)
+            print(f"{gamma:>2} {s['k']:>2} {s.get('tree_cap') or '-':>4} {s.get('prune_threshold') or '-':>6} | "
+                  f"{r['tokens_per_call']:8.2f} {r['cr_ratio']:5.2f} {r['speedup']:6.2f}x | "
+                  f"{r['tree_size']:.1f} ({r['tree_size_after_pruning']:.1f})")
+
+
+def separately_trained(args, gamma: int) -> GPT:
+    """The toy model fine-tuned with exactly `gamma` streams (same base, same budget); trained if missing."""
+    path = os.path.join(args.toy_dir, f"ss_gamma{gamma}_pruned.pt")
+    if not os.path.exists(path):
+        from train_toy import parser, train_pipeline
+        print(f"training a toy model with γ={gamma} streams (base reused from {args.toy_dir})")
+        train_pipeline(parser().parse_args(["--out-dir", args.toy_dir, "--gamma", str(gamma),
+                                            "--seed", str(args.seed), "--n-stories", str(args.n_stories)]))
+    return GPT.from_checkpoint(path).eval()
+
+
+def run_toy(args):
+    """The γ study on the toy task: writes results/toy/{results.json, results.md, *.png}."""
+    model, data, prompts = load_toy(args)
+    G, cap = model.config.n_streams, args.tree_cap
+    run = lambda m, **kw: measure(m, prompts, args.max_new_tokens, data.eos_id, args.repeats, **kw)
+    results = dict(setup=dict(prompts=len(prompts), max_new_tokens=args.max_new_tokens, repeats=args.repeats,
+                              threads=torch.get_num_threads(), tree_cap=cap, model_gamma=G,
+                              config=vars(model.config)),
+                   grid=[], separate=[], tree_size=[])
+    print(f"(1) one model trained with γ={G} streams, used at γ = 1..{G}, k = 1..4 (trees capped at {cap} nodes)")
+    for gamma in range(1, G + 1):
+        for k in range(1, 5):
+            r = run(model, gamma=gamma, k=k, tree_cap=cap)
+            results["grid"].append(dict(gamma=gamma, k=k, **r))
+            print(f"  γ={gamma} k={k}: tokens/call {r['tokens_per_call']:.2f}  CR {r['cr_ratio']:.2f}  "
+                  f"speedup {r['speedup']:.2f}x  acceptance " + " ".join(fmt(a) for a in r["acceptance"]))
+    print("(2) models trained separately with exactly γ streams, k = 1")
+    for gamma in args.separate:
+        r = run(model if gamma == G else separately_trained(args, gamma), gamma=gamma, k=1)
+        results["separate"].append(dict(gamma=gamma, k=1, **r))
+        print(f"  γ={gamma}: tokens/call {r['tokens_per_call']:.2f}  CR {r['cr_ratio']:.2f}  speedup {r['speedup']:.2f}x")
+    print(f"(3) tree size: γ={G}, k=3, capped trees, pruning off / threshold {args.prune_threshold}")
+    for tree_cap in (2, 4, 8, 16, 32, 64, 128):
+        for prune in (None, args.prune_threshold):
+            r = run(model, gamma=G, k=3, tree_cap=tree_cap, prune_threshold=prune)
+            results["tree_size"].append(dict(tree_cap=tree_cap, prune_threshold=prune, **r))
+            print(f"  cap {tree_cap:>3} prune {prune or '-'}: nodes {r['tree_size']:.1f} -> {r['tree_size_after_pruning']:.1f}"
+                  f"  CR {r['cr_ratio']:.2f}  speedup {r['speedup']:.2f}x")
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "results.json"), "w") as f:
+        json.dump(results, f, indent=1)
+    write_toy_markdown(results, os.path.join(args.out, "results.md"))
+    plot_toy(results, args.out)
+    print(f"wrote {args.out}/results.json, results.md and plots")
+
+
+def write_toy_markdown(results: dict, path: str):
+    s = results["setup"]
+    lines = [f"# Toy task: Speculative Streaming vs greedy autoregressive decoding\n",
+             f"Command: `python bench.py toy` — {s['prompts']} held-out prompts, up to {s['max_new_tokens']} new tokens, "
+             f"batch 1, greedy, {s['threads']} thread(s), median of {s['repeats']} interleaved runs. "
+             f"Tokens per call counts the root/bonus token. Trees capped at {s['tree_cap']} nodes.\n",
+             f"## One model trained with γ={s['model_gamma']}, used at smaller γ\n",
+             "| γ | k | tokens/call | CR | speedup | acceptance at depth 1..γ |", "|---|---|---|---|---|---|"]
+    for r in results["grid"]:
+        lines.append(f"| {r['gamma']} | {r['k']} | {r['tokens_per_call']:.2f} | {r['cr_ratio']:.2f} | "
+                     f"{r['speedup']:.2f}x | {' '.join(fmt(a) for a in r['acceptance'])} |")
+    lines += ["\n## Models trained separately with exactly γ streams (k = 1)\n",
+              "| γ | tokens/call | CR | speedup | acceptance at depth 1..γ |", "|---|---|---|---|---|"]
+    for r in results["separate"]:
+        lines.append(f"| {r['gamma']} | {r['tokens_per_call']:.2f} | {r['cr_ratio']:.2f} | {r['speedup']:.2f}x | "
+                     f"{' '.join(fmt(a) for a in r['acceptance'])} |")
+    lines += ["\n## Tree size, with and without pruning (γ = model's, k = 3)\n",
+              "| cap | prune threshold | nodes drafted | nodes after pruning | tokens/call | CR | speedup |",
+              "|---|---|---|---|---|---|---|"]
+    for r in results["tree_size"]:
+        lines.append(f"| {r['tree_cap']} | {r['prune_threshold'] or '-'} | {r['tree_size']:.1f} | "
+                     f"{r['tree_size_after_pruning']:.1f} | {r['tokens_per_call']:.2f} | {r['cr_ratio']:.2f} | "
+                     f"{r['speedup']:.2f}x |")
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
+
+
+def plot_toy(results: dict, out: str):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    G = results["setup"]["model_gamma"]
+    k1 = [r for r in results["grid"] if r["k"] == 1]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for depth in range(1, G + 1):
+        pts = [(r["gamma"], r["acceptance"][depth - 1]) for r in k1 if r["gamma"] >= depth]
+        axes[0].plot(*zip(*pts), "o-", label=f"depth {depth}")
+        sep = [(r["gamma"], r["acceptance"][depth - 1]) for r in results["separate"] if r["gamma"] >= depth]
+        if sep:
+            axes[0].plot(*zip(*sep), "x", color=axes[0].lines[-1].get_color(), markersize=10, mew=2)
+    axes[0].set(xlabel="γ (streams used)", ylabel="acceptance rate at depth j  (given depth j-1 accepted)",
+                title=f"Acceptance vs γ, k=1\n(o-: one model trained with γ={G};  x: trained with that γ)", ylim=(0, 1.05))
+    axes[0].legend(fontsize=8)
+    axes[1].plot([r["gamma"] for r in k1], [r["tokens_per_call"] for r in k1], "o-", label=f"one model (γ={G})")
+    if results["separate"]:
+        axes[1].plot([r["gamma"] for r in results["separate"]], [r["tokens_per_call"] for r in results["separate"]],
+                     "x--", markersize=10, mew=2, label="trained with that γ")
+    axes[1].plot(range(1, G + 1), [g + 1 for g in range(1, G + 1)], ":", color="gray", label="γ+1 (every draft accepted)")
+    axes[1].set(xlabel="γ", ylabel="mean accepted length (root token included)", title="Tokens per call, k=1")
+    axes[1].legend(fontsize=8)
+    fig.tight_layout(), fig.savefig(os.path.join(out, "acceptance_vs_gamma.png"), dpi=120), plt.close(fig)
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for k in sorted({r["k"] for r in results["grid"]}):
+        rows = [r for r in results["grid"] if r["k"] == k]
+        axes[0].plot([r["gamma"] for r in rows], [r["cr_ratio"] for r in rows], "o-", label=f"k={k}")
+        axes[1].plot([r["gamma"] for r in rows], [r["speedup"] for r in rows], "o-", label=f"k={k}")
+    axes[0].set(xlabel="γ", ylabel="CR ratio (AR calls / SS calls)", title="Call reduction vs γ")
+    axes[1].axhline(1.0, color="gray", lw=0.8)
+    axes[1].set(xlabel="γ", ylabel="wall-time speedup over KV-cached greedy", title="Wall-time speedup vs γ (CPU)")
+    for ax in axes:
+        ax.legend(fontsize=8)
+    fig.tight_layout(), fig.savefig(os.path.join(out, "speedup_cr_vs_gamma.png"), dpi=120), plt.close(fig)
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for prune, style in ((None, "o-"), (True, "s--")):
+        rows = [r for r in results["tree_size"] if bool(r["prune_threshold"]) == bool(prune)]
+        label = "no pruning" if prune is None else f"pruning (threshold {rows[0]['prune_threshold']})"
+        axes[0].plot([r["tree_size_after_pruning"] for r in rows], [r["speedup"] for r in rows], style, label=label)
+        axes[1].plot([r["tree_size_after_pruning"] for r in rows], [r["cr_ratio"] for r in rows], style, label=label)
+    axes[0].set(xscale="log", xlabel="nodes per forward (after pruning)", ylabel="wall-time speedup",
+                title="Speedup vs tree size (caps 2..128, k=3)")
+    axes[1].set(xscale="log", xlabel="nodes per forward (after pruning)", ylabel="CR ratio", title="CR vs tree size")
+    for ax in axes:
+        ax.legend(fontsize=8)
+    fig.tight_layout(), fig.savefig(os.path.join(out, "speedup_vs_tree_size.png"), dpi=120), plt.close(fig)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("what", choices=["speed", "toy"], help="which benchmark")
+    p.add_argument("--toy-dir", default="checkpoints/toy", help="train_toy.py's --out-dir")
+    p.add_argument("--toy-gamma", type=int, default=6, help="γ of the toy checkpoint to load")
+    p.add_argument("--n-stories", type=int, default=4000, help="as given to train_toy.py")
+    p.add_argument("--seed", type=int, default=0, help="as given to train_toy.py")
+    p.add_argument("--prompts", type=int, default=20, help="number of held-out prompts")
+    p.add_argument("--max-new-tokens", type=int, default=60)
+    p.add_argument("--repeats", type=int, default=3, help="timed repetitions (median)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads, fixed for the whole run")
+    p.add_argument("--out", default="results/toy", help="output folder of `toy`")
+    p.add_argument("--tree-cap", type=int, default=64, help="`toy`: node cap of the trees in the γ x k grid")
+    p.add_argument("--prune-threshold", type=float, default=0.1, help="`toy`: pruning threshold of the tree-size sweep")
+    p.add_argument("--separate", type=int, nargs="*", default=[2, 4], help="`toy`: γ of separately trained models")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    {"speed": run_speed, "toy": run_toy}[args.what](args)
+
+
+if __name__ == "__main__":
+    main()

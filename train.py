@@ -1,0 +1,133 @@
+"""The training loop shared by train_toy.py and train_task.py: one stage = one set of trainable parameters
+and one loss, with a progress bar, a linear learning-rate schedule, and atomic, resumable checkpoints."""
+from __future__ import annotations
+
+import os
+import random
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from model import GPT, cross_entropy, load_checkpoint, load_weights, save_atomic
+
+Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # idx (B, T), targets (B, T), loss_mask (B, T) bool
+
+
+@dataclass
+class StageConfig:
+    name: str                  # shown on the progress bar and stored in the checkpoint
+    steps: int
+    lr: float
+    loss: str = "eq5"          # "eq5": Eq. 5 (next token + streams); "early_exit": pruning adapter's next-token loss
+    weight_decay: float = 0.0
+    warmup: int = 20
+    grad_clip: float = 1.0
+    save_every: int = 200
+    seed: int = 0
+
+
+def seed_everything(seed: int):
+    random.seed(seed), np.random.seed(seed), torch.manual_seed(seed)
+
+
+def stream_accuracy(stream_logits: torch.Tensor, targets: torch.Tensor, loss_mask: torch.Tensor) -> list[float]:
+    """Top-1 accuracy of each stream j against x[t+1+j] (= targets[:, t+j]) where that target counts."""
+    targets = targets.masked_fill(~loss_mask, -1)
+    accs = []
+    for j in range(1, stream_logits.size(2) + 1):
+        target_j = torch.nn.functional.pad(targets[:, j:], (0, j), value=-1)
+        valid = target_j != -1
+        hits = (stream_logits[:, :, j - 1].argmax(-1) == target_j) & valid
+        accs.append(hits.sum().item() / max(valid.sum().item(), 1))
+    return accs
+
+
+def early_exit_loss(model: GPT, idx: torch.Tensor, targets: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:
+    """Next-token loss of the pruning adapter's early-exit logits at the input of block N-N_s."""
+    h = model.lower(model.embed(idx, torch.arange(idx.size(1), device=idx.device)))
+    return cross_entropy(model.early_exit_logits(h), targets.masked_fill(~loss_mask, -1))
+
+
+def trainable_for(model: GPT, loss: str):
+    """Which parameters a stage trains: pretraining (no LoRA) trains all; "eq5" with LoRA trains LoRA + stream
+    embeddings; "early_exit" trains only the pruning adapter."""
+    if loss == "early_exit":
+        for name, p in model.named_parameters():
+            p.requires_grad = name.startswith("prune_adapter.")
+    elif model.config.lora_rank > 0:
+        model.freeze_base()
+        for p in model.prune_adapter.parameters() if model.config.prune_rank > 0 else []:
+            p.requires_grad = False
+    else:
+        for p in model.parameters():
+            p.requires_grad = True
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def train_stage(model: GPT, get_batch: Callable[[int], Batch], stage: StageConfig, ckpt_path: str | None = None,
+                extra: dict | None = None, quiet: bool = False) -> dict:
+    """Train one stage. get_batch(step) must be deterministic in `step` so that a resumed run is identical.
+    The checkpoint at ckpt_path holds model, optimizer, step and history; an unfinished one is resumed.
+    Returns the history: per logged step, the losses and per-stream accuracies."""
+    params = trainable_for(model, stage.loss)
+    optimizer = torch.optim.AdamW(params, lr=stage.lr, weight_decay=stage.weight_decay, betas=(0.9, 0.95))
+    schedule = lambda s: min(1.0, (s + 1) / stage.warmup) * max(0.0, 1.0 - s / stage.steps)  # warmup, then linear
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    step, history = 0, dict(step=[], loss=[], main_loss=[], stream_loss=[], stream_acc=[])
+    if ckpt_path and os.path.exists(ckpt_path):
+        ckpt = load_checkpoint(ckpt_path)
+        if ckpt.get("stage") != stage.name:
+            raise ValueError(f"{ckpt_path} belongs to stage {ckpt.get('stage')!r}, not {stage.name!r}; "
+                             f"delete it or use another checkpoint folder")
+        load_weights(model, ckpt["model"], ckpt_path)
+        if ckpt["done"]:
+            return ckpt["history"]
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        step, history = ckpt["step"], ckpt["history"]
+
+    def save(done: bool):
+        if ckpt_path:
+            save_atomic(dict(config=vars(model.config).copy(), model=model.state_dict(), stage=stage.name,
+                             done=done, step=step, optimizer=optimizer.state_dict(),
+                             scheduler=scheduler.state_dict(), history=history, **(extra or {})), ckpt_path)
+
+    model.train()
+    bar = tqdm(total=stage.steps, initial=step, desc=stage.name, disable=quiet, dynamic_ncols=True)
+    while step < stage.steps:
+        torch.manual_seed(stage.seed * 1_000_003 + step)  # dropout masks are a function of the step too
+        idx, targets, loss_mask = get_batch(step)
+        if stage.loss == "early_exit":
+            loss = early_exit_loss(model, idx, targets, loss_mask)
+            out = None
+        else:
+            out = model(idx, targets, loss_mask)
+            loss = out.loss
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, stage.grad_clip)
+        optimizer.step()
+        scheduler.step()
+        step += 1
+        if step % 10 == 0 or step == stage.steps:
+            history["step"].append(step)
+            history["loss"].append(loss.item())
+            postfix = dict(loss=f"{loss.item():.3f}")
+            if out is not None:
+                history["main_loss"].append(out.main_loss.item())
+                if out.stream_losses is not None:
+                    accs = stream_accuracy(out.stream_logits.detach(), targets, loss_mask)
+                    history["stream_loss"].append(out.stream_losses.tolist())
+                    history["stream_acc"].append(accs)
+                    postfix["acc"] = "/".join(f"{a:.2f}" for a in accs)
+            bar.set_postfix(postfix)
+        bar.update(1)
+        if step % stage.save_every == 0 and step < stage.steps:
+            save(done=False)
+    bar.close()
+    save(done=True)
+    model.eval()
+    return history
