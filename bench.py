@@ -71,6 +71,7 @@ def load_toy(args):
     if not os.path.exists(path):
         raise SystemExit(f"{path} not found: run `python train_toy.py --out-dir {args.toy_dir}` first (or make demo)")
     model = GPT.from_checkpoint(path).eval()
+    model.merge_lora()  # inference: fold LoRA into the weights (the same for AR and SS)
     data = ToyData(args.n_stories, args.seed)
     return model, data, data.prompts(args.prompts)
 
@@ -98,7 +99,9 @@ def separately_trained(args, gamma: int) -> GPT:
         print(f"training a toy model with γ={gamma} streams (base reused from {args.toy_dir})")
         train_pipeline(parser().parse_args(["--out-dir", args.toy_dir, "--gamma", str(gamma),
                                             "--seed", str(args.seed), "--n-stories", str(args.n_stories)]))
-    return GPT.from_checkpoint(path).eval()
+    model = GPT.from_checkpoint(path).eval()
+    model.merge_lora()
+    return model
 
 
 def run_toy(args):

@@ -115,7 +115,7 @@ def generate_autoregressive(model: GPT, prompt_ids, max_new_tokens: int, eos_id:
         P, device = prompt.size(1), prompt.device
         cache = new_cache(model, prompt, max_new_tokens)
         logits, _ = model.forward_nodes(prompt, torch.arange(P, device=device), causal_mask(P, device), cache,
-                                        stream_rows=torch.empty(0, dtype=torch.long))
+                                        n_streams=0)
         cache.commit()
         result.forward_calls = 1
         one = torch.ones(1, 1, dtype=torch.bool, device=device)
@@ -123,7 +123,7 @@ def generate_autoregressive(model: GPT, prompt_ids, max_new_tokens: int, eos_id:
             token = torch.tensor([[result.tokens[-1]]], device=device)
             mask = one.expand(1, cache.length + 1)
             logits, _ = model.forward_nodes(token, torch.tensor([cache.length], device=device), mask, cache,
-                                            stream_rows=torch.empty(0, dtype=torch.long))
+                                            n_streams=0)
             cache.commit()
             result.forward_calls += 1
     result.wall_time = time.perf_counter() - start
@@ -140,9 +140,14 @@ def stream_topk(model: GPT, stream_states: torch.Tensor, depth: int, k: int) -> 
 @torch.inference_mode()
 def generate_speculative(model: GPT, prompt_ids, max_new_tokens: int, gamma: int | None = None, k: int = 1,
                          tree_cap: int | None = None, prune_threshold: float | None = None,
-                         eos_id: int | None = None, trace: bool = False) -> GenerationResult:
+                         eos_id: int | None = None, trace: bool = False, stream_pass: str = "tree") -> GenerationResult:
     """Greedy Speculative Streaming: each forward call verifies the previous tree with the main stream and
-    drafts the next tree from the streams of the last accepted node. Output == greedy autoregressive output."""
+    drafts the next tree from the streams of the last accepted node. Output == greedy autoregressive output.
+
+    stream_pass="tree" is the paper's single pass: γ streams ride along every surviving tree node through the
+    MSA blocks. stream_pass="accepted" verifies first and then runs the streams of the accepted node alone
+    through the MSA blocks (a second, γ-row sub-pass of the same call): identical output and drafts, fewer rows,
+    which pays off where extra rows are not free (CPUs)."""
     cfg = model.config
     gamma = cfg.n_streams if gamma is None else gamma
     if cfg.n_streams == 0:
@@ -151,6 +156,8 @@ def generate_speculative(model: GPT, prompt_ids, max_new_tokens: int, gamma: int
         raise ValueError(f"gamma={gamma!r} must be an integer in 1..{cfg.n_streams} (the model's n_streams)")
     if not isinstance(k, int) or not 1 <= k <= cfg.vocab_size:
         raise ValueError(f"k={k!r} must be an integer in 1..vocab_size={cfg.vocab_size}")
+    if stream_pass not in ("tree", "accepted"):
+        raise ValueError(f"stream_pass={stream_pass!r} must be 'tree' (the paper's single pass) or 'accepted'")
     if tree_cap is not None and (not isinstance(tree_cap, int) or tree_cap < 1):
         raise ValueError(f"tree_cap={tree_cap!r} must be None or an integer >= 1")
     if prune_threshold is not None:
@@ -171,7 +178,7 @@ def generate_speculative(model: GPT, prompt_ids, max_new_tokens: int, gamma: int
 
     # prefill: main stream over the prompt, streams only at its last position
     logits, streams = model.forward_nodes(prompt, torch.arange(P, device=device), causal_mask(P, device), cache,
-                                          stream_rows=torch.tensor([P - 1], device=device))
+                                          stream_rows=torch.tensor([P - 1], device=device), n_streams=gamma)
     cache.commit()
     result.forward_calls = 1
     root, streams = int(logits[0, -1].argmax()), streams[0, 0]  # streams: (γ, C)
@@ -191,12 +198,13 @@ def generate_speculative(model: GPT, prompt_ids, max_new_tokens: int, gamma: int
                 cache.select_pending(kept, lower_layers)
                 tree, h = subtree(tree, kept), h[:, kept]
                 mask = tree_attention_mask(tree, L)
-        main, streams = model.upper(h, mask, cache)  # MSA layers, γ streams on every surviving node
-        main_argmax = model.lm_head(main[0]).argmax(dim=-1)  # (n,) verification needs only the main stream
+        # MSA layers; with stream_pass="tree", γ streams on every surviving node (Eq. 2)
+        main, streams = model.upper(h, mask, cache, n_streams=gamma if stream_pass == "tree" else 0)
+        main_argmax = model.lm_head(main[0]).argmax(dim=-1).tolist()  # verification needs only the main stream
         result.forward_calls += 1
 
         path = verify_greedy(tree, main_argmax)  # root first
-        cache.commit(torch.tensor(path, device=device))
+        cache.commit(path)
         accepted_depth = len(path) - 1
         drafted_depth = int(drafted.depths.max())
         for j in range(1, drafted_depth + 1):
@@ -205,10 +213,14 @@ def generate_speculative(model: GPT, prompt_ids, max_new_tokens: int, gamma: int
         result.tree_sizes.append(len(drafted))
         result.pruned_tree_sizes.append(len(tree))
 
-        root, streams = int(main_argmax[path[-1]]), streams[0, path[-1]]
+        if stream_pass == "tree":
+            streams = streams[0, path[-1]]
+        else:
+            streams = model.streams_at(h[:, path[-1]], cache, gamma)[0]
+        root = main_argmax[path[-1]]
         done = commit_tokens(result, tree.tokens[path[1:]].tolist() + [root], max_new_tokens, eos_id)
         if trace:
-            result.trace.append(StepTrace(drafted, kept.tolist(), tree, L, mask, main_argmax.tolist(), path,
+            result.trace.append(StepTrace(drafted, kept.tolist(), tree, L, mask, main_argmax, path,
                                           result.step_tokens[-1]))
     result.wall_time = time.perf_counter() - start
     return result

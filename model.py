@@ -111,14 +111,17 @@ class KVCache:
         self.pending = k.size(2)
         return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
 
-    def select_pending(self, keep: torch.Tensor, layers: range):
+    def select_pending(self, keep, layers: range):
         """Keep only the pending entries `keep` (indices into the last forward's new rows) in `layers`."""
         n = len(keep)
+        if list(keep) == list(range(n)):
+            return  # already in place (e.g. an accepted chain): nothing to move
+        keep = torch.as_tensor(keep, device=self.k[0].device)
         for layer in layers:
             for buf in (self.k[layer], self.v[layer]):
                 buf[:, :, self.length:self.length + n] = buf[:, :, self.length + keep]
 
-    def commit(self, keep: torch.Tensor | None = None):
+    def commit(self, keep=None):
         """Compaction after acceptance: the pending entries `keep` (in this order; None = all) become committed."""
         if keep is None:
             self.length += self.pending
@@ -143,41 +146,42 @@ class CausalSelfAttention(nn.Module):
     def heads(self, t: torch.Tensor) -> torch.Tensor:
         return t.unflatten(-1, (self.n_head, -1)).movedim(-2, 1)  # (B, ..., C) -> (B, nh, ..., hs)
 
-    def forward(self, x, s=None, mask=None, cache=None, layer=0, stream_rows=None):
-        """x: (B, T, C) main stream; s: (B, T', γ, C) streams of the rows `stream_rows` of x (all rows if None);
-        mask: (T, L+T) bool, True = may attend (None = causal, empty cache). Returns the new x and s."""
-        B, T, C = x.size()
+    def forward(self, h, n_main, n_streams=0, mask=None, cache=None, layer=0, stream_rows=None):
+        """h: (B, T + T'·γ, C): T main rows, then the γ stream rows of each of T' nodes (node by node); the
+        streams belong to the main rows `stream_rows` (all when None). mask: (T, L+T) bool, True = may attend
+        (None = causal on an empty cache). Returns (B, T + T'·γ, C)."""
+        B, _, C = h.size()
+        T, G = n_main, n_streams
         if mask is None and cache is not None and cache.length > 0:
             raise ValueError("a forward on top of a non-empty KV cache needs an explicit attention mask")
-        q, k, v = map(self.heads, self.c_attn(x).split(C, dim=-1))  # (B, nh, T, hs)
+        q, k, v = self.c_attn(h).split(C, dim=-1)  # one matmul for main and stream rows (shared weights)
+        qm, km, vm = (self.heads(t[:, :T]) for t in (q, k, v))  # (B, nh, T, hs)
         if cache is not None:
-            k, v = cache.write(layer, k, v)  # (B, nh, L+T, hs): the cache, then the new rows
+            km, vm = cache.write(layer, km, vm)  # (B, nh, L+T, hs): the cache, then the new rows
         # Eq. 1: the main stream attends to main keys only (causal, or the tree mask on top of the cache)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None,
-                                           dropout_p=self.dropout if self.training else 0.0)
-        y = self.resid_dropout(self.c_proj(y.transpose(1, 2).reshape(B, T, C)))
-        if s is None:
-            return y, None
-        # Eq. 2: stream j at node t attends, in one softmax, to the main keys t may see plus streams 1..j of t
-        G = s.size(2)
-        qs, ks, vs = map(self.heads, self.c_attn(s).split(C, dim=-1))  # (B, nh, T, γ, hs)
-        scale = 1.0 / math.sqrt(qs.size(-1))
-        att_main = (qs.transpose(2, 3) @ k.unsqueeze(2).transpose(-2, -1)) * scale  # (B, nh, γ, T, L+T)
-        if mask is None:
-            mask = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
-        if stream_rows is not None:
-            mask = mask[stream_rows]  # a stream sees exactly the main keys its own node sees
-        att_main = att_main.masked_fill(~mask, float("-inf"))
-        att_self = (qs @ ks.transpose(-2, -1)) * scale  # (B, nh, T, γ, γ): same-node streams
-        stream_mask = torch.ones(G, G, dtype=torch.bool, device=x.device).tril()
-        att_self = att_self.masked_fill(~stream_mask, float("-inf")).transpose(2, 3)  # (B, nh, γ, T, γ)
-        att = F.softmax(torch.cat([att_main, att_self], dim=-1), dim=-1)
-        att = self.attn_dropout(att)
-        att_main, att_self = att.split([k.size(2), G], dim=-1)
-        ys = att_main @ v.unsqueeze(2)  # (B, nh, γ, T, hs)
-        ys = ys.transpose(2, 3) + att_self.transpose(2, 3) @ vs  # (B, nh, T, γ, hs)
-        ys = ys.movedim(1, -2).flatten(-2)  # (B, T, γ, C)
-        return y, self.resid_dropout(self.c_proj(ys))
+        y = h.new_empty(B, 0, C)  # no main rows: streams of an already cached node (GPT.streams_at)
+        if T > 0:
+            y = F.scaled_dot_product_attention(qm, km, vm, attn_mask=mask, is_causal=mask is None,
+                                               dropout_p=self.dropout if self.training else 0.0)
+            y = y.transpose(1, 2).reshape(B, T, C)
+        if G > 0:
+            # Eq. 2: stream j at node t attends, in one softmax, to the main keys t may see + streams 1..j of t
+            qs, ks, vs = (self.heads(t[:, T:].unflatten(1, (-1, G))) for t in (q, k, v))  # (B, nh, T', γ, hs)
+            scale = 1.0 / math.sqrt(qs.size(-1))
+            att_main = (qs.transpose(2, 3) @ km.unsqueeze(2).transpose(-2, -1)) * scale  # (B, nh, γ, T', L+T)
+            if mask is None:
+                mask = torch.ones(T, T, dtype=torch.bool, device=h.device).tril()
+            if stream_rows is not None:
+                mask = mask[stream_rows]  # a stream sees exactly the main keys its own node sees
+            att_main = att_main.masked_fill(~mask, float("-inf"))
+            att_self = (qs @ ks.transpose(-2, -1)) * scale  # (B, nh, T', γ, γ): same-node streams
+            stream_mask = torch.ones(G, G, dtype=torch.bool, device=h.device).tril()
+            att_self = att_self.masked_fill(~stream_mask, float("-inf")).transpose(2, 3)  # (B, nh, γ, T', γ)
+            att = self.attn_dropout(F.softmax(torch.cat([att_main, att_self], dim=-1), dim=-1))
+            att_main, att_self = att.split([km.size(2), G], dim=-1)
+            ys = (att_main @ vm.unsqueeze(2)).transpose(2, 3) + att_self.transpose(2, 3) @ vs  # (B, nh, T', γ, hs)
+            y = torch.cat([y, ys.movedim(1, -2).flatten(-2).flatten(1, 2)], dim=1)  # (B, T + T'·γ, C)
+        return self.resid_dropout(self.c_proj(y))
 
 
 class MLP(nn.Module):
@@ -203,13 +207,12 @@ class Block(nn.Module):
         self.mlp = MLP(config)
 
     def forward(self, x, s=None, mask=None, cache=None, layer=0, stream_rows=None):
-        ax, as_ = self.attn(self.ln_1(x), None if s is None else self.ln_1(s), mask, cache, layer, stream_rows)
-        x = x + ax
-        x = x + self.mlp(self.ln_2(x))
-        if s is not None:
-            s = s + as_
-            s = s + self.mlp(self.ln_2(s))
-        return x, s
+        """x: (B, T, C) main stream; s: (B, T', γ, C) streams of the rows `stream_rows` of x, or None."""
+        T, G = x.size(1), 0 if s is None else s.size(2)
+        h = x if s is None else torch.cat([x, s.flatten(1, 2)], dim=1)  # all rows through the same weights
+        h = h + self.attn(self.ln_1(h), T, G, mask, cache, layer, stream_rows)
+        h = h + self.mlp(self.ln_2(h))
+        return h[:, :T], None if s is None else h[:, T:].view_as(s)
 
 
 class PruneAdapter(nn.Module):
@@ -282,13 +285,16 @@ class GPT(nn.Module):
             x, _ = self.transformer.h[layer](x, None, mask, cache, layer)
         return x
 
-    def upper(self, x: torch.Tensor, mask=None, cache: KVCache | None = None, stream_rows=None):
-        """MSA blocks N-N_s .. N-1 and the final LayerNorm. Streams are attached to the rows `stream_rows`
-        of x (all rows when None). Returns normalised main states (B, T, C) and stream states (B, T', γ, C)."""
+    def upper(self, x: torch.Tensor, mask=None, cache: KVCache | None = None, stream_rows=None,
+              n_streams: int | None = None):
+        """MSA blocks N-N_s .. N-1 and the final LayerNorm. Streams 1..n_streams (default all) are attached to
+        the rows `stream_rows` of x (all rows when None); streams 1..j never depend on streams > j, so fewer
+        streams give the same values. Returns normalised main (B, T, C) and stream states (B, T', γ, C)."""
         s = None
-        if self.config.n_streams > 0 and (stream_rows is None or len(stream_rows) > 0):
+        n_streams = self.config.n_streams if n_streams is None else n_streams
+        if n_streams > 0 and (stream_rows is None or len(stream_rows) > 0):
             rows = x if stream_rows is None else x[:, stream_rows]
-            s = rows.unsqueeze(2) + self.transformer.stream_emb  # Eq. 3 (f = identity): S_j = M + P_j
+            s = rows.unsqueeze(2) + self.transformer.stream_emb[:n_streams]  # Eq. 3 (f = identity): S_j = M + P_j
         for layer in range(self.config.first_msa_layer, self.config.n_layer):
             x, s = self.transformer.h[layer](x, s, mask, cache, layer, None if s is None else stream_rows)
         return self.transformer.ln_f(x), None if s is None else self.transformer.ln_f(s)
@@ -318,20 +324,32 @@ class GPT(nn.Module):
         if stream_logits is None:
             return main_loss, main_loss, None
         stream_losses = torch.stack([
-            cross_entropy(stream_logits[:, :, j - 1], F.pad(targets[:, j:], (0, j), value=-1))  # x[t+1+j]
+            cross_entropy(stream_logits[:, :, j - 1], F.pad(targets[:, j:], (0, min(j, targets.size(1))), value=-1))  # x[t+1+j]
             for j in range(1, stream_logits.size(2) + 1)])
         return main_loss + self.config.stream_loss_weight * stream_losses.sum(), main_loss, stream_losses
 
     # ---- inference on top of a KV cache ----
 
     def forward_nodes(self, idx: torch.Tensor, pos: torch.Tensor, mask: torch.Tensor, cache: KVCache,
-                      stream_rows=None):
+                      stream_rows=None, n_streams: int | None = None):
         """Forward new nodes (a prompt, one token, or a flattened tree) on top of the cache, all layers.
         idx: (B, T); pos: (T,); mask: (T, L+T) bool over [cache + new nodes]. Returns main logits (B, T, V)
         and stream states (B, T', γ, C) (apply `lm_head` only where needed). Entries stay pending in the cache."""
         h = self.lower(self.embed(idx, pos), mask, cache)
-        main, streams = self.upper(h, mask, cache, stream_rows)
+        main, streams = self.upper(h, mask, cache, stream_rows, n_streams)
         return self.lm_head(main), streams
+
+    def streams_at(self, h: torch.Tensor, cache: KVCache, n_streams: int | None = None) -> torch.Tensor:
+        """Streams of the last committed node alone, after verification. h: (B, C), its hidden state at the input
+        of block N-N_s; the main keys/values it may see are exactly the committed cache. Returns stream states
+        (B, γ, C), equal to those of a forward with the node (Eq. 2: a stream sees main <= t and itself only)."""
+        n_streams = self.config.n_streams if n_streams is None else n_streams
+        s = (h[:, None] + self.transformer.stream_emb[:n_streams]).unsqueeze(1)  # (B, 1, γ, C), Eq. 3
+        no_main = h.new_empty(h.size(0), 0, h.size(1))
+        mask = torch.ones(1, cache.length, dtype=torch.bool, device=h.device)
+        for layer in range(self.config.first_msa_layer, self.config.n_layer):
+            _, s = self.transformer.h[layer](no_main, s, mask, cache, layer)
+        return self.transformer.ln_f(s[:, 0])
 
     def early_exit_logits(self, h: torch.Tensor) -> torch.Tensor:
         """Pruning logits z~ = lm_head(ln_f(o(h))) from the hidden state h at the input of block N-N_s."""
@@ -363,7 +381,13 @@ class GPT(nn.Module):
 
     def save_checkpoint(self, path: str, **extra):
         """Config + weights (+ any extra picklable-free items) written atomically: temp file, then rename."""
-        save_atomic(dict(config=asdict(self.config), model=self.state_dict(), **extra), path)
+        merged = [m for m in self.lora_layers() if m.merged]
+        self.merge_lora(False)  # checkpoints always hold unmerged weights
+        try:
+            save_atomic(dict(config=asdict(self.config), model=self.state_dict(), **extra), path)
+        finally:
+            for m in merged:
+                m.merge(True)
 
     @classmethod
     def from_checkpoint(cls, path: str, map_location="cpu") -> GPT:

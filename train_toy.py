@@ -179,6 +179,7 @@ def main(argv=None):
     start = time.time()
     model, data, histories = train_pipeline(args)
     from generate import generate_autoregressive, generate_speculative
+    model.merge_lora()  # inference: fold LoRA into the weights
     print(f"\ntrained in {time.time() - start:.0f} s; final per-stream top-1 accuracy (stream 1..γ): "
           + " ".join(f"{a:.2f}" for a in histories["streams"]["stream_acc"][-1]))
     for prompt in data.prompts(3):

@@ -63,11 +63,12 @@ def draft_tree(root: int, topk_tokens: torch.Tensor, topk_probs: torch.Tensor, c
     depth, k = topk_tokens.shape
     parents, depths, ranks, ancestors = full_tree_shape(depth, k)
     device = topk_tokens.device
-    parents, depths, ranks, ancestors = parents.to(device), depths.to(device), ranks.to(device), ancestors.to(device)
+    # copies, so that editing one tree never touches the cached shape
+    parents, depths, ranks, ancestors = (t.to(device, copy=True) for t in (parents, depths, ranks, ancestors))
     table = torch.where(depths > 0, 1 + (depths - 1) * k + ranks, 0)  # index into [root, top-k row-major]
     tokens = torch.cat([torch.tensor([root], device=device), topk_tokens.flatten()])[table]
-    log_p = torch.cat([torch.zeros(1, device=device), topk_probs.flatten().log()])[table]
-    scores = (ancestors.to(log_p.dtype) @ log_p).exp()  # product along the path
+    p = torch.cat([torch.ones(1, device=device, dtype=topk_probs.dtype), topk_probs.flatten()])[table]
+    scores = torch.where(ancestors, p, 1.0).prod(dim=1)  # product of the probabilities along the path
     tree = Tree(tokens, parents, depths, scores, ancestors)
     if cap is not None and cap < len(tree):
         # children never beat their parent (probabilities <= 1) and a stable sort keeps parents first on
@@ -108,12 +109,14 @@ def prune_tree(tree: Tree, early_exit_probs: torch.Tensor, threshold: float) -> 
     return survives.nonzero().flatten()
 
 
-def verify_greedy(tree: Tree, main_argmax: torch.Tensor) -> list[int]:
+def verify_greedy(tree: Tree, main_argmax) -> list[int]:
     """Greedy verification ("hard matching"): a child is accepted iff its token equals the main-stream argmax
     at its parent. Returns the longest accepted path as node indices, root first."""
-    accepted = tree.tokens == main_argmax[tree.parents.clamp(min=0)]  # (n,)
-    accepted[0] = True
-    on_path = ~(tree.ancestors & ~accepted).any(dim=1)  # every node from the root down is accepted
-    # siblings carry distinct tokens, so at most one node per depth is on an accepted path
-    deepest = int(torch.where(on_path, tree.depths, -1).argmax())
-    return tree.path_to(deepest)
+    argmax = main_argmax.tolist() if isinstance(main_argmax, torch.Tensor) else list(main_argmax)
+    tokens, parents = tree.tokens.tolist(), tree.parents.tolist()
+    path = [0]
+    for node in range(1, len(tokens)):  # breadth first: a node's children always come after it
+        # siblings carry distinct tokens, so at most one child of the path's end can match
+        if parents[node] == path[-1] and tokens[node] == argmax[path[-1]]:
+            path.append(node)
+    return path

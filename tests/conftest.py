@@ -1,0 +1,22 @@
+"""Shared fixtures for the test suite (keep this file small: other test files use it too)."""
+import pytest
+
+
+@pytest.fixture
+def tiny_config():
+    """Factory for a tiny GPTConfig: `tiny_config(n_streams=0, lora_rank=4, ...)`.
+
+    Defaults: vocab 64, block 48, 3 layers (the top 2 are MSA blocks), 2 heads, n_embd 16, γ = 3, no dropout.
+    Passing n_streams=0 without n_msa_layers also sets n_msa_layers=0.
+    """
+    from model import GPTConfig
+
+    def make(**overrides):
+        cfg = dict(vocab_size=64, block_size=48, n_layer=3, n_head=2, n_embd=16, dropout=0.0, bias=True,
+                   n_streams=3, n_msa_layers=2)
+        if overrides.get("n_streams") == 0 and "n_msa_layers" not in overrides:
+            overrides["n_msa_layers"] = 0
+        cfg.update(overrides)
+        return GPTConfig(**cfg)
+
+    return make
