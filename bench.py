@@ -2,6 +2,7 @@
 over the KV-cached greedy loop. Never a test: run it yourself and read the tables.
 
     python bench.py speed          # a few (γ, k, pruning) settings on the toy model (train_toy.py first)
+    python bench.py params         # parameter accounting: SS vs 4 Medusa heads, toy to 7B-sized configs
     python bench.py toy            # the γ study: acceptance vs γ, speedup and CR vs γ per k, speedup vs tree
                                    # size with and without pruning; writes results/toy/ (JSON, Markdown, PNGs)
 
@@ -218,9 +219,37 @@ def plot_toy(results: dict, out: str):
     fig.tight_layout(), fig.savefig(os.path.join(out, "speedup_vs_tree_size.png"), dpi=120), plt.close(fig)
 
 
+def run_params(args):
+    """Parameter accounting: base, LoRA, stream embeddings, pruning adapter, and 4 Medusa heads on the same config."""
+    from model import GPTConfig, medusa_head_params
+    configs = {  # (d, V, layers, heads, context): toy, GPT-2 124M and the paper's model sizes
+        "toy (train_toy.py defaults)": (128, 81, 4, 4, 128),
+        "GPT-2 124M": (768, 50257, 12, 12, 1024),
+        "OPT-1.3b-sized": (2048, 50272, 24, 32, 2048),
+        "7B-sized (d, V of OpenLlama-7b; GPT-2 layout)": (4096, 32000, 32, 32, 2048),
+    }
+    print(f"γ = {args.gamma_params} streams on N_s = 2 MSA blocks, LoRA r = 32 on attention and MLP, rank-8 pruning adapter\n")
+    print("| config | base | LoRA (r=32) | stream embeddings | pruning adapter | SS extra (streams + adapter) "
+          "| 4 Medusa heads | Medusa / SS |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name, (d, V, L, H, ctx) in configs.items():
+        if d <= 768:  # small enough to build and count for real
+            cfg = GPTConfig(vocab_size=V, block_size=ctx, n_layer=L, n_head=H, n_embd=d, n_streams=args.gamma_params,
+                            n_msa_layers=2, lora_rank=32, prune_rank=8)
+            c = GPT(cfg).parameter_counts()
+        else:  # same formulas, counted analytically (GPT-2 layout: 12 d^2 + 13 d per block)
+            lora = L * 32 * ((d + 3 * d) + (d + d) + (d + 4 * d) + (4 * d + d))
+            c = dict(base=V * d + ctx * d + L * (12 * d * d + 13 * d) + 2 * d, lora=lora,
+                     stream_emb=args.gamma_params * d, prune_adapter=2 * 8 * d,
+                     medusa_4_heads=medusa_head_params(d, V, 4))
+        extra = c["stream_emb"] + c["prune_adapter"]
+        print(f"| {name} | {c['base']:,} | {c['lora']:,} | {c['stream_emb']:,} | {c['prune_adapter']:,} | {extra:,} "
+              f"| {c['medusa_4_heads']:,} | {c['medusa_4_heads'] / extra:,.0f}x |")
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("what", choices=["speed", "toy"], help="which benchmark")
+    p.add_argument("what", choices=["speed", "toy", "params"], help="which benchmark")
     p.add_argument("--toy-dir", default="checkpoints/toy", help="train_toy.py's --out-dir")
     p.add_argument("--toy-gamma", type=int, default=6, help="γ of the toy checkpoint to load")
     p.add_argument("--n-stories", type=int, default=4000, help="as given to train_toy.py")
@@ -232,10 +261,11 @@ def main(argv=None):
     p.add_argument("--out", default="results/toy", help="output folder of `toy`")
     p.add_argument("--tree-cap", type=int, default=64, help="`toy`: node cap of the trees in the γ x k grid")
     p.add_argument("--prune-threshold", type=float, default=0.1, help="`toy`: pruning threshold of the tree-size sweep")
+    p.add_argument("--gamma-params", type=int, default=4, help="`params`: γ of the accounting table")
     p.add_argument("--separate", type=int, nargs="*", default=[2, 4], help="`toy`: γ of separately trained models")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    {"speed": run_speed, "toy": run_toy}[args.what](args)
+    {"speed": run_speed, "toy": run_toy, "params": run_params}[args.what](args)
 
 
 if __name__ == "__main__":

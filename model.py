@@ -165,23 +165,36 @@ class CausalSelfAttention(nn.Module):
                                                dropout_p=self.dropout if self.training else 0.0)
             y = y.transpose(1, 2).reshape(B, T, C)
         if G > 0:
-            # Eq. 2: stream j at node t attends, in one softmax, to the main keys t may see + streams 1..j of t
             qs, ks, vs = (self.heads(t[:, T:].unflatten(1, (-1, G))) for t in (q, k, v))  # (B, nh, T', γ, hs)
-            scale = 1.0 / math.sqrt(qs.size(-1))
-            att_main = (qs.transpose(2, 3) @ km.unsqueeze(2).transpose(-2, -1)) * scale  # (B, nh, γ, T', L+T)
             if mask is None:
                 mask = torch.ones(T, T, dtype=torch.bool, device=h.device).tril()
             if stream_rows is not None:
                 mask = mask[stream_rows]  # a stream sees exactly the main keys its own node sees
-            att_main = att_main.masked_fill(~mask, float("-inf"))
-            att_self = (qs @ ks.transpose(-2, -1)) * scale  # (B, nh, T', γ, γ): same-node streams
-            stream_mask = torch.ones(G, G, dtype=torch.bool, device=h.device).tril()
-            att_self = att_self.masked_fill(~stream_mask, float("-inf")).transpose(2, 3)  # (B, nh, γ, T', γ)
-            att = self.attn_dropout(F.softmax(torch.cat([att_main, att_self], dim=-1), dim=-1))
-            att_main, att_self = att.split([km.size(2), G], dim=-1)
-            ys = (att_main @ vm.unsqueeze(2)).transpose(2, 3) + att_self.transpose(2, 3) @ vs  # (B, nh, T', γ, hs)
+            ys = self.stream_attention(qs, ks, vs, km, vm, mask)  # (B, nh, T', γ, hs)
             y = torch.cat([y, ys.movedim(1, -2).flatten(-2).flatten(1, 2)], dim=1)  # (B, T + T'·γ, C)
         return self.resid_dropout(self.c_proj(y))
+
+
+    def stream_attention(self, qs, ks, vs, km, vm, mask):
+        """Eq. 2: stream j of node t attends, in one softmax, to the main keys t may see (mask: (T', L+T)) and
+        to streams 1..j of t. qs, ks, vs: (B, nh, T', γ, hs); km, vm: (B, nh, L+T, hs). Two score blocks, never
+        a (1+γ)T square mask."""
+        G = qs.size(3)
+        stream_mask = torch.ones(G, G, dtype=torch.bool, device=qs.device).tril()
+        if qs.size(2) == 1:  # one node (decoding): its γ queries share one key set, an ordinary attention
+            keys, values = torch.cat([km, ks[:, :, 0]], dim=2), torch.cat([vm, vs[:, :, 0]], dim=2)
+            both = torch.cat([mask.expand(G, -1), stream_mask], dim=1)  # (γ, L+T+γ)
+            ys = F.scaled_dot_product_attention(qs[:, :, 0], keys, values, attn_mask=both,
+                                                dropout_p=self.dropout if self.training else 0.0)
+            return ys.unsqueeze(2)
+        scale = 1.0 / math.sqrt(qs.size(-1))
+        att_main = (qs.transpose(2, 3) @ km.unsqueeze(2).transpose(-2, -1)) * scale  # (B, nh, γ, T', L+T)
+        att_main = att_main.masked_fill(~mask, float("-inf"))
+        att_self = (qs @ ks.transpose(-2, -1)) * scale  # (B, nh, T', γ, γ): same-node streams
+        att_self = att_self.masked_fill(~stream_mask, float("-inf")).transpose(2, 3)  # (B, nh, γ, T', γ)
+        att = self.attn_dropout(F.softmax(torch.cat([att_main, att_self], dim=-1), dim=-1))
+        att_main, att_self = att.split([km.size(2), G], dim=-1)
+        return (att_main @ vm.unsqueeze(2)).transpose(2, 3) + att_self.transpose(2, 3) @ vs  # (B, nh, T', γ, hs)
 
 
 class MLP(nn.Module):

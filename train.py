@@ -9,7 +9,7 @@ from typing import Callable
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from model import GPT, cross_entropy, load_checkpoint, load_weights, save_atomic
 

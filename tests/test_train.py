@@ -1,0 +1,127 @@
+"""Training: the toy language, deterministic batches, resumable and atomic stage checkpoints, the scripts' --help."""
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from model import GPT, GPTConfig
+from train import StageConfig, stream_accuracy, train_stage
+from train_toy import ToyData, parser, story, train_pipeline, vocabulary
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def test_toy_language_is_deterministic_and_in_vocabulary():
+    import random
+    a, b = ToyData(50, seed=3), ToyData(50, seed=3)
+    assert torch.equal(a.stream, b.stream)
+    assert not torch.equal(a.stream, ToyData(50, seed=4).stream)
+    words = set(vocabulary())
+    rng = random.Random(0)
+    for _ in range(200):
+        s = story(rng)
+        assert set(s) <= words and s[-1] == "<eos>" and s.count("<eos>") == 1
+    x1, y1, m1 = a.batch(7, 4, 16)
+    x2, y2, _ = a.batch(7, 4, 16)
+    assert torch.equal(x1, x2) and torch.equal(x1[:, 1:], y1[:, :-1]) and m1.all()
+    assert a.decode(a.encode(["the", "fox", "."])) == "the fox ."
+
+
+def test_stream_accuracy_counts_the_right_targets():
+    targets = torch.tensor([[1, 2, 3, 4]])
+    logits = torch.full((1, 4, 2, 5), -10.0)
+    for t in range(4):  # stream 1 at t is right (targets[t+1]); stream 2 always predicts 0 (wrong)
+        if t + 1 < 4:
+            logits[0, t, 0, targets[0, t + 1]] = 10.0
+        logits[0, t, 1, 0] = 10.0
+    accs = stream_accuracy(logits, targets, torch.ones_like(targets, dtype=torch.bool))
+    assert accs == [1.0, 0.0]
+
+
+def tiny_stage_setup(tmp_path):
+    data = ToyData(200, seed=0)
+    cfg = GPTConfig(vocab_size=len(data.words), block_size=32, n_layer=2, n_head=2, n_embd=16, n_streams=2,
+                    n_msa_layers=1, dropout=0.1)
+    return data, cfg, lambda step: data.batch(step, 4, 16, seed=1)
+
+
+def test_interrupted_stage_resumes_to_the_same_weights(tmp_path):
+    data, cfg, batches = tiny_stage_setup(tmp_path)
+    stage = StageConfig("demo", steps=30, lr=1e-2, save_every=10, seed=5)
+
+    torch.manual_seed(0)
+    straight = GPT(cfg)
+    train_stage(straight, batches, stage, str(tmp_path / "straight.pt"), quiet=True)
+
+    def crashing(step):
+        if step == 25:
+            raise KeyboardInterrupt
+        return batches(step)
+
+    torch.manual_seed(0)
+    interrupted = GPT(cfg)
+    with pytest.raises(KeyboardInterrupt):
+        train_stage(interrupted, crashing, stage, str(tmp_path / "resumed.pt"), quiet=True)
+    assert [f for f in os.listdir(tmp_path) if f.startswith(".tmp")] == []  # atomic saves leave no temp files
+    torch.manual_seed(123)  # a different fresh init: everything must come from the checkpoint
+    resumed = GPT(cfg)
+    history = train_stage(resumed, batches, stage, str(tmp_path / "resumed.pt"), quiet=True)
+    for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=0, msg=name)
+    assert history["step"][-1] == 30
+    # a finished stage is loaded, not trained again; a checkpoint of another stage is refused
+    again = GPT(cfg)
+    train_stage(again, batches, stage, str(tmp_path / "resumed.pt"), quiet=True)
+    assert all(torch.equal(a, b) for a, b in zip(resumed.state_dict().values(), again.state_dict().values()))
+    with pytest.raises(ValueError, match="stage"):
+        train_stage(GPT(cfg), batches, StageConfig("other", steps=5, lr=1e-2), str(tmp_path / "resumed.pt"), quiet=True)
+
+
+def test_lora_stage_trains_only_lora_and_streams(tmp_path):
+    data, cfg, batches = tiny_stage_setup(tmp_path)
+    cfg.lora_rank, cfg.prune_rank = 4, 4
+    model = GPT(cfg)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    train_stage(model, batches, StageConfig("ss", steps=5, lr=1e-2), quiet=True)
+    changed = {k for k, v in model.state_dict().items() if not torch.equal(v, before[k])}
+    assert changed and all("lora_" in k or k == "transformer.stream_emb" for k in changed), changed
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    train_stage(model, batches, StageConfig("prune", steps=5, lr=1e-2, loss="early_exit"), quiet=True)
+    changed = {k for k, v in model.state_dict().items() if not torch.equal(v, before[k])}
+    assert changed == {"prune_adapter.down.weight", "prune_adapter.up.weight"}
+
+
+def test_toy_pipeline_tiny_run_is_deterministic(tmp_path):
+    argv = ["--n-stories", "100", "--n-layer", "2", "--n-embd", "16", "--n-head", "2", "--block-size", "64",
+            "--train-block", "16", "--batch-size", "4", "--gamma", "2", "--n-msa-layers", "1", "--lora-rank", "2",
+            "--pretrain-steps", "6", "--ss-steps", "6", "--prune-steps", "3"]
+    m1, data, hist = train_pipeline(parser().parse_args(argv + ["--out-dir", str(tmp_path / "a")]), quiet=True)
+    m2, _, _ = train_pipeline(parser().parse_args(argv + ["--out-dir", str(tmp_path / "b")]), quiet=True)
+    assert all(torch.equal(a, b) for a, b in zip(m1.state_dict().values(), m2.state_dict().values()))
+    assert sorted(os.listdir(tmp_path / "a")) == ["base.pt", "ss_gamma2.pt", "ss_gamma2_pruned.pt"]
+    assert len(hist["streams"]["stream_acc"][-1]) == 2
+    loaded = GPT.from_checkpoint(str(tmp_path / "a" / "ss_gamma2_pruned.pt"))
+    assert all(torch.equal(a, b) for a, b in zip(m1.state_dict().values(), loaded.state_dict().values()))
+
+
+@pytest.mark.parametrize("script", ["train_toy.py", "bench.py", "specstream_minimal.py"])
+def test_scripts_have_help(script):
+    out = subprocess.run([sys.executable, os.path.join(ROOT, script), "--help"], capture_output=True, text=True,
+                         timeout=120, cwd=ROOT)
+    assert out.returncode == 0 and "usage" in out.stdout.lower()
+
+
+def test_bench_without_checkpoint_says_what_to_do(tmp_path):
+    out = subprocess.run([sys.executable, os.path.join(ROOT, "bench.py"), "speed", "--toy-dir", str(tmp_path)],
+                         capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert out.returncode != 0 and "train_toy.py" in (out.stdout + out.stderr)
