@@ -9,7 +9,9 @@ over the KV-cached greedy loop. Never a test: run it yourself and read the table
 Method: one process, fixed thread count, batch 1, greedy. For every setting, each prompt is decoded by the
 autoregressive loop and by the speculative loop back to back (interleaved), after a warm-up; this repeats
 `--repeats` times and the speedup is median(total AR time) / median(total SS time). Every speculative output
-is checked to equal the autoregressive one.
+is checked to equal the autoregressive one. Each setting is timed with both stream passes of generate.py:
+"tree" (the paper's single pass: γ streams on every tree node) and "accepted" (verify first, then the
+streams of the accepted node alone); their drafts, outputs, CR and acceptance are identical.
 """
 from __future__ import annotations
 
@@ -25,41 +27,56 @@ from generate import generate_autoregressive, generate_speculative
 from model import GPT
 
 
+PASSES = ("tree", "accepted")  # the paper's single pass, and streams of the accepted node only (generate.py)
+
+
 def measure(model: GPT, prompts: list[list[int]], max_new_tokens: int, eos_id: int | None, repeats: int,
             **ss_kwargs) -> dict:
-    """AR vs SS on the same prompts, interleaved. Returns speedup, CR, tokens per call, acceptance, tree sizes."""
+    """AR vs SS (both stream passes) on the same prompts, interleaved per prompt. Returns the speedup of each
+    pass, CR, tokens per call, per-depth acceptance and tree sizes (the drafts are the same for both passes)."""
+    run_ss = lambda prompt, stream_pass: generate_speculative(model, prompt, max_new_tokens, eos_id=eos_id,
+                                                              stream_pass=stream_pass, **ss_kwargs)
     for prompt in prompts[:2]:  # warm-up
         generate_autoregressive(model, prompt, max_new_tokens, eos_id)
-        generate_speculative(model, prompt, max_new_tokens, eos_id=eos_id, **ss_kwargs)
-    ar_totals, ss_totals = [], []
+        for stream_pass in PASSES:
+            run_ss(prompt, stream_pass)
+    totals = {name: [] for name in ("ar",) + PASSES}
     for _ in range(repeats):
-        ar_time = ss_time = 0.0
+        time_of = dict.fromkeys(totals, 0.0)
         ar_calls = ss_calls = 0
         lengths, attempted, accepted, drafted, kept = [], None, None, [], []
         for prompt in prompts:
             ar = generate_autoregressive(model, prompt, max_new_tokens, eos_id)
-            ss = generate_speculative(model, prompt, max_new_tokens, eos_id=eos_id, **ss_kwargs)
-            if ss.tokens != ar.tokens:
-                raise AssertionError(f"speculative output differs from greedy for prompt {prompt} ({ss_kwargs})")
-            ar_time, ss_time = ar_time + ar.wall_time, ss_time + ss.wall_time
+            time_of["ar"] += ar.wall_time
+            for stream_pass in PASSES:
+                ss = run_ss(prompt, stream_pass)
+                if ss.tokens != ar.tokens:
+                    raise AssertionError(f"speculative output differs from greedy: prompt {prompt}, {ss_kwargs}")
+                time_of[stream_pass] += ss.wall_time
             ar_calls, ss_calls = ar_calls + ar.forward_calls, ss_calls + ss.forward_calls
             lengths += ss.accepted_lengths
             attempted = ss.depth_attempted if attempted is None else [a + b for a, b in zip(attempted, ss.depth_attempted)]
             accepted = ss.depth_accepted if accepted is None else [a + b for a, b in zip(accepted, ss.depth_accepted)]
             drafted += ss.tree_sizes
             kept += ss.pruned_tree_sizes
-        ar_totals.append(ar_time)
-        ss_totals.append(ss_time)
+        for name in totals:
+            totals[name].append(time_of[name])
+    median = {name: statistics.median(t) for name, t in totals.items()}
     return dict(
-        speedup=statistics.median(ar_totals) / statistics.median(ss_totals),
+        speedup=median["ar"] / median["tree"],
+        speedup_accepted=median["ar"] / median["accepted"],
         cr_ratio=ar_calls / ss_calls,
         tokens_per_call=sum(lengths) / max(len(lengths), 1),
         acceptance=[a / t if t else None for a, t in zip(accepted, attempted)],
         tree_size=sum(drafted) / max(len(drafted), 1),
         tree_size_after_pruning=sum(kept) / max(len(kept), 1),
-        ar_ms_per_token=1000 * statistics.median(ar_totals) / ar_calls,
-        ar_time=statistics.median(ar_totals), ss_time=statistics.median(ss_totals),
+        ar_ms_per_token=1000 * median["ar"] / ar_calls,
+        times=median,
     )
+
+
+def speedups(r: dict) -> str:
+    return f"{r['speedup']:.2f}x / {r['speedup_accepted']:.2f}x"
 
 
 def fmt(x, digits=2):
@@ -71,7 +88,7 @@ def load_toy(args):
     path = os.path.join(args.toy_dir, f"ss_gamma{args.toy_gamma}_pruned.pt")
     if not os.path.exists(path):
         raise SystemExit(f"{path} not found: run `python train_toy.py --out-dir {args.toy_dir}` first (or make demo)")
-    model = GPT.from_checkpoint(path).eval()
+    model = GPT.from_checkpoint(path).to(args.device).eval()
     model.merge_lora()  # inference: fold LoRA into the weights (the same for AR and SS)
     data = ToyData(args.n_stories, args.seed)
     return model, data, data.prompts(args.prompts)
@@ -83,12 +100,13 @@ def run_speed(args):
                 dict(k=3, tree_cap=24, prune_threshold=0.05)]
     print(f"toy model ({args.toy_dir}), {len(prompts)} prompts, max {args.max_new_tokens} new tokens, "
           f"{torch.get_num_threads()} threads, median of {args.repeats}")
-    print(f"{'γ':>2} {'k':>2} {'cap':>4} {'prune':>6} | {'tok/call':>8} {'CR':>5} {'speedup':>7} | tree (pruned)")
+    print("speedup: the paper's single pass (streams on every node) / streams of the accepted node only")
+    print(f"{'γ':>2} {'k':>2} {'cap':>4} {'prune':>6} | {'tok/call':>8} {'CR':>5} {'speedup':>13} | tree (pruned)")
     for gamma in sorted({1, 2, 4, model.config.n_streams}):
         for s in settings:
             r = measure(model, prompts, args.max_new_tokens, data.eos_id, args.repeats, gamma=gamma, **s)
             print(f"{gamma:>2} {s['k']:>2} {s.get('tree_cap') or '-':>4} {s.get('prune_threshold') or '-':>6} | "
-                  f"{r['tokens_per_call']:8.2f} {r['cr_ratio']:5.2f} {r['speedup']:6.2f}x | "
+                  f"{r['tokens_per_call']:8.2f} {r['cr_ratio']:5.2f} {speedups(r):>13} | "
                   f"{r['tree_size']:.1f} ({r['tree_size_after_pruning']:.1f})")
 
 
@@ -99,8 +117,9 @@ def separately_trained(args, gamma: int) -> GPT:
         from train_toy import parser, train_pipeline
         print(f"training a toy model with γ={gamma} streams (base reused from {args.toy_dir})")
         train_pipeline(parser().parse_args(["--out-dir", args.toy_dir, "--gamma", str(gamma),
-                                            "--seed", str(args.seed), "--n-stories", str(args.n_stories)]))
-    model = GPT.from_checkpoint(path).eval()
+                                            "--seed", str(args.seed), "--n-stories", str(args.n_stories),
+                                            "--device", args.device]))
+    model = GPT.from_checkpoint(path).to(args.device).eval()
     model.merge_lora()
     return model
 
@@ -120,19 +139,19 @@ def run_toy(args):
             r = run(model, gamma=gamma, k=k, tree_cap=cap)
             results["grid"].append(dict(gamma=gamma, k=k, **r))
             print(f"  γ={gamma} k={k}: tokens/call {r['tokens_per_call']:.2f}  CR {r['cr_ratio']:.2f}  "
-                  f"speedup {r['speedup']:.2f}x  acceptance " + " ".join(fmt(a) for a in r["acceptance"]))
+                  f"speedup {speedups(r)}  acceptance " + " ".join(fmt(a) for a in r["acceptance"]))
     print("(2) models trained separately with exactly γ streams, k = 1")
     for gamma in args.separate:
         r = run(model if gamma == G else separately_trained(args, gamma), gamma=gamma, k=1)
         results["separate"].append(dict(gamma=gamma, k=1, **r))
-        print(f"  γ={gamma}: tokens/call {r['tokens_per_call']:.2f}  CR {r['cr_ratio']:.2f}  speedup {r['speedup']:.2f}x")
+        print(f"  γ={gamma}: tokens/call {r['tokens_per_call']:.2f}  CR {r['cr_ratio']:.2f}  speedup {speedups(r)}")
     print(f"(3) tree size: γ={G}, k=3, capped trees, pruning off / threshold {args.prune_threshold}")
     for tree_cap in (2, 4, 8, 16, 32, 64, 128):
         for prune in (None, args.prune_threshold):
             r = run(model, gamma=G, k=3, tree_cap=tree_cap, prune_threshold=prune)
             results["tree_size"].append(dict(tree_cap=tree_cap, prune_threshold=prune, **r))
             print(f"  cap {tree_cap:>3} prune {prune or '-'}: nodes {r['tree_size']:.1f} -> {r['tree_size_after_pruning']:.1f}"
-                  f"  CR {r['cr_ratio']:.2f}  speedup {r['speedup']:.2f}x")
+                  f"  CR {r['cr_ratio']:.2f}  speedup {speedups(r)}")
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "results.json"), "w") as f:
         json.dump(results, f, indent=1)
@@ -148,22 +167,23 @@ def write_toy_markdown(results: dict, path: str):
              f"batch 1, greedy, {s['threads']} thread(s), median of {s['repeats']} interleaved runs. "
              f"Tokens per call counts the root/bonus token. Trees capped at {s['tree_cap']} nodes.\n",
              f"## One model trained with γ={s['model_gamma']}, used at smaller γ\n",
-             "| γ | k | tokens/call | CR | speedup | acceptance at depth 1..γ |", "|---|---|---|---|---|---|"]
+             "| γ | k | tokens/call | CR | speedup (tree pass / accepted pass) | acceptance at depth 1..γ |",
+             "|---|---|---|---|---|---|"]
     for r in results["grid"]:
         lines.append(f"| {r['gamma']} | {r['k']} | {r['tokens_per_call']:.2f} | {r['cr_ratio']:.2f} | "
-                     f"{r['speedup']:.2f}x | {' '.join(fmt(a) for a in r['acceptance'])} |")
+                     f"{speedups(r)} | {' '.join(fmt(a) for a in r['acceptance'])} |")
     lines += ["\n## Models trained separately with exactly γ streams (k = 1)\n",
-              "| γ | tokens/call | CR | speedup | acceptance at depth 1..γ |", "|---|---|---|---|---|"]
+              "| γ | tokens/call | CR | speedup (tree / accepted pass) | acceptance at depth 1..γ |", "|---|---|---|---|---|"]
     for r in results["separate"]:
-        lines.append(f"| {r['gamma']} | {r['tokens_per_call']:.2f} | {r['cr_ratio']:.2f} | {r['speedup']:.2f}x | "
+        lines.append(f"| {r['gamma']} | {r['tokens_per_call']:.2f} | {r['cr_ratio']:.2f} | {speedups(r)} | "
                      f"{' '.join(fmt(a) for a in r['acceptance'])} |")
     lines += ["\n## Tree size, with and without pruning (γ = model's, k = 3)\n",
-              "| cap | prune threshold | nodes drafted | nodes after pruning | tokens/call | CR | speedup |",
+              "| cap | prune threshold | nodes drafted | nodes after pruning | tokens/call | CR | speedup (tree / accepted pass) |",
               "|---|---|---|---|---|---|---|"]
     for r in results["tree_size"]:
         lines.append(f"| {r['tree_cap']} | {r['prune_threshold'] or '-'} | {r['tree_size']:.1f} | "
                      f"{r['tree_size_after_pruning']:.1f} | {r['tokens_per_call']:.2f} | {r['cr_ratio']:.2f} | "
-                     f"{r['speedup']:.2f}x |")
+                     f"{speedups(r)} |")
     with open(path, "w") as f:
         f.write("\n".join(lines) + "\n")
 
@@ -197,7 +217,9 @@ def plot_toy(results: dict, out: str):
     for k in sorted({r["k"] for r in results["grid"]}):
         rows = [r for r in results["grid"] if r["k"] == k]
         axes[0].plot([r["gamma"] for r in rows], [r["cr_ratio"] for r in rows], "o-", label=f"k={k}")
-        axes[1].plot([r["gamma"] for r in rows], [r["speedup"] for r in rows], "o-", label=f"k={k}")
+        line, = axes[1].plot([r["gamma"] for r in rows], [r["speedup"] for r in rows], "o-", label=f"k={k}, tree pass")
+        axes[1].plot([r["gamma"] for r in rows], [r["speedup_accepted"] for r in rows], "s--", color=line.get_color(),
+                     label=f"k={k}, accepted-node pass")
     axes[0].set(xlabel="γ", ylabel="CR ratio (AR calls / SS calls)", title="Call reduction vs γ")
     axes[1].axhline(1.0, color="gray", lw=0.8)
     axes[1].set(xlabel="γ", ylabel="wall-time speedup over KV-cached greedy", title="Wall-time speedup vs γ (CPU)")
@@ -209,7 +231,10 @@ def plot_toy(results: dict, out: str):
     for prune, style in ((None, "o-"), (True, "s--")):
         rows = [r for r in results["tree_size"] if bool(r["prune_threshold"]) == bool(prune)]
         label = "no pruning" if prune is None else f"pruning (threshold {rows[0]['prune_threshold']})"
-        axes[0].plot([r["tree_size_after_pruning"] for r in rows], [r["speedup"] for r in rows], style, label=label)
+        axes[0].plot([r["tree_size_after_pruning"] for r in rows], [r["speedup"] for r in rows], style,
+                     label=label + ", tree pass")
+        axes[0].plot([r["tree_size_after_pruning"] for r in rows], [r["speedup_accepted"] for r in rows], style, alpha=0.5,
+                     label=label + ", accepted-node pass")
         axes[1].plot([r["tree_size_after_pruning"] for r in rows], [r["cr_ratio"] for r in rows], style, label=label)
     axes[0].set(xscale="log", xlabel="nodes per forward (after pruning)", ylabel="wall-time speedup",
                 title="Speedup vs tree size (caps 2..128, k=3)")
@@ -258,6 +283,7 @@ def main(argv=None):
     p.add_argument("--max-new-tokens", type=int, default=60)
     p.add_argument("--repeats", type=int, default=3, help="timed repetitions (median)")
     p.add_argument("--threads", type=int, default=1, help="torch threads, fixed for the whole run")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (timings then synchronise the GPU)")
     p.add_argument("--out", default="results/toy", help="output folder of `toy`")
     p.add_argument("--tree-cap", type=int, default=64, help="`toy`: node cap of the trees in the γ x k grid")
     p.add_argument("--prune-threshold", type=float, default=0.1, help="`toy`: pruning threshold of the tree-size sweep")

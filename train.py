@@ -96,10 +96,11 @@ def train_stage(model: GPT, get_batch: Callable[[int], Batch], stage: StageConfi
                              scheduler=scheduler.state_dict(), history=history, **(extra or {})), ckpt_path)
 
     model.train()
+    device = next(model.parameters()).device
     bar = tqdm(total=stage.steps, initial=step, desc=stage.name, disable=quiet, dynamic_ncols=True)
     while step < stage.steps:
         torch.manual_seed(stage.seed * 1_000_003 + step)  # dropout masks are a function of the step too
-        idx, targets, loss_mask = get_batch(step)
+        idx, targets, loss_mask = (x.to(device) for x in get_batch(step))
         if stage.loss == "early_exit":
             loss = early_exit_loss(model, idx, targets, loss_mask)
             out = None

@@ -11,13 +11,13 @@ A story is three sentences and an end token. Every sentence alternates *free cho
 uniformly at random: nobody can predict it) with *fixed phrases* (fully determined by the word that opened
 them). For example, in
 
-    the old fox is afraid of the big red barn .
+    the fox is afraid of the big red barn .
 
-"old", "fox", "is" and "big" are free choices, "afraid of the" is forced by "is", "red barn ." is forced by
+"fox", "is" and "big" are free choices, "afraid of the" is forced by "is", "red barn ." is forced by
 "big". A stream that looks j tokens ahead can only be right when no free choice lies between; so the
 acceptance of depth j falls with j at a rate set by how long the fixed phrases are. Counting sentences
-("count : three four five six stop .") make some long, fully predictable runs, and the last sentence
-repeats the animal of the first one (predictable only by attending back), so every stream has something
+("count : three four five six stop .") make some long, fully predictable runs, and the other sentences
+repeat the animal of the first one (predictable only by attending back), so every stream has something
 to learn at every depth, but never everything.
 
     python train_toy.py             # default run, about 3-4 minutes on 2 CPU cores
@@ -70,9 +70,9 @@ def story(rng: random.Random) -> list[str]:
     def animal_sentence(name: str) -> list[str]:
         verb = rng.choice(list(VERB_PHRASES))
         obj = rng.choice(list(OBJECTS))
-        return ["the", rng.choice(ADJECTIVES), name, verb, *VERB_PHRASES[verb], "the", obj, *OBJECTS[obj], "."]
+        return [name, verb, *VERB_PHRASES[verb], "the", obj, *OBJECTS[obj], "."]
 
-    words = animal_sentence(animal)
+    words = ["the", *animal_sentence(animal)]
     if rng.random() < 0.5:
         place = rng.choice(list(PLACES))
         words += ["on", rng.choice(DAYS), "the", "weather", "was", rng.choice(WEATHER), "and", "the", animal,
@@ -80,7 +80,7 @@ def story(rng: random.Random) -> list[str]:
     else:
         start = rng.randrange(0, 6)
         words += ["count", ":", *NUMBERS[start:start + rng.randint(3, 5)], "stop", "."]
-    words += ["then", *animal_sentence(animal)[:-1], "again", ".", EOS]
+    words += ["then", "the", rng.choice(ADJECTIVES), *animal_sentence(animal)[:-1], "again", ".", EOS]
     return words
 
 
@@ -125,10 +125,10 @@ def train_pipeline(args, quiet: bool = False) -> tuple[GPT, ToyData, dict]:
     torch.set_num_threads(args.threads) if args.threads else None
     data = ToyData(args.n_stories, args.seed)
     os.makedirs(args.out_dir, exist_ok=True)
-    batch = lambda seed: (lambda step: data.batch(step, args.batch_size, args.train_block, seed))
+    batch = lambda seed, size=args.batch_size: (lambda step: data.batch(step, size, args.train_block, seed))
     histories = {}
 
-    base = GPT(base_config(args, len(data.words)))
+    base = GPT(base_config(args, len(data.words))).to(args.device)
     base_path = os.path.join(args.out_dir, "base.pt")
     histories["pretrain"] = train_stage(base, batch(args.seed), StageConfig(
         "pretrain", args.pretrain_steps, args.lr, seed=args.seed), base_path, quiet=quiet)
@@ -136,12 +136,12 @@ def train_pipeline(args, quiet: bool = False) -> tuple[GPT, ToyData, dict]:
     cfg = base_config(args, len(data.words))
     cfg.n_streams, cfg.n_msa_layers, cfg.lora_rank, cfg.prune_rank = args.gamma, args.n_msa_layers, args.lora_rank, 8
     cfg.__post_init__()
-    model = GPT(cfg)
+    model = GPT(cfg).to(args.device)
     own = model.state_dict()
     own.update(base.state_dict())  # base weights; LoRA, stream embeddings and adapter keep their init
     load_weights(model, own, base_path)
     ss_path = os.path.join(args.out_dir, f"ss_gamma{args.gamma}.pt")
-    histories["streams"] = train_stage(model, batch(args.seed + 1), StageConfig(
+    histories["streams"] = train_stage(model, batch(args.seed + 1, args.ss_batch_size), StageConfig(
         f"streams (γ={args.gamma})", args.ss_steps, args.ss_lr, seed=args.seed + 1), ss_path, quiet=quiet)
     prune_path = os.path.join(args.out_dir, f"ss_gamma{args.gamma}_pruned.pt")
     histories["prune_adapter"] = train_stage(model, batch(args.seed + 2), StageConfig(
@@ -161,16 +161,18 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--block-size", type=int, default=128, help="context length of the model")
     p.add_argument("--train-block", type=int, default=64, help="length of training windows")
     p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--ss-batch-size", type=int, default=16, help="batch size of the stream fine-tuning")
     p.add_argument("--gamma", type=int, default=6, help="γ, number of speculative streams")
     p.add_argument("--n-msa-layers", type=int, default=2, help="N_s, top blocks with multi-stream attention")
     p.add_argument("--lora-rank", type=int, default=16)
     p.add_argument("--pretrain-steps", type=int, default=800)
     p.add_argument("--ss-steps", type=int, default=600, help="Speculative Streaming fine-tuning steps")
-    p.add_argument("--prune-steps", type=int, default=150, help="pruning-adapter steps")
+    p.add_argument("--prune-steps", type=int, default=100, help="pruning-adapter steps")
     p.add_argument("--lr", type=float, default=2e-3, help="pretraining learning rate")
-    p.add_argument("--ss-lr", type=float, default=2e-3, help="fine-tuning learning rate (LoRA + streams)")
+    p.add_argument("--ss-lr", type=float, default=5e-3, help="fine-tuning learning rate (LoRA + streams)")
     p.add_argument("--prune-lr", type=float, default=2e-3)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (checkpoints load on any device)")
     return p
 
 

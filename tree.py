@@ -61,6 +61,8 @@ def draft_tree(root: int, topk_tokens: torch.Tensor, topk_probs: torch.Tensor, c
     """Draft a tree from the streams' top-k. topk_tokens, topk_probs: (depth, k), row j-1 from stream j.
     Full k-ary tree; with `cap`, keep only the `cap` nodes with the highest path probability (EAGLE-2 style)."""
     depth, k = topk_tokens.shape
+    if cap is not None and cap < sum(k ** d for d in range(depth + 1)):
+        return best_first_tree(root, topk_tokens, topk_probs, cap)
     parents, depths, ranks, ancestors = full_tree_shape(depth, k)
     device = topk_tokens.device
     # copies, so that editing one tree never touches the cached shape
@@ -69,13 +71,35 @@ def draft_tree(root: int, topk_tokens: torch.Tensor, topk_probs: torch.Tensor, c
     tokens = torch.cat([torch.tensor([root], device=device), topk_tokens.flatten()])[table]
     p = torch.cat([torch.ones(1, device=device, dtype=topk_probs.dtype), topk_probs.flatten()])[table]
     scores = torch.where(ancestors, p, 1.0).prod(dim=1)  # product of the probabilities along the path
-    tree = Tree(tokens, parents, depths, scores, ancestors)
-    if cap is not None and cap < len(tree):
-        # children never beat their parent (probabilities <= 1) and a stable sort keeps parents first on
-        # ties, so the best `cap` nodes always form a tree
-        order = torch.sort(scores, descending=True, stable=True).indices[:cap]
-        tree = subtree(tree, order.sort().values)
-    return tree
+    return Tree(tokens, parents, depths, scores, ancestors)
+
+
+def best_first_tree(root: int, topk_tokens: torch.Tensor, topk_probs: torch.Tensor, cap: int) -> Tree:
+    """The `cap` nodes of the full tree with the highest path probability, without building the full tree.
+    A child never beats its parent (probabilities <= 1), so the best nodes of depth j are children of the
+    best nodes of depth j-1: expand depth by depth, keeping at most cap-1 candidates each time."""
+    depth, k = topk_tokens.shape
+    device = topk_tokens.device
+    tokens, parents = [torch.tensor([root], device=device)], [torch.tensor([-1], device=device)]
+    depths = [torch.zeros(1, dtype=torch.long, device=device)]
+    scores = [torch.ones(1, dtype=topk_probs.dtype, device=device)]
+    level, n = torch.tensor([0], device=device), 1
+    for d in range(depth):
+        candidates = (scores[-1][:, None] * topk_probs[d]).flatten()  # (len(level) * k,), parent by parent
+        keep = candidates.topk(min(cap - 1, len(candidates))).indices.sort().values  # breadth-first order kept
+        tokens.append(topk_tokens[d][keep % k]), parents.append(level[keep // k])
+        depths.append(torch.full((len(keep),), d + 1, device=device)), scores.append(candidates[keep])
+        level, n = torch.arange(n, n + len(keep), device=device), n + len(keep)
+    parents_all = torch.cat(parents)
+    ancestors = torch.eye(n, dtype=torch.bool, device=device)
+    start = 1
+    for level_parents in parents[1:]:  # a parent's row is complete before its children's
+        ancestors[start:start + len(level_parents)] |= ancestors[level_parents]
+        start += len(level_parents)
+    tree = Tree(torch.cat(tokens), parents_all, torch.cat(depths), torch.cat(scores), ancestors)
+    # the global best `cap`; a stable sort keeps parents before their children on ties, so they form a tree
+    order = torch.sort(tree.scores, descending=True, stable=True).indices[:cap]
+    return subtree(tree, order.sort().values)
 
 
 def subtree(tree: Tree, keep: torch.Tensor) -> Tree:

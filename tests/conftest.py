@@ -1,5 +1,16 @@
 """Shared fixtures for the test suite (keep this file small: other test files use it too)."""
 import pytest
+import torch
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_thread():
+    """The test models are tiny: one thread is fastest, and several threads on a busy 2-core machine are 10-50x
+    slower (they spin waiting for each other). Restored at the end."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 @pytest.fixture

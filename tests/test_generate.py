@@ -18,14 +18,6 @@ from tree import subtree, tree_attention_mask
 GK = [(g, k) for g in (1, 2, 3, 4) for k in (1, 2, 3)]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 # ------------------------------------------------------------------------------------------------------------
 # models
 # ------------------------------------------------------------------------------------------------------------

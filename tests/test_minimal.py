@@ -25,15 +25,6 @@ SHAPES = [  # (MiniConfig fields); model.GPT gets the same plus lora_rank=0, pru
 ]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """These models are tiny: extra threads only add synchronisation, which costs 10-30x when the cores are
-    shared with other jobs. Restored afterwards for the other test files."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def perturb_(model: torch.nn.Module, seed: int):
     """Move every parameter (biases, LayerNorms and stream embeddings included) away from its initial value."""

@@ -16,15 +16,6 @@ from model import GPT, GPTConfig, KVCache, save_atomic
 ATOL = 1e-10  # float64 comparisons between different computation orders
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run fastest on one thread; several threads on a busy 2-core machine are 10-50x slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 # ----------------------------------------------------------------------------------------------------------
 # helpers
 # ----------------------------------------------------------------------------------------------------------

@@ -13,14 +13,6 @@ from train_toy import ToyData, parser, story, train_pipeline, vocabulary
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def test_toy_language_is_deterministic_and_in_vocabulary():
     import random
     a, b = ToyData(50, seed=3), ToyData(50, seed=3)

@@ -385,3 +385,27 @@ def test_path_to():
     assert tree.path_to(2) == [0, 2]
     assert tree.path_to(4) == [0, 1, 4]
     assert tree.path_to(6) == [0, 2, 6]
+
+
+def test_best_first_tree_equals_capping_the_full_tree():
+    """The capped tree built depth by depth holds exactly the `cap` best nodes of the full tree."""
+    from tree import best_first_tree
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(300):
+        g, k, cap = (int(torch.randint(lo, hi, (), generator=gen)) for lo, hi in ((1, 6), (1, 5), (1, 40)))
+        probs = torch.rand(g, k, generator=gen, dtype=torch.float64).sort(dim=1, descending=True).values
+        tokens = torch.randint(0, 1000, (g, k), generator=gen)
+        full = draft_tree(3, tokens, probs)
+        if cap >= len(full):
+            continue
+        best = full.scores.sort(descending=True, stable=True).indices[:cap]
+        expected = subtree(full, best.sort().values)
+        got = best_first_tree(3, tokens, probs, cap)
+        assert len(got) == cap
+        torch.testing.assert_close(got.scores.sort().values, expected.scores.sort().values, atol=1e-12, rtol=0)
+        assert sorted(zip(got.depths.tolist(), got.tokens.tolist())) == sorted(
+            zip(expected.depths.tolist(), expected.tokens.tolist()))
+        for i in range(1, cap):  # breadth first, parents first, ancestor rows consistent
+            p = int(got.parents[i])
+            assert p < i and got.depths[i] == got.depths[p] + 1
+            assert torch.equal(got.ancestors[i], got.ancestors[p] | (torch.arange(cap) == i))
