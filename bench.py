@@ -2,6 +2,7 @@
 over the KV-cached greedy loop. Never a test: run it yourself and read the tables.
 
     python bench.py speed          # a few (γ, k, pruning) settings on the toy model (train_toy.py first)
+    python bench.py rows           # cost of a forward of n tree nodes relative to one node (the speedup's limit)
     python bench.py params         # parameter accounting: SS vs 4 Medusa heads, toy to 7B-sized configs
     python bench.py toy            # the γ study: acceptance vs γ, speedup and CR vs γ per k, speedup vs tree
                                    # size with and without pruning; writes results/toy/ (JSON, Markdown, PNGs)
@@ -24,7 +25,7 @@ import time
 import torch
 
 from generate import generate_autoregressive, generate_speculative
-from model import GPT
+from model import GPT, KVCache
 
 
 PASSES = ("tree", "accepted")  # the paper's single pass, and streams of the accepted node only (generate.py)
@@ -71,6 +72,8 @@ def measure(model: GPT, prompts: list[list[int]], max_new_tokens: int, eos_id: i
         tree_size=sum(drafted) / max(len(drafted), 1),
         tree_size_after_pruning=sum(kept) / max(len(kept), 1),
         ar_ms_per_token=1000 * median["ar"] / ar_calls,
+        ss_ms_per_call=1000 * median["tree"] / ss_calls,
+        ss_ms_per_call_accepted=1000 * median["accepted"] / ss_calls,
         times=median,
     )
 
@@ -157,6 +160,13 @@ def run_toy(args):
         json.dump(results, f, indent=1)
     write_toy_markdown(results, os.path.join(args.out, "results.md"))
     plot_toy(results, args.out)
+    print(f"\nSummary (k = 1; speedup = tree pass / accepted-node pass; tokens per call count the root token):")
+    print(f"{'γ':>3} {'tokens/call':>11} {'CR':>5} {'speedup':>15}")
+    for r in (r for r in results["grid"] if r["k"] == 1):
+        print(f"{r['gamma']:>3} {r['tokens_per_call']:>11.2f} {r['cr_ratio']:>5.2f} {speedups(r):>15}")
+    best = max(results["grid"] + results["tree_size"], key=lambda r: max(r["speedup"], r["speedup_accepted"]))
+    print(f"fastest setting: {dict((k, best[k]) for k in ('gamma', 'k', 'tree_cap', 'prune_threshold') if k in best)}"
+          f" at {speedups(best)}, CR {best['cr_ratio']:.2f}")
     print(f"wrote {args.out}/results.json, results.md and plots")
 
 
@@ -244,6 +254,36 @@ def plot_toy(results: dict, out: str):
     fig.tight_layout(), fig.savefig(os.path.join(out, "speedup_vs_tree_size.png"), dpi=120), plt.close(fig)
 
 
+def run_rows(args):
+    """Cost of one forward over n tree nodes (a chain) on top of a 40-token cache, relative to one node: the
+    wall-time speedup is at most CR divided by this ratio (plus the streams' extra rows)."""
+    import tree as tree_ops
+    model, data, prompts = load_toy(args)
+    cache_len, reps = 40, 200
+    print(f"toy model, {torch.get_num_threads()} thread(s): one forward of n nodes over a {cache_len}-token cache "
+          f"(main stream only / with γ={model.config.n_streams} streams on every node)")
+    base = None
+    with torch.inference_mode():
+        for n in (1, 2, 4, 8, 16, 32, 64):
+            t = tree_ops.draft_tree(0, torch.zeros(n - 1, 1, dtype=torch.long), torch.ones(n - 1, 1))  # a chain
+            mask, pos = tree_ops.tree_attention_mask(t, cache_len), tree_ops.position_ids(t, cache_len)
+            times = []
+            for n_streams in (0, model.config.n_streams):
+                cache = KVCache(model.config, 1, cache_len + n, device=args.device)
+                cache.length = cache_len
+                step = lambda: model.upper(model.lower(model.embed(t.tokens[None], pos), mask, cache), mask, cache,
+                                           n_streams=n_streams)
+                for _ in range(20):
+                    step()
+                start = time.perf_counter()
+                for _ in range(reps):
+                    step()
+                times.append((time.perf_counter() - start) / reps * 1000)
+            base = base or times[0]
+            print(f"  n={n:>3}: {times[0]:.3f} ms ({times[0] / base:.2f}x one node) | with streams {times[1]:.3f} ms "
+                  f"({times[1] / base:.2f}x)")
+
+
 def run_params(args):
     """Parameter accounting: base, LoRA, stream embeddings, pruning adapter, and 4 Medusa heads on the same config."""
     from model import GPTConfig, medusa_head_params
@@ -274,7 +314,7 @@ def run_params(args):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("what", choices=["speed", "toy", "params"], help="which benchmark")
+    p.add_argument("what", choices=["speed", "toy", "params", "rows"], help="which benchmark")
     p.add_argument("--toy-dir", default="checkpoints/toy", help="train_toy.py's --out-dir")
     p.add_argument("--toy-gamma", type=int, default=6, help="γ of the toy checkpoint to load")
     p.add_argument("--n-stories", type=int, default=4000, help="as given to train_toy.py")
@@ -291,7 +331,7 @@ def main(argv=None):
     p.add_argument("--separate", type=int, nargs="*", default=[2, 4], help="`toy`: γ of separately trained models")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    {"speed": run_speed, "toy": run_toy, "params": run_params}[args.what](args)
+    {"speed": run_speed, "toy": run_toy, "params": run_params, "rows": run_rows}[args.what](args)
 
 
 if __name__ == "__main__":
