@@ -3,6 +3,7 @@ over the KV-cached greedy loop. Never a test: run it yourself and read the table
 
     python bench.py speed          # a few (γ, k, pruning) settings on the toy model (train_toy.py first)
     python bench.py rows           # cost of a forward of n tree nodes relative to one node (the speedup's limit)
+    python bench.py task --task e2e  # a real task (train_task.py first): quality of NTP vs SS, SS speed
     python bench.py params         # parameter accounting: SS vs 4 Medusa heads, toy to 7B-sized configs
     python bench.py toy            # the γ study: acceptance vs γ, speedup and CR vs γ per k, speedup vs tree
                                    # size with and without pruning; writes results/toy/ (JSON, Markdown, PNGs)
@@ -284,6 +285,100 @@ def run_rows(args):
                   f"({times[1] / base:.2f}x)")
 
 
+MAX_NEW_TOKENS = {"e2e": 80, "sql": 160, "dialogsum": 96}  # longer than nearly every reference completion
+
+
+def quality(task: str, hypotheses: list[str], references: list[list[str]]) -> dict[str, float]:
+    """E2E: BLEU (sacrebleu, all references) and ROUGE-L; SQL: exact match of the whitespace- and case-normalised
+    query; DialogSum: ROUGE-1/2/L F1, best over the references, averaged (rouge-score, stemmed)."""
+    from rouge_score import rouge_scorer
+    if task == "sql":
+        norm = lambda q: " ".join(q.lower().split())
+        return dict(exact_match=100 * sum(norm(h) == norm(r[0]) for h, r in zip(hypotheses, references)) / len(hypotheses))
+    kinds = ["rougeL"] if task == "e2e" else ["rouge1", "rouge2", "rougeL"]
+    scorer = rouge_scorer.RougeScorer(kinds, use_stemmer=True)
+    scores = [scorer.score_multi(r, h) for h, r in zip(hypotheses, references)]
+    out = {k: 100 * sum(s[k].fmeasure for s in scores) / len(scores) for k in kinds}
+    if task == "e2e":
+        import sacrebleu
+        n_refs = max(len(r) for r in references)
+        streams = [[r[i] if i < len(r) else None for r in references] for i in range(n_refs)]
+        out = dict(bleu=sacrebleu.corpus_bleu(hypotheses, streams).score, **out)
+    return out
+
+
+def run_task(args):
+    """A real task: quality of the NTP baseline and of the SS model, and SS speed, on a fixed test subset."""
+    from data import EOS, CompactVocab, load_task, prompt_ids
+    task, folder = args.task, args.task_dir
+    paths = {name: os.path.join(folder, f"{task}_{name}.pt") for name in ("ntp", "ss_pruned")}
+    for path in paths.values():
+        if not os.path.exists(path):
+            raise SystemExit(f"{path} not found: run `python train_task.py --task {task} --out-dir {folder}` first")
+    models = {}
+    for name, path in paths.items():
+        models[name] = GPT.from_checkpoint(path).to(args.device).eval()
+        models[name].merge_lora()
+    vocab = CompactVocab.from_dict(torch.load(paths["ss_pruned"], weights_only=True)["vocabulary"])
+    examples = load_task(task, "test", args.data_dir)[:args.n_eval]  # the first n_eval test examples, fixed
+    max_new, eos = MAX_NEW_TOKENS[task], EOS
+    budget = models["ss_pruned"].config.block_size - max_new + 1
+    prompts = [prompt_ids(vocab, ex, budget) for ex in examples]
+    references = [ex.references for ex in examples]
+    decode = lambda ids: vocab.decode([t for t in ids if t != eos])
+    print(f"{task}: {len(examples)} test examples, up to {max_new} new tokens, {torch.get_num_threads()} thread(s)")
+    ntp_out = [decode(generate_autoregressive(models["ntp"], p, max_new, eos).tokens) for p in prompts]
+    ss = models["ss_pruned"]
+    ss_out = [decode(generate_speculative(ss, p, max_new, k=1, eos_id=eos).tokens) for p in prompts]
+    results = dict(task=task, n_examples=len(examples), max_new_tokens=max_new, config=vars(ss.config),
+                   quality=dict(ntp=quality(task, ntp_out, references), ss=quality(task, ss_out, references)),
+                   params=ss.parameter_counts(), speed=[], samples=[dict(prompt=e.prompt, ntp=a, ss=b) for e, a, b
+                                                                    in zip(examples[:5], ntp_out, ss_out)])
+    print("quality:", {k: {m: round(v, 2) for m, v in q.items()} for k, q in results["quality"].items()})
+    speed_prompts = prompts[:args.prompts]
+    for s in [dict(k=1), dict(k=2, tree_cap=8), dict(k=2, tree_cap=16, prune_threshold=0.1), dict(k=3, tree_cap=24)]:
+        r = measure(ss, speed_prompts, max_new, eos, args.repeats, **s)
+        results["speed"].append(dict(gamma=ss.config.n_streams, **s, **r))
+        print(f"  k={s['k']} cap={s.get('tree_cap')} prune={s.get('prune_threshold')}: tokens/call "
+              f"{r['tokens_per_call']:.2f}  CR {r['cr_ratio']:.2f}  speedup {speedups(r)}  acceptance "
+              + " ".join(fmt(a) for a in r["acceptance"]))
+    out = os.path.join(args.results_dir, task)
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, "results.json"), "w") as f:
+        json.dump(results, f, indent=1)
+    write_task_markdown(results, args, os.path.join(out, "results.md"))
+    print(f"wrote {out}/results.json and results.md")
+
+
+def write_task_markdown(results: dict, args, path: str):
+    q, c, extra = results["quality"], results["params"], results["params"]["stream_emb"] + results["params"]["prune_adapter"]
+    metric_names = list(q["ntp"])
+    best = max(results["speed"], key=lambda r: max(r["speedup"], r["speedup_accepted"]))
+    lines = [f"# {results['task']}: Speculative Streaming vs the next-token baseline\n",
+             f"Command: `python bench.py task --task {results['task']} --n-eval {args.n_eval} --prompts {args.prompts} "
+             f"--repeats {args.repeats}`: the first {results['n_examples']} test examples for quality, the first "
+             f"{args.prompts} for speed; batch 1, greedy, {torch.get_num_threads()} thread(s), CPU unless stated. "
+             f"Tokens per call count the root token. Speedup: paper's single pass / accepted-node stream pass.\n",
+             "## In the layout of the paper's Table 1\n",
+             "| method | speedup | CR | " + " | ".join(metric_names) + " | extra parameters |",
+             "|---|---|---|" + "---|" * len(metric_names) + "---|",
+             "| next-token LoRA (baseline) | 1.00x | 1.00 | " + " | ".join(f"{q['ntp'][m]:.2f}" for m in metric_names)
+             + " | 0 |",
+             f"| Speculative Streaming (γ={best['gamma']}, k={best['k']}, cap={best.get('tree_cap')}, prune="
+             f"{best.get('prune_threshold')}) | {speedups(best)} | {best['cr_ratio']:.2f} | "
+             + " | ".join(f"{q['ss'][m]:.2f}" for m in metric_names) + f" | {extra:,} |",
+             "\n## Speed settings\n", "| k | cap | prune | tokens/call | CR | speedup | acceptance at depth 1..γ |",
+             "|---|---|---|---|---|---|---|"]
+    for r in results["speed"]:
+        lines.append(f"| {r['k']} | {r.get('tree_cap') or '-'} | {r.get('prune_threshold') or '-'} | "
+                     f"{r['tokens_per_call']:.2f} | {r['cr_ratio']:.2f} | {speedups(r)} | "
+                     f"{' '.join(fmt(a) for a in r['acceptance'])} |")
+    lines += ["\n## Samples\n"] + [f"- prompt: `{s['prompt'][:200]}`\n  - NTP: `{s['ntp']}`\n  - SS: `{s['ss']}`"
+                                      for s in results["samples"]]
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
+
+
 def run_params(args):
     """Parameter accounting: base, LoRA, stream embeddings, pruning adapter, and 4 Medusa heads on the same config."""
     from model import GPTConfig, medusa_head_params
@@ -314,7 +409,7 @@ def run_params(args):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("what", choices=["speed", "toy", "params", "rows"], help="which benchmark")
+    p.add_argument("what", choices=["speed", "toy", "params", "rows", "task"], help="which benchmark")
     p.add_argument("--toy-dir", default="checkpoints/toy", help="train_toy.py's --out-dir")
     p.add_argument("--toy-gamma", type=int, default=6, help="γ of the toy checkpoint to load")
     p.add_argument("--n-stories", type=int, default=4000, help="as given to train_toy.py")
@@ -327,11 +422,16 @@ def main(argv=None):
     p.add_argument("--out", default="results/toy", help="output folder of `toy`")
     p.add_argument("--tree-cap", type=int, default=64, help="`toy`: node cap of the trees in the γ x k grid")
     p.add_argument("--prune-threshold", type=float, default=0.1, help="`toy`: pruning threshold of the tree-size sweep")
+    p.add_argument("--task", choices=["e2e", "sql", "dialogsum"], default="e2e", help="`task`: which real task")
+    p.add_argument("--task-dir", default="checkpoints/tasks", help="`task`: train_task.py's --out-dir")
+    p.add_argument("--data-dir", default=None, help="`task`: data folder (else $SPECSTREAM_DATA, else ../shared/data)")
+    p.add_argument("--results-dir", default="results", help="`task`: results go to RESULTS_DIR/<task>/")
+    p.add_argument("--n-eval", type=int, default=200, help="`task`: test examples scored for quality")
     p.add_argument("--gamma-params", type=int, default=4, help="`params`: γ of the accounting table")
     p.add_argument("--separate", type=int, nargs="*", default=[2, 4], help="`toy`: γ of separately trained models")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    {"speed": run_speed, "toy": run_toy, "params": run_params, "rows": run_rows}[args.what](args)
+    {"speed": run_speed, "toy": run_toy, "params": run_params, "rows": run_rows, "task": run_task}[args.what](args)
 
 
 if __name__ == "__main__":

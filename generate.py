@@ -76,7 +76,7 @@ def check_prompt(model: GPT, prompt_ids, max_new_tokens: int) -> torch.Tensor:
     bad = [t for t in prompt_ids if not 0 <= t < cfg.vocab_size]
     if bad:
         raise ValueError(f"prompt token ids {bad[:5]} are outside the vocabulary [0, {cfg.vocab_size})")
-    if not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+    if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 0:
         raise ValueError(f"max_new_tokens={max_new_tokens!r} must be an integer >= 0")
     if len(prompt_ids) + max_new_tokens - 1 > cfg.block_size:
         raise ValueError(f"prompt of {len(prompt_ids)} tokens + max_new_tokens={max_new_tokens} needs "
@@ -152,9 +152,9 @@ def generate_speculative(model: GPT, prompt_ids, max_new_tokens: int, gamma: int
     gamma = cfg.n_streams if gamma is None else gamma
     if cfg.n_streams == 0:
         raise ValueError("the model has no streams (n_streams=0): use generate_autoregressive or train streams")
-    if not isinstance(gamma, int) or not 1 <= gamma <= cfg.n_streams:
+    if not isinstance(gamma, int) or isinstance(gamma, bool) or not 1 <= gamma <= cfg.n_streams:
         raise ValueError(f"gamma={gamma!r} must be an integer in 1..{cfg.n_streams} (the model's n_streams)")
-    if not isinstance(k, int) or not 1 <= k <= cfg.vocab_size:
+    if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= cfg.vocab_size:
         raise ValueError(f"k={k!r} must be an integer in 1..vocab_size={cfg.vocab_size}")
     if stream_pass not in ("tree", "accepted"):
         raise ValueError(f"stream_pass={stream_pass!r} must be 'tree' (the paper's single pass) or 'accepted'")

@@ -418,6 +418,10 @@ class GPT(nn.Module):
         import json
         with open(os.path.join(local_dir, "config.json")) as f:
             hf = json.load(f)
+        if hf.get("activation_function", "gelu_new") != "gelu_new" or hf.get("layer_norm_epsilon", 1e-5) != 1e-5 \
+                or hf.get("n_inner") not in (None, 4 * hf["n_embd"]):
+            raise ValueError(f"{local_dir}: only GPT-2's gelu_new activation, layer_norm_epsilon=1e-5 and a 4x MLP "
+                             f"are supported by this model")
         config = GPTConfig(vocab_size=hf["vocab_size"], block_size=hf["n_positions"], n_layer=hf["n_layer"],
                            n_head=hf["n_head"], n_embd=hf["n_embd"], bias=True, n_streams=n_streams,
                            n_msa_layers=n_msa_layers, **overrides)

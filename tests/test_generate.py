@@ -616,6 +616,8 @@ def test_good_prompt_forms_are_equivalent(rand_model):
     (dict(gamma=0), "gamma"),
     (dict(gamma=-1), "gamma"),
     (dict(gamma=2.0), "gamma"),
+    (dict(gamma=True), "gamma"),
+    (dict(k=True), "k="),
     (dict(k=0), "k="),
     (dict(k=-2), "k="),
     (dict(k=51), "k="),

@@ -816,3 +816,17 @@ def test_from_hf_gpt2_missing_weights(hf_gpt2_dirs, tmp_path):
     (tmp_path / "config.json").write_text((st / "config.json").read_text())
     with pytest.raises(FileNotFoundError):
         GPT.from_hf_gpt2(str(tmp_path))
+
+
+def test_from_hf_gpt2_refuses_configs_it_cannot_represent(hf_gpt2_dirs, tmp_path):
+    import json
+    import shutil
+    _, st, _ = hf_gpt2_dirs
+    for change in (dict(activation_function="relu"), dict(layer_norm_epsilon=1e-6), dict(n_inner=7)):
+        folder = tmp_path / next(iter(change))
+        shutil.copytree(st, folder)
+        cfg = json.loads((folder / "config.json").read_text())
+        cfg.update(change)
+        (folder / "config.json").write_text(json.dumps(cfg))
+        with pytest.raises(ValueError, match="gelu_new"):
+            GPT.from_hf_gpt2(str(folder))

@@ -117,3 +117,35 @@ def test_bench_without_checkpoint_says_what_to_do(tmp_path):
     out = subprocess.run([sys.executable, os.path.join(ROOT, "bench.py"), "speed", "--toy-dir", str(tmp_path)],
                          capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert out.returncode != 0 and "train_toy.py" in (out.stdout + out.stderr)
+
+
+def test_train_task_quick_and_bench_task(tmp_path):
+    """The real-task pipeline end to end on a tiny model: base, NTP LoRA, SS LoRA, pruning adapter, evaluation."""
+    data = pytest.importorskip("data")
+    try:
+        data.resolve_data_dir()
+    except FileNotFoundError as e:
+        pytest.skip(f"no real-task data here: {e}")
+    import bench
+    import train_task
+    out = tmp_path / "ckpt"
+    paths = train_task.train_task(train_task.parse(["--task", "e2e", "--quick", "--out-dir", str(out)]), quiet=True)
+    assert sorted(os.listdir(out)) == ["base.pt", "e2e_ntp.pt", "e2e_ss.pt", "e2e_ss_pruned.pt"]
+    assert GPT.from_checkpoint(paths["ss_pruned"]).config.n_streams == 4
+    bench.main(["task", "--task", "e2e", "--task-dir", str(out), "--results-dir", str(tmp_path / "res"),
+                "--n-eval", "3", "--prompts", "2", "--repeats", "1"])
+    import json
+    results = json.loads((tmp_path / "res" / "e2e" / "results.json").read_text())
+    assert set(results["quality"]["ntp"]) == {"bleu", "rougeL"} and len(results["speed"]) == 4
+    assert (tmp_path / "res" / "e2e" / "results.md").exists()
+
+
+def test_quality_metrics():
+    import bench
+    refs = [["the cat sat on the mat", "a cat sat on a mat"], ["select * from t"]]
+    assert bench.quality("sql", ["SELECT *  from T", "x"], [["select * from t"], ["y"]]) == dict(exact_match=50.0)
+    perfect = bench.quality("e2e", ["the cat sat on the mat"], refs[:1])
+    assert perfect["bleu"] > 99 and perfect["rougeL"] > 99
+    assert bench.quality("e2e", ["dogs run"], refs[:1])["rougeL"] == 0
+    d = bench.quality("dialogsum", ["a cat sat on a mat"], refs[:1])
+    assert set(d) == {"rouge1", "rouge2", "rougeL"} and d["rouge1"] > 99  # best over the references

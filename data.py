@@ -1,0 +1,287 @@
+"""The real tasks of the paper (E2E, ATIS text-to-SQL, DialogSum): loaders, a compact GPT-2 vocabulary and
+deterministic training batches of the form  prompt, SEP, completion, EOS  (loss on completion + EOS only).
+
+    from data import CompactVocab, TaskData, load_task
+    train = load_task("e2e", "train")                  # list[Example(prompt, completion, references)]
+    vocab = CompactVocab.build(t for ex in train for t in (ex.prompt, ex.completion))
+    idx, targets, loss_mask = TaskData(vocab, train, block_size=256).batch(step=0, batch_size=16)
+
+The data folder is `--data-dir` / `data_dir`, else $SPECSTREAM_DATA, else ../shared/data (see its README.md).
+"""
+from __future__ import annotations
+
+import csv
+import functools
+import json
+import os
+import pathlib
+import re
+from dataclasses import dataclass
+from typing import Iterable
+
+import torch
+
+ROOT = pathlib.Path(__file__).resolve().parent
+DEFAULT_DATA_DIR = ROOT.parent / "shared" / "data"
+TIKTOKEN_CACHE = ROOT.parent / "shared" / "tiktoken_cache"
+EOS, SEP, UNK = 0, 1, 2  # the compact vocabulary's specials; GPT-2 tokens start at id 3
+UNK_TEXT = "\ufffd"      # how decode renders UNK (the Unicode replacement character)
+SPLITS = {"e2e": ("train", "test"), "sql": ("train", "dev", "test"), "dialogsum": ("train", "test")}
+
+
+@functools.lru_cache(maxsize=None)
+def gpt2_encoding():
+    """tiktoken's GPT-2 BPE. Offline: uses ../shared/tiktoken_cache when $TIKTOKEN_CACHE_DIR is unset."""
+    import tiktoken
+    if "TIKTOKEN_CACHE_DIR" not in os.environ and TIKTOKEN_CACHE.is_dir():
+        os.environ["TIKTOKEN_CACHE_DIR"] = str(TIKTOKEN_CACHE)
+    try:
+        return tiktoken.get_encoding("gpt2")
+    except Exception as e:
+        raise RuntimeError(f"cannot load the GPT-2 BPE files ({e}); without internet, set TIKTOKEN_CACHE_DIR to a "
+                           f"folder holding tiktoken's cached files (e.g. ../shared/tiktoken_cache)") from e
+
+
+def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> pathlib.Path:
+    """The data folder: `data_dir` (--data-dir), else $SPECSTREAM_DATA, else ../shared/data."""
+    if data_dir is not None:
+        path, source = pathlib.Path(data_dir), "--data-dir"
+    elif os.environ.get("SPECSTREAM_DATA"):
+        path, source = pathlib.Path(os.environ["SPECSTREAM_DATA"]), "$SPECSTREAM_DATA"
+    else:
+        path, source = DEFAULT_DATA_DIR, "the default"
+    if not path.is_dir():
+        raise FileNotFoundError(f"data folder {path} (from {source}) does not exist: pass --data-dir DIR, set "
+                                f"SPECSTREAM_DATA=DIR, or put the data sets at {DEFAULT_DATA_DIR}")
+    return path
+
+
+@dataclass
+class Example:
+    prompt: str
+    completion: str        # the training target (and the first reference)
+    references: list[str]  # all references, for metrics
+
+
+def _check_file(path: pathlib.Path) -> pathlib.Path:
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: the data folder lacks this file (see ../shared/data/README.md)")
+    return path
+
+
+def _read_csv(path: pathlib.Path, columns: tuple[str, ...]) -> list[tuple[str, ...]]:
+    with open(_check_file(path), newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        missing = [c for c in columns if c not in (reader.fieldnames or [])]
+        if missing:
+            raise ValueError(f"{path}: line 1: header {reader.fieldnames} lacks column(s) {missing}")
+        rows = []
+        for row in reader:
+            empty = [c for c in columns if not row.get(c)]
+            if empty:
+                raise ValueError(f"{path}: line {reader.line_num}: missing or empty {empty}")
+            rows.append(tuple(row[c] for c in columns))
+    return rows
+
+
+def _read_jsonl(path: pathlib.Path, keys: tuple[str, ...]) -> list[tuple[str, ...]]:
+    rows = []
+    with open(_check_file(path), encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}: line {n}: not valid JSON ({e.msg})") from None
+            missing = [k for k in keys if not isinstance(row, dict) or not isinstance(row.get(k), str)]
+            if missing:
+                raise ValueError(f"{path}: line {n}: missing key(s) {missing} (or not a string)")
+            rows.append(tuple(row[k] for k in keys))
+    return rows
+
+
+def _load_e2e(folder: pathlib.Path, split: str) -> list[Example]:
+    """devset.csv = train (one example per row), testset_w_refs.csv = test (one example per distinct MR)."""
+    rows = _read_csv(folder / "e2e" / ("devset.csv" if split == "train" else "testset_w_refs.csv"), ("mr", "ref"))
+    refs: dict[str, list[str]] = {}  # MR -> its references, in file order
+    for mr, ref in rows:
+        refs.setdefault(mr, []).append(ref)
+    if split == "train":
+        return [Example(mr, ref, list(refs[mr])) for mr, ref in rows]
+    return [Example(mr, r[0], r) for mr, r in refs.items()]
+
+
+def _fill(template: str, values: dict[str, str]) -> str:
+    """Replace each variable name (a whole word such as city_name0, quoted or not) by its value."""
+    if not values:
+        return template
+    names = "|".join(map(re.escape, sorted(values, key=len, reverse=True)))
+    return re.sub(rf"\b({names})\b", lambda m: values[m.group(1)], template)
+
+
+def _load_sql(folder: pathlib.Path, split: str) -> list[Example]:
+    """ATIS: one example per question of the split; variables filled with the question's values, else with
+    the entry's `example` values. Completion = the first SQL query."""
+    path = _check_file(folder / "text2sql" / "atis.json")
+    try:
+        entries = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: line {e.lineno}: not valid JSON ({e.msg})") from None
+    examples = []
+    for n, entry in enumerate(entries):
+        try:
+            defaults = {v["name"]: v["example"] for v in entry["variables"]}
+            sql = entry["sql"][0]
+            for s in entry["sentences"]:
+                if s["question-split"] == split:
+                    values = {**defaults, **s["variables"]}
+                    filled = _fill(sql, values)
+                    examples.append(Example(_fill(s["text"], values), filled, [filled]))
+        except (KeyError, IndexError, TypeError) as e:
+            raise ValueError(f"{path}: entry {n}: malformed ({type(e).__name__}: {e}); expected keys sql (a "
+                             f"non-empty list), sentences (text, question-split, variables), variables") from None
+    return examples
+
+
+def _load_dialogsum(folder: pathlib.Path, split: str) -> list[Example]:
+    """dialogsum.dev.jsonl = train (one summary), dialogsum.test.jsonl = test (summary1..3)."""
+    if split == "train":
+        rows = _read_jsonl(folder / "dialogsum" / "dialogsum.dev.jsonl", ("dialogue", "summary"))
+        return [Example(d, s, [s]) for d, s in rows]
+    rows = _read_jsonl(folder / "dialogsum" / "dialogsum.test.jsonl", ("dialogue", "summary1", "summary2", "summary3"))
+    return [Example(d, refs[0], list(refs)) for d, *refs in rows]
+
+
+def _splits(task: str) -> tuple[str, ...]:
+    if task not in SPLITS:
+        raise ValueError(f"unknown task {task!r}: choose one of {list(SPLITS)}")
+    return SPLITS[task]
+
+
+def load_task(task: str, split: str, data_dir: str | os.PathLike | None = None) -> list[Example]:
+    """Examples of `task` ("e2e", "sql", "dialogsum") and `split` ("train", "dev" for sql only, "test")."""
+    if split not in _splits(task):
+        raise ValueError(f"task {task!r} has no split {split!r}: choose one of {list(SPLITS[task])}")
+    loader = {"e2e": _load_e2e, "sql": _load_sql, "dialogsum": _load_dialogsum}[task]
+    return loader(resolve_data_dir(data_dir), split)
+
+
+def task_summary(task: str, data_dir: str | os.PathLike | None = None) -> dict[str, int]:
+    """Number of examples per split, e.g. {"train": 4672, "test": 630}."""
+    return {split: len(load_task(task, split, data_dir)) for split in _splits(task)}
+
+
+class CompactVocab:
+    """GPT-2 BPE restricted to the token ids that occur in the training text, renumbered densely.
+
+    Ids: 0 = EOS, 1 = SEP (between prompt and completion), 2 = UNK, then the seen GPT-2 ids in increasing order.
+    Policy for unseen text: a GPT-2 token that never occurred in the training text encodes to UNK (so it is
+    lost: measure how often with `unseen_rate`); decode renders UNK as "\\ufffd" and EOS / SEP as "".
+    decode(encode(text)) == text exactly for every text whose GPT-2 tokens were all seen.
+    """
+    EOS, SEP, UNK = EOS, SEP, UNK
+    N_SPECIAL = 3
+
+    def __init__(self, gpt2_ids: Iterable[int]):
+        self.gpt2_ids = sorted({int(i) for i in gpt2_ids})
+        if self.gpt2_ids and not 0 <= self.gpt2_ids[0] <= self.gpt2_ids[-1] < gpt2_encoding().n_vocab:
+            raise ValueError(f"GPT-2 ids must lie in [0, {gpt2_encoding().n_vocab}); got {self.gpt2_ids[-1]}")
+        self.compact = {g: i + self.N_SPECIAL for i, g in enumerate(self.gpt2_ids)}
+
+    @classmethod
+    def build(cls, texts: Iterable[str]) -> CompactVocab:
+        """The vocabulary of the GPT-2 tokens of `texts` (the training prompts and completions)."""
+        enc = gpt2_encoding()
+        return cls(t for text in texts for t in enc.encode_ordinary(text))
+
+    @property
+    def size(self) -> int:
+        return self.N_SPECIAL + len(self.gpt2_ids)
+
+    def encode(self, text: str) -> list[int]:
+        """Compact ids of `text`; GPT-2 tokens unseen in training become UNK. Special-token text such as
+        "<|endoftext|>" is ordinary text here."""
+        return [self.compact.get(t, UNK) for t in gpt2_encoding().encode_ordinary(text)]
+
+    def decode(self, ids: Iterable[int]) -> str:
+        """Text of compact ids: EOS and SEP give "", UNK gives "\\ufffd"; bytes that are not valid UTF-8 (a cut
+        multi-byte character) are replaced by "\\ufffd" too."""
+        enc, out = gpt2_encoding(), []
+        for i in map(int, ids):
+            if not 0 <= i < self.size:
+                raise ValueError(f"id {i} is outside the vocabulary (size {self.size})")
+            if i >= self.N_SPECIAL:
+                out.append(enc.decode_single_token_bytes(self.gpt2_ids[i - self.N_SPECIAL]))
+            elif i == UNK:
+                out.append(UNK_TEXT.encode())
+        return b"".join(out).decode("utf-8", errors="replace")
+
+    def unseen_rate(self, texts: Iterable[str]) -> float:
+        """Fraction of the GPT-2 tokens of `texts` that are not in the vocabulary (0.0 for no tokens)."""
+        total = unseen = 0
+        for text in texts:
+            tokens = gpt2_encoding().encode_ordinary(text)
+            total += len(tokens)
+            unseen += sum(t not in self.compact for t in tokens)
+        return unseen / total if total else 0.0
+
+    def to_dict(self) -> dict:
+        """Plain lists only: safe in a checkpoint loaded with torch.load(weights_only=True)."""
+        return {"gpt2_ids": list(self.gpt2_ids)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> CompactVocab:
+        if not isinstance(d, dict) or not isinstance(d.get("gpt2_ids"), list):
+            raise ValueError("not a CompactVocab dict: expected {'gpt2_ids': [int, ...]} (from CompactVocab.to_dict)")
+        return cls(d["gpt2_ids"])
+
+
+def encode_example(vocab: CompactVocab, ex: Example, max_len: int) -> tuple[list[int], int]:
+    """ids = prompt, SEP, completion, EOS (at most max_len ids) and n_prompt, the number of prompt tokens kept
+    (ids[n_prompt] is SEP). A prompt too long is cut from its left (its start is dropped) so that the
+    completion always fits whole; a completion that cannot fit raises ValueError."""
+    prompt, completion = vocab.encode(ex.prompt), vocab.encode(ex.completion)
+    room = max_len - len(completion) - 2
+    if room < 0:
+        raise ValueError(f"a completion of {len(completion)} tokens (+ SEP + EOS) does not fit in {max_len} "
+                         f"tokens: use a larger block size")
+    prompt = prompt[max(0, len(prompt) - room):]
+    return prompt + [SEP] + completion + [EOS], len(prompt)
+
+
+def prompt_ids(vocab: CompactVocab, ex: Example, max_prompt_len: int) -> list[int]:
+    """What decoding starts from: prompt tokens then SEP, at most max_prompt_len ids (prompt cut from its left)."""
+    if max_prompt_len < 1:
+        raise ValueError(f"max_prompt_len must be >= 1 (room for SEP), got {max_prompt_len}")
+    prompt = vocab.encode(ex.prompt)
+    return prompt[max(0, len(prompt) - max_prompt_len + 1):] + [SEP]
+
+
+class TaskData:
+    """Encoded examples, each cut to fit one block_size window (block_size + 1 ids), and deterministic batches.
+    Examples whose completion alone cannot fit are left out and counted in `skipped` (report it)."""
+
+    def __init__(self, vocab: CompactVocab, examples: list[Example], block_size: int):
+        self.vocab, self.block_size = vocab, block_size
+        self.encoded = [encode_example(vocab, ex, block_size + 1) for ex in examples
+                        if len(vocab.encode(ex.completion)) + 2 <= block_size + 1]  # (ids, n_prompt) pairs
+        self.skipped = len(examples) - len(self.encoded)
+        if not self.encoded:
+            raise ValueError(f"none of the {len(examples)} examples fits block_size={block_size}: use a larger one")
+
+    def batch(self, step: int, batch_size: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Examples drawn with replacement, a function of (step, seed) only, right-padded with EOS to the
+        longest one. Returns idx (B, T), targets (B, T) with targets[:, t] = x[t+1] (-1 on padding) and
+        loss_mask (B, T), True exactly where targets[:, t] is a completion token or the final EOS."""
+        g = torch.Generator().manual_seed(seed * 1_000_003 + step)
+        picks = [self.encoded[i] for i in torch.randint(0, len(self.encoded), (batch_size,), generator=g).tolist()]
+        T = max(len(ids) for ids, _ in picks) - 1
+        x = torch.full((batch_size, T + 1), EOS, dtype=torch.long)
+        targets = torch.full((batch_size, T), -1, dtype=torch.long)
+        loss_mask = torch.zeros((batch_size, T), dtype=torch.bool)
+        for b, (ids, n) in enumerate(picks):
+            x[b, :len(ids)] = torch.tensor(ids)
+            targets[b, :len(ids) - 1] = x[b, 1:len(ids)]
+            loss_mask[b, n:len(ids) - 1] = True  # position n holds SEP: it predicts the first completion token
+        return x[:, :-1], targets, loss_mask
