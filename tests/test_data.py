@@ -25,6 +25,10 @@ def _real_data_dir():
 REAL = _real_data_dir()
 needs_data = pytest.mark.skipif(REAL is None, reason="no data folder (../shared/data or $SPECSTREAM_DATA): "
                                                      "the real-data tests need the data sets")
+TOKENIZER_FILES = os.environ.get("TIKTOKEN_CACHE_DIR") or (str(data.TIKTOKEN_CACHE) if data.TIKTOKEN_CACHE.is_dir() else None)
+needs_tokenizer = pytest.mark.skipif(TOKENIZER_FILES is None or not os.path.isdir(TOKENIZER_FILES),
+                                     reason="the GPT-2 tokenizer files are not on this machine (../shared/tiktoken_cache"
+                                            " or $TIKTOKEN_CACHE_DIR), and tests never download")
 COUNTS = {"e2e": {"train": 4672, "test": 630}, "sql": {"train": 4347, "dev": 486, "test": 447},
           "dialogsum": {"train": 500, "test": 500}}
 
@@ -174,6 +178,7 @@ def test_vocab_round_trip_on_training_text(real):
             assert UNK not in ids and vocab.decode(ids) == text, (task, text)
 
 
+@needs_tokenizer
 def test_vocab_specials_and_unk():
     enc = data.gpt2_encoding()
     assert enc.encode_ordinary("hello world hello") == [31373, 995, 23748]  # "hello", " world", " hello"
@@ -190,6 +195,7 @@ def test_vocab_specials_and_unk():
         vocab.decode([5])
 
 
+@needs_tokenizer
 def test_vocab_to_dict_round_trip():
     vocab = CompactVocab.build(["The Eagle is a coffee shop.", "naïve café ☕"])
     buf = io.BytesIO()
@@ -227,6 +233,7 @@ def small_vocab():
     return CompactVocab.build([WORDS])
 
 
+@needs_tokenizer
 def test_encode_example_layout_and_truncation():
     vocab = small_vocab()
     ex = Example("one two three four", " five six", [" five six"])
@@ -245,6 +252,7 @@ def test_encode_example_layout_and_truncation():
         prompt_ids(vocab, ex, 0)
 
 
+@needs_tokenizer
 def test_batch_loss_mask_exact():
     vocab = small_vocab()
     examples = [Example("one two three", " four five", []), Example("six", " seven", [])]
@@ -266,6 +274,7 @@ def test_batch_loss_mask_exact():
     assert seen == {0, 1}
 
 
+@needs_tokenizer
 def test_batch_deterministic_and_skips():
     vocab = small_vocab()
     words = WORDS.split()
