@@ -161,7 +161,7 @@ def run_toy(args):
         json.dump(results, f, indent=1)
     write_toy_markdown(results, os.path.join(args.out, "results.md"))
     plot_toy(results, args.out)
-    print(f"\nSummary (k = 1; speedup = tree pass / accepted-node pass; tokens per call count the root token):")
+    print("\nSummary (k = 1; speedup = tree pass / accepted-node pass; tokens per call count the root token):")
     print(f"{'γ':>3} {'tokens/call':>11} {'CR':>5} {'speedup':>15}")
     for r in (r for r in results["grid"] if r["k"] == 1):
         print(f"{r['gamma']:>3} {r['tokens_per_call']:>11.2f} {r['cr_ratio']:>5.2f} {speedups(r):>15}")
@@ -173,7 +173,7 @@ def run_toy(args):
 
 def write_toy_markdown(results: dict, path: str):
     s = results["setup"]
-    lines = [f"# Toy task: Speculative Streaming vs greedy autoregressive decoding\n",
+    lines = ["# Toy task: Speculative Streaming vs greedy autoregressive decoding\n",
              f"Command: `python bench.py toy` — {s['prompts']} held-out prompts, up to {s['max_new_tokens']} new tokens, "
              f"batch 1, greedy, {s['threads']} thread(s), median of {s['repeats']} interleaved runs. "
              f"Tokens per call counts the root/bonus token. Trees capped at {s['tree_cap']} nodes.\n",
@@ -351,7 +351,7 @@ def run_task(args):
 
 
 def write_task_markdown(results: dict, args, path: str):
-    q, c, extra = results["quality"], results["params"], results["params"]["stream_emb"] + results["params"]["prune_adapter"]
+    q, extra = results["quality"], results["params"]["stream_emb"] + results["params"]["prune_adapter"]
     metric_names = list(q["ntp"])
     best = max(results["speed"], key=lambda r: max(r["speedup"], r["speedup_accepted"]))
     lines = [f"# {results['task']}: Speculative Streaming vs the next-token baseline\n",

@@ -191,12 +191,12 @@ def generate_speculative(model: GPT, prompt_ids, max_new_tokens: int, gamma: int
         tree, L = drafted, cache.length
         mask = tree_attention_mask(tree, L)
         h = model.lower(model.embed(tree.tokens[None], position_ids(tree, L)), mask, cache)  # (1, n, C)
-        kept = torch.arange(len(tree), device=device)
+        kept = list(range(len(tree)))
         if prune_threshold is not None and len(tree) > 1:
-            kept = prune_tree(tree, F.softmax(model.early_exit_logits(h[0]).float(), dim=-1), prune_threshold)
-            if len(kept) < len(tree):  # drop pruned nodes' lower-layer keys/values too
-                cache.select_pending(kept, lower_layers)
-                tree, h = subtree(tree, kept), h[:, kept]
+            survivors = prune_tree(tree, F.softmax(model.early_exit_logits(h[0]).float(), dim=-1), prune_threshold)
+            if len(survivors) < len(tree):  # drop pruned nodes' lower-layer keys/values too
+                cache.select_pending(survivors, lower_layers)
+                tree, h, kept = subtree(tree, survivors), h[:, survivors], survivors.tolist()
                 mask = tree_attention_mask(tree, L)
         # MSA layers; with stream_pass="tree", γ streams on every surviving node (Eq. 2)
         main, streams = model.upper(h, mask, cache, n_streams=gamma if stream_pass == "tree" else 0)
@@ -220,7 +220,7 @@ def generate_speculative(model: GPT, prompt_ids, max_new_tokens: int, gamma: int
         root = main_argmax[path[-1]]
         done = commit_tokens(result, tree.tokens[path[1:]].tolist() + [root], max_new_tokens, eos_id)
         if trace:
-            result.trace.append(StepTrace(drafted, kept.tolist(), tree, L, mask, main_argmax, path,
+            result.trace.append(StepTrace(drafted, kept, tree, L, mask, main_argmax, path,
                                           result.step_tokens[-1]))
     result.wall_time = time.perf_counter() - start
     return result

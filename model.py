@@ -113,10 +113,11 @@ class KVCache:
 
     def select_pending(self, keep, layers: range):
         """Keep only the pending entries `keep` (indices into the last forward's new rows) in `layers`."""
+        keep = keep.tolist() if isinstance(keep, torch.Tensor) else list(keep)
         n = len(keep)
-        if list(keep) == list(range(n)):
+        if keep == list(range(n)):
             return  # already in place (e.g. an accepted chain): nothing to move
-        keep = torch.as_tensor(keep, device=self.k[0].device)
+        keep = torch.tensor(keep, device=self.k[0].device)
         for layer in layers:
             for buf in (self.k[layer], self.v[layer]):
                 buf[:, :, self.length:self.length + n] = buf[:, :, self.length + keep]

@@ -52,17 +52,14 @@ def early_exit_loss(model: GPT, idx: torch.Tensor, targets: torch.Tensor, loss_m
 
 
 def trainable_for(model: GPT, loss: str):
-    """Which parameters a stage trains: pretraining (no LoRA) trains all; "eq5" with LoRA trains LoRA + stream
-    embeddings; "early_exit" trains only the pruning adapter."""
-    if loss == "early_exit":
-        for name, p in model.named_parameters():
+    """Which parameters a stage trains: "early_exit" only the pruning adapter; "eq5" with LoRA the LoRA tensors and
+    stream embeddings (the paper's fine-tuning); "eq5" without LoRA (pretraining) everything."""
+    for name, p in model.named_parameters():
+        if loss == "early_exit":
             p.requires_grad = name.startswith("prune_adapter.")
-    elif model.config.lora_rank > 0:
-        model.freeze_base()
-        for p in model.prune_adapter.parameters() if model.config.prune_rank > 0 else []:
-            p.requires_grad = False
-    else:
-        for p in model.parameters():
+        elif model.config.lora_rank > 0:
+            p.requires_grad = "lora_" in name or name == "transformer.stream_emb"
+        else:
             p.requires_grad = True
     return [p for p in model.parameters() if p.requires_grad]
 
