@@ -28,11 +28,12 @@ class GPTConfig:
     dropout: float = 0.0
     bias: bool = True
     n_streams: int = 0            # γ, the number of speculative streams (0 = plain GPT)
-    n_msa_layers: int = 0         # N_s, the top blocks that carry streams (1..n_layer when γ > 0)
+    n_msa_layers: int = 0         # N_s, the top blocks that carry streams; the pruning adapter exits below them
     lora_rank: int = 0            # LoRA rank r on attention and MLP projections (0 = off)
     lora_alpha: float = 16.0      # LoRA scale is lora_alpha / lora_rank
     stream_loss_weight: float = 0.1  # α_j of Eq. 5 (α_0 = 1)
     prune_rank: int = 0           # rank of the early-exit pruning adapter (0 = no adapter)
+    n_medusa_heads: int = 0       # Medusa baseline: drafting heads on the last hidden state instead of streams
 
     def __post_init__(self):
         def check(ok: bool, field: str, allowed: str):
@@ -45,12 +46,21 @@ class GPTConfig:
         check(isinstance(self.n_streams, int) and self.n_streams >= 0, "n_streams", "an integer >= 0")
         if self.n_streams > 0:
             check(1 <= self.n_msa_layers <= self.n_layer, "n_msa_layers", f"in 1..n_layer={self.n_layer} when n_streams > 0")
-        else:
-            check(self.n_msa_layers == 0, "n_msa_layers", "0 when n_streams == 0")
+        else:  # no streams: N_s only places the pruning adapter's early exit (Medusa with pruning)
+            check(isinstance(self.n_msa_layers, int) and 0 <= self.n_msa_layers <= self.n_layer, "n_msa_layers",
+                  f"in 0..n_layer={self.n_layer}")
         check(isinstance(self.lora_rank, int) and self.lora_rank >= 0, "lora_rank", "an integer >= 0")
         check(self.lora_alpha > 0, "lora_alpha", "> 0")
         check(self.stream_loss_weight >= 0, "stream_loss_weight", ">= 0")
         check(isinstance(self.prune_rank, int) and self.prune_rank >= 0, "prune_rank", "an integer >= 0")
+        check(isinstance(self.n_medusa_heads, int) and self.n_medusa_heads >= 0, "n_medusa_heads", "an integer >= 0")
+        check(self.n_medusa_heads == 0 or self.n_streams == 0, "n_medusa_heads",
+              "0 when n_streams > 0 (a model drafts with streams or with Medusa heads, not both)")
+
+    @property
+    def n_drafts(self) -> int:
+        """How many tokens ahead the model drafts: γ streams or Medusa heads."""
+        return self.n_streams or self.n_medusa_heads
 
     @property
     def first_msa_layer(self) -> int:
@@ -71,7 +81,7 @@ class LoRALinear(nn.Linear):
     def forward(self, x):
         y = F.linear(x, self.weight, self.bias)
         if self.rank > 0 and not self.merged:
-            y = y + F.linear(F.linear(x, self.lora_A), self.lora_B) * self.scale
+            y = y + F.linear(F.linear(x, self.lora_A) * self.scale, self.lora_B)  # scale at rank r: cheaper
         return y
 
     @torch.no_grad()
@@ -121,6 +131,10 @@ class KVCache:
         for layer in layers:
             for buf in (self.k[layer], self.v[layer]):
                 buf[:, :, self.length:self.length + n] = buf[:, :, self.length + keep]
+
+    def truncate(self, length: int):
+        """Forget committed entries past `length` (a rejected draft's entries in a draft model's cache)."""
+        self.length, self.pending = min(self.length, length), 0
 
     def commit(self, keep=None):
         """Compaction after acceptance: the pending entries `keep` (in this order; None = all) become committed."""
@@ -242,13 +256,41 @@ class PruneAdapter(nn.Module):
         return h + self.up(self.down(h))
 
 
+class MedusaHeads(nn.Module):
+    """The Medusa baseline (Cai et al., 2024): head j = ResBlock h + SiLU(W_j h + b_j), then its own LM head,
+    predicts x[t+1+j] from the last hidden state at t. ResBlocks start at zero (identity); LM heads are copied
+    from the base one when the base weights are loaded (see `GPT.init_medusa_from_lm_head`)."""
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        d, V, n = config.n_embd, config.vocab_size, config.n_medusa_heads
+        self.res = nn.ModuleList([nn.Linear(d, d) for _ in range(n)])
+        self.lm_heads = nn.ModuleList([nn.Linear(d, V, bias=False) for _ in range(n)])
+
+    def forward(self, h):
+        """h: (..., C) final hidden states -> (..., n_heads, V) logits."""
+        return torch.stack([head(h + F.silu(res(h))) for res, head in zip(self.res, self.lm_heads)], dim=-2)
+
+
 @dataclass
 class GPTOutput:
-    logits: torch.Tensor                 # (B, T, V) main stream, predicts x[t+1]
-    stream_logits: torch.Tensor | None   # (B, T, γ, V), stream j predicts x[t+1+j]
+    """Without targets: logits at every position. With targets (training), only the positions that have
+    something to learn go through the LM head(s): logits (N, V), stream_logits (N', γ, V), and the targets
+    they were scored against."""
+    logits: torch.Tensor                 # (B, T, V) main stream, predicts x[t+1]; (N, V) with targets
+    stream_logits: torch.Tensor | None   # (B, T', γ, V) stream (or Medusa head) j predicts x[t+1+j]; (N', γ, V)
     loss: torch.Tensor | None = None     # Eq. 5
     main_loss: torch.Tensor | None = None
     stream_losses: torch.Tensor | None = None  # (γ,)
+    targets: torch.Tensor | None = None        # (N,) x[t+1] at the scored positions (-1 = not learned)
+    stream_targets: torch.Tensor | None = None  # (N', γ) x[t+1+j] at the scored positions (-1 = not learned)
+
+
+def stream_targets(targets: torch.Tensor, n_ahead: int) -> torch.Tensor:
+    """Eq. 5's targets of stream j at t: x[t+1+j] = targets[:, t+j] (-1 past the end). (B, T) -> (B, T, γ)."""
+    T = targets.size(1)
+    ahead = [F.pad(targets[:, j:], (0, min(j, T)), value=-1) for j in range(1, n_ahead + 1)]
+    return torch.stack(ahead, dim=-1) if ahead else targets.new_empty(*targets.shape, 0)
 
 
 class GPT(nn.Module):
@@ -268,14 +310,24 @@ class GPT(nn.Module):
         self.transformer.wte.weight = self.lm_head.weight  # weight tying
         if config.prune_rank > 0:
             self.prune_adapter = PruneAdapter(config)
+        if config.n_medusa_heads > 0:
+            self.medusa = MedusaHeads(config)
         self.apply(self._init_weights)
         for name, p in self.named_parameters():
             if name.endswith("c_proj.weight"):
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
             elif name == "transformer.stream_emb":
                 nn.init.normal_(p, mean=0.0, std=0.02)
-            elif name == "prune_adapter.up.weight":
-                nn.init.zeros_(p)  # a fresh adapter is the identity: plain early exit ("logit lens")
+            elif name == "prune_adapter.up.weight" or name.startswith("medusa.res."):
+                nn.init.zeros_(p)  # a fresh adapter / ResBlock is the identity (adapter: plain early exit)
+        if config.n_medusa_heads > 0:
+            self.init_medusa_from_lm_head()
+
+    @torch.no_grad()
+    def init_medusa_from_lm_head(self):
+        """Medusa's LM heads start as copies of the base LM head (call again after loading base weights)."""
+        for head in self.medusa.lm_heads:
+            head.weight.copy_(self.lm_head.weight)
 
     def _init_weights(self, module):
         if isinstance(module, nn.Linear):
@@ -313,33 +365,50 @@ class GPT(nn.Module):
             x, s = self.transformer.h[layer](x, s, mask, cache, layer, None if s is None else stream_rows)
         return self.transformer.ln_f(x), None if s is None else self.transformer.ln_f(s)
 
+    def draft_logits(self, main: torch.Tensor, streams: torch.Tensor | None) -> torch.Tensor | None:
+        """Logits of the drafters, (..., γ, V): the γ streams through the shared LM head, or the Medusa heads
+        on the main stream's last hidden state. Both aim at x[t+1+j] from position t."""
+        if self.config.n_medusa_heads > 0:
+            return self.medusa(main)
+        return None if streams is None else self.lm_head(streams)
+
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None,
-                loss_mask: torch.Tensor | None = None) -> GPTOutput:
+                loss_mask: torch.Tensor | None = None, stream_rows: torch.Tensor | None = None) -> GPTOutput:
         """Full-sequence forward (training). idx, targets: (B, T) with targets[:, t] = x[t+1] (-1 = ignore);
-        loss_mask: (B, T) bool, False where targets[:, t] must not be learned (prompt tokens)."""
+        loss_mask: (B, T) bool, False where targets[:, t] must not be learned (prompt tokens); stream_rows:
+        (T',) sorted positions that get streams / Medusa drafts (None = all; a subset is exact for those
+        positions, since a stream at t sees only main keys <= t and its own node's streams)."""
         B, T = idx.size()
         if T > self.config.block_size:
             raise ValueError(f"sequence of length {T} is longer than block_size={self.config.block_size}")
         pos = torch.arange(T, device=idx.device)
-        main, streams = self.upper(self.lower(self.embed(idx, pos)))
-        logits = self.lm_head(main)
-        stream_logits = None if streams is None else self.lm_head(streams)  # (B, T, γ, V)
-        out = GPTOutput(logits, stream_logits)
-        if targets is not None:
-            out.loss, out.main_loss, out.stream_losses = self.loss(logits, stream_logits, targets, loss_mask)
-        return out
-
-    def loss(self, logits, stream_logits, targets, loss_mask=None):
-        """Eq. 5: L = CE(main_t, x[t+1]) + sum_j α_j CE(stream_{t,j}, x[t+1+j]). Returns (L, main CE, (γ,) stream CEs).
-        targets[:, t] = x[t+1]; stream j at t is scored against targets[:, t+j]; past the end or masked = ignored."""
+        main, streams = self.upper(self.lower(self.embed(idx, pos)), stream_rows=stream_rows)
+        drafted = main if stream_rows is None else main[:, stream_rows]  # Medusa drafts from these rows
+        if targets is None:
+            return GPTOutput(self.lm_head(main), self.draft_logits(drafted, streams))
         if loss_mask is not None:
             targets = targets.masked_fill(~loss_mask.bool(), -1)
+        ahead = stream_targets(targets, self.config.n_drafts)  # (B, T, γ)
+        ahead = ahead if stream_rows is None else ahead[:, stream_rows]  # (B, T', γ)
+        rows, draft_rows = targets != -1, (ahead != -1).any(-1)  # only rows with a target need the LM head(s)
+        logits = self.lm_head(main[rows])  # (N, V)
+        draft = self.draft_logits(drafted[draft_rows], None if streams is None else streams[draft_rows])
+        out = GPTOutput(logits, draft, targets=targets[rows], stream_targets=ahead[draft_rows])
+        out.loss, out.main_loss, out.stream_losses = self.loss(logits, draft, out.targets, out.stream_targets)
+        return out
+
+    def loss(self, logits, draft_logits, targets, stream_targets):
+        """Eq. 5: L = CE(main_t, x[t+1]) + sum_j α_j CE(stream_{t,j}, x[t+1+j]), each CE a mean over its valid
+        targets. logits (..., V), draft_logits (..., γ, V) or None, targets (...) = x[t+1], stream_targets
+        (..., γ) = x[t+1+j] (see `stream_targets`), -1 = ignored. Returns (L, main CE, (γ,) stream CEs)."""
         main_loss = cross_entropy(logits, targets)
-        if stream_logits is None:
+        if draft_logits is None:
             return main_loss, main_loss, None
-        stream_losses = torch.stack([
-            cross_entropy(stream_logits[:, :, j - 1], F.pad(targets[:, j:], (0, min(j, targets.size(1))), value=-1))  # x[t+1+j]
-            for j in range(1, stream_logits.size(2) + 1)])
+        G = draft_logits.size(-2)  # one CE over all streams (no per-stream slices: their backward is costly)
+        per_token = F.cross_entropy(draft_logits.reshape(-1, draft_logits.size(-1)), stream_targets.reshape(-1),
+                                    ignore_index=-1, reduction="none").view(-1, G)
+        counts = (stream_targets.reshape(-1, G) != -1).sum(0).clamp(min=1)
+        stream_losses = per_token.sum(0) / counts  # (γ,) each stream's mean CE over its valid targets
         return main_loss + self.config.stream_loss_weight * stream_losses.sum(), main_loss, stream_losses
 
     # ---- inference on top of a KV cache ----
@@ -379,16 +448,18 @@ class GPT(nn.Module):
             m.merge(merge)
 
     def freeze_base(self):
-        """Train only LoRA tensors, stream embeddings and the pruning adapter; freeze everything else."""
+        """Train only LoRA tensors, stream embeddings, Medusa heads and the pruning adapter; freeze the rest."""
         for name, p in self.named_parameters():
-            p.requires_grad = ("lora_" in name) or name == "transformer.stream_emb" or name.startswith("prune_adapter.")
+            p.requires_grad = ("lora_" in name or name == "transformer.stream_emb" or name.startswith("medusa.")
+                               or name.startswith("prune_adapter."))
 
     def parameter_counts(self) -> dict[str, int]:
         """Base, LoRA, stream-embedding and adapter parameters, and what 4 Medusa heads would cost here."""
-        c, counts = self.config, dict(base=0, lora=0, stream_emb=0, prune_adapter=0)
+        c, counts = self.config, dict(base=0, lora=0, stream_emb=0, prune_adapter=0, medusa=0)
         for name, p in self.named_parameters():  # tied wte/lm_head is counted once
             kind = ("lora" if "lora_" in name else "stream_emb" if name == "transformer.stream_emb"
-                    else "prune_adapter" if name.startswith("prune_adapter.") else "base")
+                    else "prune_adapter" if name.startswith("prune_adapter.") else "medusa"
+                    if name.startswith("medusa.") else "base")
             counts[kind] += p.numel()
         counts["medusa_4_heads"] = medusa_head_params(c.n_embd, c.vocab_size, 4)
         return counts

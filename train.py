@@ -2,6 +2,7 @@
 and one loss, with a progress bar, a linear learning-rate schedule, and atomic, resumable checkpoints."""
 from __future__ import annotations
 
+import math
 import os
 import random
 from dataclasses import dataclass
@@ -11,7 +12,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from model import GPT, cross_entropy, load_checkpoint, load_weights, save_atomic
+from model import GPT, cross_entropy, load_checkpoint, load_weights, save_atomic, stream_targets
 
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # idx (B, T), targets (B, T), loss_mask (B, T) bool
 
@@ -27,22 +28,29 @@ class StageConfig:
     grad_clip: float = 1.0
     save_every: int = 200
     seed: int = 0
+    stream_fraction: float = 1.0  # share of positions whose streams (or Medusa heads) are trained each step
+
+
+def sample_stream_rows(targets: torch.Tensor, loss_mask: torch.Tensor, n_ahead: int, fraction: float):
+    """A random share of the positions that have a stream target somewhere in the batch, sorted (None = all).
+    Scoring the streams at a random subset is an unbiased estimate of Eq. 5's stream term, at a fraction of the
+    cost: streams are (1+γ)x the rows in the MSA blocks and γ LM-head rows per position."""
+    if fraction >= 1.0 or n_ahead == 0:
+        return None
+    candidates = (stream_targets(targets.masked_fill(~loss_mask, -1), n_ahead) != -1).any(-1).any(0).nonzero()[:, 0]
+    n = max(1, math.ceil(fraction * len(candidates)))
+    return candidates[torch.randperm(len(candidates), device=targets.device)[:n]].sort().values
 
 
 def seed_everything(seed: int):
     random.seed(seed), np.random.seed(seed), torch.manual_seed(seed)
 
 
-def stream_accuracy(stream_logits: torch.Tensor, targets: torch.Tensor, loss_mask: torch.Tensor) -> list[float]:
-    """Top-1 accuracy of each stream j against x[t+1+j] (= targets[:, t+j]) where that target counts."""
-    targets = targets.masked_fill(~loss_mask, -1)
-    accs = []
-    for j in range(1, stream_logits.size(2) + 1):
-        target_j = torch.nn.functional.pad(targets[:, j:], (0, j), value=-1)
-        valid = target_j != -1
-        hits = (stream_logits[:, :, j - 1].argmax(-1) == target_j) & valid
-        accs.append(hits.sum().item() / max(valid.sum().item(), 1))
-    return accs
+def stream_accuracy(stream_logits: torch.Tensor, stream_targets: torch.Tensor) -> list[float]:
+    """Top-1 accuracy of each stream j against its targets x[t+1+j]. (..., γ, V), (..., γ) with -1 = ignored."""
+    valid = stream_targets != -1
+    hits = (stream_logits.argmax(-1) == stream_targets) & valid
+    return (hits.flatten(0, -2).sum(0) / valid.flatten(0, -2).sum(0).clamp(min=1)).tolist()
 
 
 def early_exit_loss(model: GPT, idx: torch.Tensor, targets: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:
@@ -52,13 +60,13 @@ def early_exit_loss(model: GPT, idx: torch.Tensor, targets: torch.Tensor, loss_m
 
 
 def trainable_for(model: GPT, loss: str):
-    """Which parameters a stage trains: "early_exit" only the pruning adapter; "eq5" with LoRA the LoRA tensors and
-    stream embeddings (the paper's fine-tuning); "eq5" without LoRA (pretraining) everything."""
+    """Which parameters a stage trains: "early_exit" only the pruning adapter; "eq5" with LoRA the LoRA tensors,
+    stream embeddings and Medusa heads (the paper's fine-tuning); "eq5" without LoRA (pretraining) everything."""
     for name, p in model.named_parameters():
         if loss == "early_exit":
             p.requires_grad = name.startswith("prune_adapter.")
         elif model.config.lora_rank > 0:
-            p.requires_grad = "lora_" in name or name == "transformer.stream_emb"
+            p.requires_grad = "lora_" in name or name == "transformer.stream_emb" or name.startswith("medusa.")
         else:
             p.requires_grad = True
     return [p for p in model.parameters() if p.requires_grad]
@@ -102,7 +110,8 @@ def train_stage(model: GPT, get_batch: Callable[[int], Batch], stage: StageConfi
             loss = early_exit_loss(model, idx, targets, loss_mask)
             out = None
         else:
-            out = model(idx, targets, loss_mask)
+            rows = sample_stream_rows(targets, loss_mask, model.config.n_drafts, stage.stream_fraction)
+            out = model(idx, targets, loss_mask, rows)
             loss = out.loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -117,7 +126,7 @@ def train_stage(model: GPT, get_batch: Callable[[int], Batch], stage: StageConfi
             if out is not None:
                 history["main_loss"].append(out.main_loss.item())
                 if out.stream_losses is not None:
-                    accs = stream_accuracy(out.stream_logits.detach(), targets, loss_mask)
+                    accs = stream_accuracy(out.stream_logits.detach(), out.stream_targets)
                     history["stream_loss"].append(out.stream_losses.tolist())
                     history["stream_acc"].append(accs)
                     postfix["acc"] = "/".join(f"{a:.2f}" for a in accs)

@@ -217,11 +217,11 @@ def test_speculative_equals_autoregressive_all_msa_and_narrow_models():
 
 
 # ------------------------------------------------------------------------------------------------------------
-# oracle trees: stream_topk replaced by the truth (or by certain falsehood)
+# oracle trees: draft_topk replaced by the truth (or by certain falsehood)
 # ------------------------------------------------------------------------------------------------------------
 
 def patch_streams(monkeypatch, truth, vocab, right: bool, true_prob=0.6):
-    """Replace generate.stream_topk: row j-1 holds the true token j steps after the current root at rank
+    """Replace generate.draft_topk: row j-1 holds the true token j steps after the current root at rank
     (n + j) % k (right=True), or k tokens that are all different from it (right=False)."""
     state = {}
     commit = generate.commit_tokens
@@ -230,7 +230,7 @@ def patch_streams(monkeypatch, truth, vocab, right: bool, true_prob=0.6):
         state["result"] = result
         return commit(result, new, max_new_tokens, eos_id)
 
-    def fake_stream_topk(model, stream_states, depth, k):
+    def fake_draft_topk(model, main_state, stream_states, depth, k):
         n = len(state["result"].tokens)  # tokens committed so far; the root is truth[n - 1]
         true = truth[n:n + depth]
         assert len(true) == depth
@@ -247,7 +247,7 @@ def patch_streams(monkeypatch, truth, vocab, right: bool, true_prob=0.6):
         return tokens, probs
 
     monkeypatch.setattr(generate, "commit_tokens", spy_commit)
-    monkeypatch.setattr(generate, "stream_topk", fake_stream_topk)
+    monkeypatch.setattr(generate, "draft_topk", fake_draft_topk)
 
 
 def full_acceptance_lengths(m, gamma):

@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from model import GPT, GPTConfig, KVCache, save_atomic
+from model import GPT, GPTConfig, KVCache, save_atomic, stream_targets
 
 ATOL = 1e-10  # float64 comparisons between different computation orders
 
@@ -422,7 +422,8 @@ def test_loss_matches_hand_computation_of_eq5(tiny_config):
     g = torch.Generator().manual_seed(25)
     logits = torch.randn(B, T, 20, generator=g, dtype=torch.float64)
     stream_logits = torch.randn(B, T, 3, 20, generator=g, dtype=torch.float64)
-    loss, main, streams = model.loss(logits, stream_logits, x[:, 1:], loss_mask)
+    targets = x[:, 1:].masked_fill(~loss_mask, -1)
+    loss, main, streams = model.loss(logits, stream_logits, targets, stream_targets(targets, 3))
     h_loss, h_main, h_streams = hand_loss(logits, stream_logits, x, loss_mask, 0.25)
     torch.testing.assert_close(main, h_main, atol=1e-12, rtol=0)
     torch.testing.assert_close(streams, h_streams, atol=1e-12, rtol=0)
@@ -442,10 +443,10 @@ def test_stream_targets_are_j_plus_one_ahead(tiny_config):
         for j in range(1, G + 1):
             if t + 1 + j <= T:
                 stream_logits[0, t, j - 1, x[0, t + 1 + j]] = 50.0
-    loss, main, streams = model.loss(logits, stream_logits, x[:, 1:])
+    loss, main, streams = model.loss(logits, stream_logits, x[:, 1:], stream_targets(x[:, 1:], G))
     assert loss.item() < 1e-6 and main.item() < 1e-6 and streams.max().item() < 1e-6
     shifted = stream_logits.roll(1, dims=1)  # stream at t now aims at x[t+j]
-    _, _, streams_bad = model.loss(logits, shifted, x[:, 1:])
+    _, _, streams_bad = model.loss(logits, shifted, x[:, 1:], stream_targets(x[:, 1:], G))
     assert (streams_bad > 10).all()
 
 
@@ -487,9 +488,10 @@ def test_loss_with_sequences_not_longer_than_the_streams(tiny_config, T):
     x = tokens(cfg, 2, T + 1, seed=31)
     with torch.no_grad():
         out = model(x[:, :-1], x[:, 1:])
+        full = model(x[:, :-1])
     assert torch.isfinite(out.loss) and torch.isfinite(out.stream_losses).all()
     assert out.stream_losses.shape == (G,)
-    h_loss, h_main, h_streams = hand_loss(out.logits, out.stream_logits, x, torch.ones(2, T, dtype=torch.bool),
+    h_loss, h_main, h_streams = hand_loss(full.logits, full.stream_logits, x, torch.ones(2, T, dtype=torch.bool),
                                           cfg.stream_loss_weight)
     torch.testing.assert_close(out.stream_losses, h_streams, atol=1e-12, rtol=0)
     torch.testing.assert_close(out.loss, h_loss, atol=1e-12, rtol=0)
@@ -606,7 +608,9 @@ def test_tiny_model_learns_every_stream_on_a_periodic_sequence():
     (dict(n_streams=1.5), "n_streams"),
     (dict(n_streams=2, n_msa_layers=0), "n_msa_layers"),
     (dict(n_streams=2, n_msa_layers=4), "n_msa_layers"),
-    (dict(n_streams=0, n_msa_layers=1), "n_msa_layers"),
+    (dict(n_streams=0, n_msa_layers=5), "n_msa_layers"),
+    (dict(n_streams=2, n_msa_layers=2, n_medusa_heads=2), "n_medusa_heads"),
+    (dict(n_streams=0, n_msa_layers=0, n_medusa_heads=-1), "n_medusa_heads"),
     (dict(n_embd=30, n_head=4), "n_embd"),
     (dict(dropout=1.5), "dropout"),
     (dict(dropout=-0.1), "dropout"),

@@ -6,7 +6,7 @@ import sys
 import pytest
 import torch
 
-from model import GPT, GPTConfig
+from model import GPT, GPTConfig, stream_targets
 from train import StageConfig, stream_accuracy, train_stage
 from train_toy import ToyData, parser, story, train_pipeline, vocabulary
 
@@ -36,8 +36,11 @@ def test_stream_accuracy_counts_the_right_targets():
         if t + 1 < 4:
             logits[0, t, 0, targets[0, t + 1]] = 10.0
         logits[0, t, 1, 0] = 10.0
-    accs = stream_accuracy(logits, targets, torch.ones_like(targets, dtype=torch.bool))
-    assert accs == [1.0, 0.0]
+    assert stream_accuracy(logits, stream_targets(targets, 2)) == [1.0, 0.0]
+    partly = stream_targets(targets, 2)
+    partly[0, 0, 1] = -1  # an ignored target is not counted
+    logits[0, 1, 1, 4] = 20.0  # stream 2 at t=1 now right (x[t+1+2] = targets[0, 3] = 4)
+    assert stream_accuracy(logits, partly) == [1.0, 1.0]
 
 
 def tiny_stage_setup(tmp_path):
