@@ -3,7 +3,9 @@ over the KV-cached greedy loop. Never a test: run it yourself and read the table
 
     python bench.py speed          # a few (γ, k, pruning) settings on the toy model (train_toy.py first)
     python bench.py rows           # cost of a forward of n tree nodes relative to one node (the speedup's limit)
-    python bench.py task --task e2e  # a real task (train_task.py first): quality of NTP vs SS, SS speed
+    python bench.py task --task e2e  # a real task (train_task.py first): quality of every model, and SS, Medusa,
+                                     # two-model SD and prompt lookup side by side; writes results/<task>/
+    python bench.py baselines      # the same side-by-side on the toy task; writes results/toy_baselines/
     python bench.py params         # parameter accounting: SS vs 4 Medusa heads, toy to 7B-sized configs
     python bench.py toy            # the γ study: acceptance vs γ, speedup and CR vs γ per k, speedup vs tree
                                    # size with and without pruning; writes results/toy/ (JSON, Markdown, PNGs)
@@ -22,13 +24,17 @@ import json
 import os
 import statistics
 import time
+from typing import Callable
 
 import torch
+from tqdm import tqdm
 
-from generate import generate_autoregressive, generate_speculative
+from generate import (GenerationResult, generate_autoregressive, generate_prompt_lookup, generate_speculative,
+                      generate_two_model)
 from model import GPT, KVCache
 
 
+METHODS = ("ss", "medusa", "two-model", "lookup")  # `task`: the decoders compared with the AR baseline
 PASSES = ("tree", "accepted")  # the paper's single pass, and streams of the accepted node only (generate.py)
 
 
@@ -285,6 +291,205 @@ def run_rows(args):
                   f"({times[1] / base:.2f}x)")
 
 
+# ---------------------------------------------------------------------------------------------------------
+# Side by side: Speculative Streaming, Medusa, two-model speculative decoding and prompt lookup (issue 7)
+# ---------------------------------------------------------------------------------------------------------
+
+Decoder = Callable[[list[int]], GenerationResult]
+
+
+def compare(decoders: dict[str, tuple[Decoder, str | None]], prompts: list[list[int]], repeats: int) -> dict:
+    """Every decoder on every prompt, back to back per prompt (interleaved), after a warm-up on two prompts;
+    `repeats` times. decoders[name] = (run, baseline): a decoder with a baseline (an autoregressive run of its
+    target) must reproduce the baseline's output exactly, and its speedup is median(baseline time) / median(own
+    time); CR = baseline forward calls / own forward (target) calls. Returns per decoder its statistics."""
+    for prompt in prompts[:2]:
+        for run, _ in decoders.values():
+            run(prompt)
+    times = {name: [] for name in decoders}
+    stats = {name: dict(calls=0, draft_calls=0, lengths=[], attempted=None, accepted=None, drafted=[], kept=[],
+                        tokens=0) for name in decoders}
+    for rep in range(repeats):
+        total = dict.fromkeys(decoders, 0.0)
+        for prompt in prompts:
+            outputs = {}
+            for name, (run, baseline) in decoders.items():
+                r = run(prompt)
+                total[name] += r.wall_time
+                outputs[name] = r.tokens
+                if baseline is not None and r.tokens != outputs[baseline]:
+                    raise AssertionError(f"{name}: output differs from {baseline} on prompt {prompt}")
+                if rep == 0:  # counts are deterministic: take them from the first repetition
+                    s = stats[name]
+                    s["calls"] += r.forward_calls
+                    s["draft_calls"] += r.draft_calls
+                    s["tokens"] += len(r.tokens)
+                    s["lengths"] += r.accepted_lengths
+                    s["drafted"] += r.tree_sizes
+                    s["kept"] += r.pruned_tree_sizes
+                    add = lambda a, b: b if a is None else [x + y for x, y in zip(a, b)]
+                    s["attempted"], s["accepted"] = add(s["attempted"], r.depth_attempted), add(s["accepted"], r.depth_accepted)
+        for name in decoders:
+            times[name].append(total[name])
+    out = {}
+    for name, (_, baseline) in decoders.items():
+        s, t = stats[name], statistics.median(times[name])
+        out[name] = dict(
+            time=t, forward_calls=s["calls"], draft_calls=s["draft_calls"], tokens=s["tokens"],
+            ms_per_token=1000 * t / max(s["tokens"], 1),
+            tokens_per_call=sum(s["lengths"]) / max(len(s["lengths"]), 1) if s["lengths"] else 1.0,
+            acceptance=[a / n if n else None for a, n in zip(s["accepted"] or [], s["attempted"] or [])],
+            tree_size=sum(s["drafted"]) / len(s["drafted"]) if s["drafted"] else 1.0,
+            tree_size_after_pruning=sum(s["kept"]) / len(s["kept"]) if s["kept"] else 1.0,
+            speedup=None if baseline is None else statistics.median(times[baseline]) / t,
+            cr_ratio=None if baseline is None else stats[baseline]["calls"] / s["calls"])
+    return out
+
+
+# (k, tree cap) of the tree settings shared by SS and Medusa, each without and with pruning
+TREE_SETTINGS = [(1, None), (2, 8), (3, 16), (4, 24)]
+
+
+def side_by_side(models: dict[str, GPT], prompts: list[list[int]], max_new: int, eos: int | None, repeats: int,
+                 prune_threshold: float, lookup: bool = True) -> list[dict]:
+    """The decoders of every method on the same prompts, in one `compare` call. models: "target" (plain GPT:
+    AR baseline, prompt lookup, two-model target), "ss", "medusa", "draft" (any may be missing)."""
+    decoders, info = {}, {}
+
+    def add(name, run, baseline, **meta):
+        decoders[name], info[name] = (run, baseline), meta
+
+    for key in ("target", "ss", "medusa"):
+        if key in models:
+            add(f"ar:{key}", lambda p, m=models[key]: generate_autoregressive(m, p, max_new, eos), None,
+                method="autoregressive", model=key)
+    for key in ("ss", "medusa"):
+        if key not in models:
+            continue
+        passes = PASSES if key == "ss" else ("tree",)
+        for k, cap in TREE_SETTINGS:
+            for prune in (None, prune_threshold):
+                for stream_pass in passes:
+                    kw = dict(k=k, tree_cap=cap, prune_threshold=prune, stream_pass=stream_pass)
+                    add(f"{key} k={k} cap={cap} prune={prune} {stream_pass}",
+                        lambda p, m=models[key], kw=kw: generate_speculative(m, p, max_new, eos_id=eos, **kw),
+                        f"ar:{key}", method=key, model=key, gamma=models[key].config.n_drafts, **kw)
+    if "target" in models:
+        if "draft" in models:
+            for gamma in (2, 4):
+                add(f"two-model γ={gamma}", lambda p, g=gamma: generate_two_model(models["target"], models["draft"], p,
+                                                                                  max_new, g, eos),
+                    "ar:target", method="two-model", model="target", gamma=gamma)
+        for n_draft in (2, 4) if lookup else ():
+            add(f"lookup n=3 d={n_draft}", lambda p, d=n_draft: generate_prompt_lookup(models["target"], p, max_new, 3,
+                                                                                     d, eos),
+                "ar:target", method="prompt lookup", model="target", num_draft=n_draft)
+    results = compare(decoders, prompts, repeats)
+    return [dict(name=name, **info[name], **r) for name, r in results.items()]
+
+
+def extra_parameters(models: dict[str, GPT]) -> dict[str, int]:
+    """What each method adds to its target (LoRA, shared by every fine-tuned model, is not counted)."""
+    out = dict(autoregressive=0, **{"prompt lookup": 0})
+    if "ss" in models:
+        c = models["ss"].parameter_counts()
+        out["ss"] = c["stream_emb"] + c["prune_adapter"]
+    if "medusa" in models:
+        c = models["medusa"].parameter_counts()
+        out["medusa"] = c["medusa"] + c["prune_adapter"]
+    if "draft" in models:
+        out["two-model"] = sum(p.numel() for p in models["draft"].parameters())
+    return out
+
+
+def best_of(rows: list[dict], method: str) -> dict | None:
+    rows = [r for r in rows if r["method"] == method]
+    return max(rows, key=lambda r: r["speedup"]) if rows else None
+
+
+def setting(r: dict) -> str:
+    if r["method"] in ("ss", "medusa"):
+        return (f"γ={r['gamma']}, k={r['k']}, cap={r['tree_cap'] or '-'}, prune={r['prune_threshold'] or '-'}"
+                + (f", {r['stream_pass']} pass" if r["method"] == "ss" else ""))
+    if r["method"] == "two-model":
+        return f"γ={r['gamma']}"
+    if r["method"] == "prompt lookup":
+        return f"3-gram, {r['num_draft']} drafts"
+    return "-"
+
+
+METHOD_NAMES = {"ss": "Speculative Streaming", "medusa": "Medusa (4 heads)", "two-model": "two-model SD",
+                "prompt lookup": "prompt lookup"}
+
+
+def comparison_markdown(rows: list[dict], extra: dict[str, int], quality: dict[str, dict] | None) -> list[str]:
+    """Tables in the layout of the paper's Table 1 (speedup, CR, quality, extra parameters) and Table 2 (target
+    and draft calls), then every setting."""
+    metric_names = list(next(iter(quality.values()))) if quality else []
+    q = lambda model: " | ".join(f"{quality[model][m]:.2f}" for m in metric_names) + (" | " if metric_names else "")
+    quality_of = dict(ss="ss", medusa="medusa", **{"two-model": "target", "prompt lookup": "target"})
+    lines = ["## Side by side (layout of the paper's Table 1)\n",
+             "| method | setting | speedup | CR | " + "".join(f"{m} | " for m in metric_names) + "extra parameters |",
+             "|---|---|---|---|" + "---|" * len(metric_names) + "---|"]
+    if quality:
+        lines.append(f"| next-token LoRA (baseline) | greedy | 1.00x | 1.00 | {q('target')}0 |")
+    for method, name in METHOD_NAMES.items():
+        r = best_of(rows, method)
+        if r:
+            lines.append(f"| {name} | {setting(r)} | {r['speedup']:.2f}x | {r['cr_ratio']:.2f} | "
+                         f"{q(quality_of[method]) if quality else ''}{extra.get(method, 0):,} |")
+    lines += ["\nEach method's best setting by wall time; quality is that of the model each method decodes (its output "
+              "equals that model's greedy output, checked on every timed prompt). Extra parameters: what the method adds "
+              "to its target besides the LoRA every fine-tuned model has (SS: stream embeddings + pruning adapter; "
+              "Medusa: heads + pruning adapter; two-model: the whole draft model).\n",
+              "## Against a draft model (layout of the paper's Table 2)\n",
+              "| method | setting | target calls | draft calls | tokens per target call | speedup | extra parameters |",
+              "|---|---|---|---|---|---|---|"]
+    for r in [r for r in rows if r["method"] == "two-model"] + [best_of(rows, "ss")]:
+        if r:
+            lines.append(f"| {METHOD_NAMES[r['method']]} | {setting(r)} | {r['forward_calls']} | {r['draft_calls']} | "
+                         f"{r['tokens_per_call']:.2f} | {r['speedup']:.2f}x | {extra.get(r['method'], 0):,} |")
+    lines += ["\n## Every setting\n",
+              "| decoder | speedup | CR | tokens/call | nodes (after pruning) | ms/token | acceptance at depth 1..γ |",
+              "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['name']} | {fmt(r['speedup'])}{'x' if r['speedup'] else ''} | {fmt(r['cr_ratio'])} | "
+                     f"{r['tokens_per_call']:.2f} | {r['tree_size']:.1f} ({r['tree_size_after_pruning']:.1f}) | "
+                     f"{r['ms_per_token']:.2f} | {' '.join(fmt(a) for a in r['acceptance'])} |")
+    return lines
+
+
+def plot_comparison(rows: list[dict], out: str, title: str):
+    """speedup_vs_k.png (SS and Medusa, with and without pruning) and acceptance_ss_vs_medusa.png (k = 1)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for method, stream_pass, color in (("ss", "tree", "C0"), ("ss", "accepted", "C2"), ("medusa", "tree", "C1")):
+        for pruned, style in ((False, "o-"), (True, "s--")):
+            pts = [(r["k"], r["speedup"]) for r in rows if r["method"] == method and r["stream_pass"] == stream_pass
+                   and bool(r["prune_threshold"]) == pruned]
+            if pts:
+                label = (METHOD_NAMES[method] + (f" ({stream_pass} pass)" if method == "ss" else "")
+                         + (", pruned" if pruned else ""))
+                ax.plot(*zip(*pts), style, color=color, label=label)
+    ax.axhline(1.0, color="gray", lw=0.8)
+    ax.set(xlabel="k (top-k per depth; trees capped at 8/16/24 nodes for k=2/3/4)", ylabel="wall-time speedup",
+           title=f"{title}: speedup vs k")
+    ax.legend(fontsize=7)
+    fig.tight_layout(), fig.savefig(os.path.join(out, "speedup_vs_k.png"), dpi=120), plt.close(fig)
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for method, color in (("ss", "C0"), ("medusa", "C1")):
+        r = next((r for r in rows if r["method"] == method and r["k"] == 1 and not r["prune_threshold"]), None)
+        if r:
+            ax.plot(range(1, len(r["acceptance"]) + 1), [a or 0 for a in r["acceptance"]], "o-", color=color,
+                    label=METHOD_NAMES[method])
+    ax.set(xlabel="depth j", ylabel="acceptance at depth j (given j-1 accepted)", ylim=(0, 1.05),
+           title=f"{title}: per-depth acceptance, k = 1")
+    ax.legend(fontsize=8)
+    fig.tight_layout(), fig.savefig(os.path.join(out, "acceptance_ss_vs_medusa.png"), dpi=120), plt.close(fig)
+
+
 MAX_NEW_TOKENS = {"e2e": 80, "sql": 160, "dialogsum": 96}  # longer than nearly every reference completion
 
 
@@ -307,76 +512,102 @@ def quality(task: str, hypotheses: list[str], references: list[list[str]]) -> di
     return out
 
 
+def load_model(path: str, device) -> GPT:
+    model = GPT.from_checkpoint(path).to(device).eval()
+    model.merge_lora()  # inference: fold LoRA into the weights (the same for every decoder of this model)
+    return model
+
+
+def write_comparison(out: str, title: str, header: list[str], rows: list[dict], extra: dict, quality: dict | None,
+                     results: dict):
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, "results.json"), "w") as f:
+        json.dump(dict(results, rows=rows, extra_parameters=extra, quality=quality), f, indent=1)
+    with open(os.path.join(out, "results.md"), "w") as f:
+        f.write("\n".join(header + comparison_markdown(rows, extra, quality)) + "\n")
+    plot_comparison(rows, out, title)
+    print(f"wrote {out}/results.json, results.md, speedup_vs_k.png, acceptance_ss_vs_medusa.png")
+
+
+def print_rows(rows: list[dict]):
+    for r in rows:
+        print(f"  {r['name']:<40} speedup {fmt(r['speedup'])}  CR {fmt(r['cr_ratio'])}  tokens/call "
+              f"{r['tokens_per_call']:.2f}  draft calls {r['draft_calls']}  acceptance "
+              + " ".join(fmt(a) for a in r["acceptance"]))
+
+
+def run_baselines(args):
+    """Toy task: SS (γ=4) vs Medusa (4 heads, same base and budget) vs two-model SD vs prompt lookup."""
+    from train_toy import ToyData
+    names = dict(target="base.pt", ss="ss_gamma4_pruned.pt", medusa="medusa_gamma4_pruned.pt", draft="draft.pt")
+    for key, name in names.items():
+        if not os.path.exists(os.path.join(args.toy_dir, name)):
+            flag = {"ss": " --gamma 4", "medusa": " --method medusa --gamma 4", "draft": " --method draft"}.get(key, "")
+            raise SystemExit(f"{args.toy_dir}/{name} not found: run `python train_toy.py{flag}` first")
+    models = {key: load_model(os.path.join(args.toy_dir, name), args.device) for key, name in names.items()}
+    data = ToyData(args.n_stories, args.seed)
+    prompts = data.prompts(args.prompts)
+    print(f"toy: {len(prompts)} prompts, up to {args.max_new_tokens} new tokens, {torch.get_num_threads()} thread(s)")
+    rows = side_by_side(models, prompts, args.max_new_tokens, data.eos_id, args.repeats, args.prune_threshold)
+    print_rows(rows)
+    header = ["# Toy task: Speculative Streaming vs Medusa vs two-model SD vs prompt lookup\n",
+              f"Command: `python bench.py baselines --prompts {args.prompts} --repeats {args.repeats}` (after "
+              "`python train_toy.py --gamma 4`, `--method medusa --gamma 4`, `--method draft`): held-out prompts, up to "
+              f"{args.max_new_tokens} new tokens, batch 1, greedy, {torch.get_num_threads()} thread(s), CPU unless "
+              "stated, one process, every decoder run back to back on each prompt, median of "
+              f"{args.repeats}. SS and Medusa: γ = 4 on the same base, same steps and learning rate; two-model SD and "
+              "prompt lookup verify with the pretrained base. Tokens per call count the root/bonus token.\n"]
+    write_comparison(os.path.join(args.results_dir, "toy_baselines"), "toy", header, rows, extra_parameters(models),
+                     None, dict(setup=vars(args)))
+
+
 def run_task(args):
-    """A real task: quality of the NTP baseline and of the SS model, and SS speed, on a fixed test subset."""
+    """A real task: quality of every model, and every decoder side by side on a fixed test subset."""
     from data import EOS, CompactVocab, load_task, prompt_ids
     task, folder = args.task, args.task_dir
-    paths = {name: os.path.join(folder, f"{task}_{name}.pt") for name in ("ntp", "ss_pruned")}
-    for path in paths.values():
+    files = dict(target="ntp", ss="ss_pruned", medusa="medusa_pruned", draft="draft")
+    files = {key: os.path.join(folder, f"{task}_{name}.pt") for key, name in files.items()
+             if key == "target" or key in args.methods or (key == "draft" and "two-model" in args.methods)}
+    for key, path in files.items():
         if not os.path.exists(path):
             raise SystemExit(f"{path} not found: run `python train_task.py --task {task} --out-dir {folder}` first")
-    models = {}
-    for name, path in paths.items():
-        models[name] = GPT.from_checkpoint(path).to(args.device).eval()
-        models[name].merge_lora()
-    vocab = CompactVocab.from_dict(torch.load(paths["ss_pruned"], weights_only=True)["vocabulary"])
+    models = {key: load_model(path, args.device) for key, path in files.items()}
+    vocab = CompactVocab.from_dict(torch.load(files["target"], weights_only=True)["vocabulary"])
     examples = load_task(task, "test", args.data_dir)[:args.n_eval]  # the first n_eval test examples, fixed
     max_new, eos = MAX_NEW_TOKENS[task], EOS
-    budget = models["ss_pruned"].config.block_size - max_new + 1
+    budget = models["target"].config.block_size - max_new + 1
     prompts = [prompt_ids(vocab, ex, budget) for ex in examples]
     references = [ex.references for ex in examples]
     decode = lambda ids: vocab.decode([t for t in ids if t != eos])
     print(f"{task}: {len(examples)} test examples, up to {max_new} new tokens, {torch.get_num_threads()} thread(s)")
-    ntp_out = [decode(generate_autoregressive(models["ntp"], p, max_new, eos).tokens) for p in prompts]
-    ss = models["ss_pruned"]
-    ss_out = [decode(generate_speculative(ss, p, max_new, k=1, eos_id=eos).tokens) for p in prompts]
-    results = dict(task=task, n_examples=len(examples), max_new_tokens=max_new, config=vars(ss.config),
-                   quality=dict(ntp=quality(task, ntp_out, references), ss=quality(task, ss_out, references)),
-                   params=ss.parameter_counts(), speed=[], samples=[dict(prompt=e.prompt, ntp=a, ss=b) for e, a, b
-                                                                    in zip(examples[:5], ntp_out, ss_out)])
-    print("quality:", {k: {m: round(v, 2) for m, v in q.items()} for k, q in results["quality"].items()})
-    speed_prompts = prompts[:args.prompts]
-    for s in [dict(k=1), dict(k=2, tree_cap=8), dict(k=2, tree_cap=16, prune_threshold=0.1), dict(k=3, tree_cap=24)]:
-        r = measure(ss, speed_prompts, max_new, eos, args.repeats, **s)
-        results["speed"].append(dict(gamma=ss.config.n_streams, **s, **r))
-        print(f"  k={s['k']} cap={s.get('tree_cap')} prune={s.get('prune_threshold')}: tokens/call "
-              f"{r['tokens_per_call']:.2f}  CR {r['cr_ratio']:.2f}  speedup {speedups(r)}  acceptance "
-              + " ".join(fmt(a) for a in r["acceptance"]))
-    out = os.path.join(args.results_dir, task)
-    os.makedirs(out, exist_ok=True)
-    with open(os.path.join(out, "results.json"), "w") as f:
-        json.dump(results, f, indent=1)
-    write_task_markdown(results, args, os.path.join(out, "results.md"))
-    print(f"wrote {out}/results.json and results.md")
-
-
-def write_task_markdown(results: dict, args, path: str):
-    q, extra = results["quality"], results["params"]["stream_emb"] + results["params"]["prune_adapter"]
-    metric_names = list(q["ntp"])
-    best = max(results["speed"], key=lambda r: max(r["speedup"], r["speedup_accepted"]))
-    lines = [f"# {results['task']}: Speculative Streaming vs the next-token baseline\n",
-             f"Command: `python bench.py task --task {results['task']} --n-eval {args.n_eval} --prompts {args.prompts} "
-             f"--repeats {args.repeats}`: the first {results['n_examples']} test examples for quality, the first "
-             f"{args.prompts} for speed; batch 1, greedy, {torch.get_num_threads()} thread(s), CPU unless stated. "
-             f"Tokens per call count the root token. Speedup: paper's single pass / accepted-node stream pass.\n",
-             "## In the layout of the paper's Table 1\n",
-             "| method | speedup | CR | " + " | ".join(metric_names) + " | extra parameters |",
-             "|---|---|---|" + "---|" * len(metric_names) + "---|",
-             "| next-token LoRA (baseline) | 1.00x | 1.00 | " + " | ".join(f"{q['ntp'][m]:.2f}" for m in metric_names)
-             + " | 0 |",
-             f"| Speculative Streaming (γ={best['gamma']}, k={best['k']}, cap={best.get('tree_cap')}, prune="
-             f"{best.get('prune_threshold')}) | {speedups(best)} | {best['cr_ratio']:.2f} | "
-             + " | ".join(f"{q['ss'][m]:.2f}" for m in metric_names) + f" | {extra:,} |",
-             "\n## Speed settings\n", "| k | cap | prune | tokens/call | CR | speedup | acceptance at depth 1..γ |",
-             "|---|---|---|---|---|---|---|"]
-    for r in results["speed"]:
-        lines.append(f"| {r['k']} | {r.get('tree_cap') or '-'} | {r.get('prune_threshold') or '-'} | "
-                     f"{r['tokens_per_call']:.2f} | {r['cr_ratio']:.2f} | {speedups(r)} | "
-                     f"{' '.join(fmt(a) for a in r['acceptance'])} |")
-    lines += ["\n## Samples\n"] + [f"- prompt: `{s['prompt'][:200]}`\n  - NTP: `{s['ntp']}`\n  - SS: `{s['ss']}`"
-                                      for s in results["samples"]]
-    with open(path, "w") as f:
-        f.write("\n".join(lines) + "\n")
+    outputs, quality_of = {}, {}
+    for key in ("target", "ss", "medusa"):
+        if key in models:
+            outputs[key] = [decode(generate_autoregressive(models[key], p, max_new, eos).tokens)
+                            for p in tqdm(prompts, desc=f"quality: {key}", leave=False)]
+            quality_of[key] = quality(task, outputs[key], references)
+    print("quality:", {k: {m: round(v, 2) for m, v in q.items()} for k, q in quality_of.items()})
+    rows = side_by_side(models, prompts[:args.prompts], max_new, eos, args.repeats, args.prune_threshold,
+                        lookup="lookup" in args.methods)
+    print_rows(rows)
+    header = [f"# {task}: Speculative Streaming vs the baselines\n",
+              f"Command: `python bench.py task --task {task} --n-eval {args.n_eval} --prompts {args.prompts} --repeats "
+              f"{args.repeats}" + (f" --methods {' '.join(args.methods)}" if set(args.methods) != set(METHODS) else "")
+              + f"` (after `make train-tasks`): the first {len(examples)} test examples for quality, the first "
+              f"{min(args.prompts, len(prompts))} for speed; batch 1, greedy, {torch.get_num_threads()} thread(s), CPU "
+              f"unless stated, one process, every decoder run back to back on each prompt, median of {args.repeats}. "
+              "Target of two-model SD and prompt lookup: the next-token LoRA model. Tokens per call count the "
+              "root/bonus token.\n",
+              "## Models\n", "| model | " + " | ".join(next(iter(quality_of.values()))) + " |",
+              "|---|" + "---|" * len(next(iter(quality_of.values())))]
+    header += [f"| {dict(target='next-token LoRA', ss='SS (γ=4)', medusa='Medusa (4 heads)')[k]} | "
+               + " | ".join(f"{v:.2f}" for v in q.values()) + " |" for k, q in quality_of.items()]
+    header += ["\nSamples (first test examples):\n"] + [
+        f"- `{ex.prompt[:160]}`\n" + "".join(f"  - {key}: `{outputs[key][i][:300]}`\n" for key in outputs)
+        for i, ex in enumerate(examples[:3])]
+    write_comparison(os.path.join(args.results_dir, task), task, header, rows, extra_parameters(models), quality_of,
+                     dict(task=task, n_examples=len(examples), max_new_tokens=max_new,
+                          config=vars(models["target"].config)))
 
 
 def run_params(args):
@@ -409,7 +640,7 @@ def run_params(args):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("what", choices=["speed", "toy", "params", "rows", "task"], help="which benchmark")
+    p.add_argument("what", choices=["speed", "toy", "params", "rows", "task", "baselines"], help="which benchmark")
     p.add_argument("--toy-dir", default="checkpoints/toy", help="train_toy.py's --out-dir")
     p.add_argument("--toy-gamma", type=int, default=6, help="γ of the toy checkpoint to load")
     p.add_argument("--n-stories", type=int, default=4000, help="as given to train_toy.py")
@@ -421,17 +652,22 @@ def main(argv=None):
     p.add_argument("--device", default="cpu", help="cpu or cuda (timings then synchronise the GPU)")
     p.add_argument("--out", default="results/toy", help="output folder of `toy`")
     p.add_argument("--tree-cap", type=int, default=64, help="`toy`: node cap of the trees in the γ x k grid")
-    p.add_argument("--prune-threshold", type=float, default=0.1, help="`toy`: pruning threshold of the tree-size sweep")
+    p.add_argument("--prune-threshold", type=float, default=0.1,
+                   help="`toy`: pruning threshold of the tree-size sweep; `task`, `baselines`: of the pruned settings")
     p.add_argument("--task", choices=["e2e", "sql", "dialogsum"], default="e2e", help="`task`: which real task")
     p.add_argument("--task-dir", default="checkpoints/tasks", help="`task`: train_task.py's --out-dir")
     p.add_argument("--data-dir", default=None, help="`task`: data folder (else $SPECSTREAM_DATA, else ../shared/data)")
-    p.add_argument("--results-dir", default="results", help="`task`: results go to RESULTS_DIR/<task>/")
+    p.add_argument("--results-dir", default="results", help="`task`, `baselines`: results go to RESULTS_DIR/<task>/ "
+                                                            "(`baselines`: RESULTS_DIR/toy_baselines/)")
     p.add_argument("--n-eval", type=int, default=200, help="`task`: test examples scored for quality")
+    p.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS),
+                   help="`task`: decoders compared with the autoregressive baseline")
     p.add_argument("--gamma-params", type=int, default=4, help="`params`: γ of the accounting table")
     p.add_argument("--separate", type=int, nargs="*", default=[2, 4], help="`toy`: γ of separately trained models")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    {"speed": run_speed, "toy": run_toy, "params": run_params, "rows": run_rows, "task": run_task}[args.what](args)
+    {"speed": run_speed, "toy": run_toy, "params": run_params, "rows": run_rows, "task": run_task,
+     "baselines": run_baselines}[args.what](args)
 
 
 if __name__ == "__main__":

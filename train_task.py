@@ -1,15 +1,18 @@
-"""Real tasks (E2E-NLG, ATIS text-to-SQL, DialogSum): a small GPT-2-tokenized model, trained in four stages.
+"""Real tasks (E2E-NLG, ATIS text-to-SQL, DialogSum): small GPT-2-tokenized models, trained in stages.
 
   (a) the "pre-trained base": next-token loss on the union of the three tasks' training text (prompt and
-      completion), cached in --out-dir and reused by every task;
+      completion), cached in --out-dir and reused by every task (and a small draft base, for two-model SD);
   (b) per task, LoRA fine-tuning with next-token loss only: the quality baseline (loss on completions only);
-  (c) per task, Speculative Streaming fine-tuning: γ streams on the top N_s blocks, LoRA + stream embeddings,
-      Eq. 5 loss on completions only;
-  (d) the pruning adapter of the SS model (early-exit next-token loss, everything else frozen).
+  (c) --method ss: Speculative Streaming fine-tuning: γ streams on the top N_s blocks, LoRA + stream
+      embeddings, Eq. 5 loss on completions only; then the pruning adapter (early-exit loss, rest frozen);
+  (d) --method medusa: the Medusa baseline on the same base: γ heads + LoRA, the same Eq. 5 loss (α, steps,
+      learning rate, stream positions), then its own pruning adapter;
+  (e) --method draft: the draft model of two-model speculative decoding, fully fine-tuned on the task.
 
-    python train_task.py --task e2e                # the full run for one task (the base is trained once)
-    python train_task.py --task sql --quick        # a tiny run, for tests
-    python train_task.py --help
+    python train_task.py --task e2e                      # every method for one task (the bases are trained once)
+    python train_task.py --task sql --method ss medusa   # only some methods
+    python train_task.py --task e2e --quick              # a tiny run, for tests
+    make tasks                                           # the full pipeline: all tasks, then bench.py task
 
 Data comes from --data-dir, else $SPECSTREAM_DATA, else ../shared/data (see data.py).
 """
@@ -25,8 +28,10 @@ from data import SPLITS, CompactVocab, TaskData, load_task
 from model import GPT, GPTConfig, load_checkpoint, load_weights
 from train import StageConfig, seed_everything, train_stage
 
-BLOCK_SIZE = {"e2e": 160, "sql": 256, "dialogsum": 512}  # longest prompt + completion we train and decode
-PRETRAIN_BLOCK = 256  # pretraining windows: long dialogues are cut from the left, over-long SQL is left out
+BLOCK_SIZE = {"e2e": 160, "sql": 384, "dialogsum": 512}  # longest prompt + completion we train and decode
+BATCH_SIZE = {"e2e": 16, "sql": 8, "dialogsum": 8}  # sequences per step: about the same tokens per step
+PRETRAIN_BLOCK = 512  # pretraining windows: long dialogues are cut from the left, over-long SQL is left out
+METHODS = ("ss", "medusa", "draft")
 
 
 def build_vocab(data_dir: str | None) -> CompactVocab:
@@ -41,85 +46,110 @@ def build_vocab(data_dir: str | None) -> CompactVocab:
     return CompactVocab.build(texts)
 
 
-def model_config(args, vocab: CompactVocab, **extra) -> GPTConfig:
-    return GPTConfig(vocab_size=vocab.size, block_size=max(BLOCK_SIZE.values()), n_layer=args.n_layer,
-                     n_head=args.n_head, n_embd=args.n_embd, dropout=args.dropout, bias=True, **extra)
+def model_config(args, vocab: CompactVocab, draft: bool = False, **extra) -> GPTConfig:
+    n_layer, n_embd, n_head = ((args.draft_layers, args.draft_embd, args.draft_heads) if draft
+                               else (args.n_layer, args.n_embd, args.n_head))
+    return GPTConfig(vocab_size=vocab.size, block_size=max(BLOCK_SIZE.values()), n_layer=n_layer, n_head=n_head,
+                     n_embd=n_embd, dropout=args.dropout, bias=True, **extra)
 
 
 def from_base(base: GPT, config: GPTConfig, device) -> GPT:
-    """A new model with the base weights; its LoRA, stream embeddings and adapter keep their fresh init."""
+    """A new model with the base weights; its LoRA, streams, Medusa heads and adapter keep their fresh init
+    (Medusa's LM heads start as copies of the base LM head)."""
     model = GPT(config).to(device)
     own = model.state_dict()
     own.update(base.state_dict())
     load_weights(model, own, "base checkpoint")
+    if config.n_medusa_heads > 0:
+        model.init_medusa_from_lm_head()
     return model
 
 
-def load_base(args, vocab: CompactVocab, quiet: bool = False) -> GPT:
-    """Pretrain (or load) the base GPT on the union of the tasks' training text, loss on every token."""
-    path = os.path.join(args.out_dir, "base.pt")
+def pretrain(args, vocab: CompactVocab, name: str, config: GPTConfig, steps: int, quiet: bool) -> GPT:
+    """Pretrain (or load) a GPT on the union of the tasks' training text, loss on every token."""
+    path = os.path.join(args.out_dir, f"{name}.pt")
     if os.path.exists(path) and load_checkpoint(path).get("vocabulary") != vocab.to_dict():
         raise ValueError(f"{path} was trained with another vocabulary (other data?): delete it or use --out-dir")
     union = TaskData(vocab, [ex for task in SPLITS for ex in load_task(task, "train", args.data_dir)],
                      PRETRAIN_BLOCK)
 
     def batch(step):
-        idx, targets, _ = union.batch(step, args.batch_size, seed=args.seed)
+        idx, targets, _ = union.batch(step, args.pretrain_batch_size, seed=args.seed)
         return idx, targets, targets != -1  # pretraining: every real token counts
 
-    base = GPT(model_config(args, vocab)).to(args.device)
-    train_stage(base, batch, StageConfig("pretrain (all tasks)", args.pretrain_steps, args.lr, seed=args.seed),
+    model = GPT(config).to(args.device)
+    train_stage(model, batch, StageConfig(f"pretrain {name} (all tasks)", steps, args.lr, seed=args.seed),
                 path, extra=dict(vocabulary=vocab.to_dict()), quiet=quiet)
-    return base
+    return model
 
 
 def train_task(args, quiet: bool = False) -> dict[str, str]:
-    """Run (or resume) all stages for args.task; returns the checkpoint paths."""
+    """Run (or resume) the stages of args.methods for args.task; returns the checkpoint paths."""
     seed_everything(args.seed)
     if args.threads:
         torch.set_num_threads(args.threads)
     os.makedirs(args.out_dir, exist_ok=True)
     vocab = build_vocab(args.data_dir)
-    base = load_base(args, vocab, quiet)
+    base = pretrain(args, vocab, "base", model_config(args, vocab), args.pretrain_steps, quiet)
     data = TaskData(vocab, load_task(args.task, "train", args.data_dir), BLOCK_SIZE[args.task])
-    batch = lambda seed: (lambda step: data.batch(step, args.batch_size, seed=seed))
+    batch_size = args.batch_size or BATCH_SIZE[args.task]
+    batch = lambda seed: (lambda step: data.batch(step, batch_size, seed=seed))
     extra = dict(vocabulary=vocab.to_dict(), task=args.task)
-    paths = {name: os.path.join(args.out_dir, f"{args.task}_{name}.pt") for name in ("ntp", "ss", "ss_pruned")}
+    paths = {}
 
-    ntp = from_base(base, model_config(args, vocab, lora_rank=args.lora_rank), args.device)
-    train_stage(ntp, batch(args.seed + 1), StageConfig(f"{args.task}: next-token LoRA", args.ft_steps, args.ft_lr,
-                                                      seed=args.seed + 1), paths["ntp"], extra=extra, quiet=quiet)
-    ss = from_base(base, model_config(args, vocab, lora_rank=args.lora_rank, n_streams=args.gamma,
-                                      n_msa_layers=args.n_msa_layers, prune_rank=8), args.device)
-    train_stage(ss, batch(args.seed + 2), StageConfig(f"{args.task}: streams (γ={args.gamma})", args.ft_steps,
-                                                     args.ft_lr, seed=args.seed + 2), paths["ss"], extra=extra,
-                quiet=quiet)
-    train_stage(ss, batch(args.seed + 3), StageConfig(f"{args.task}: pruning adapter", args.prune_steps, args.ft_lr,
-                                                     loss="early_exit", seed=args.seed + 3), paths["ss_pruned"],
-                extra=extra, quiet=quiet)
+    def stage(name: str, model: GPT, title: str, steps: int, seed: int, **kw):
+        paths[name] = os.path.join(args.out_dir, f"{args.task}_{name}.pt")
+        train_stage(model, batch(args.seed + seed), StageConfig(f"{args.task}: {title}", steps, kw.pop("lr", args.ft_lr),
+                                                               seed=args.seed + seed, **kw), paths[name], extra, quiet)
+
+    lora = dict(lora_rank=args.lora_rank, n_msa_layers=args.n_msa_layers, prune_rank=8)
+    stage("ntp", from_base(base, model_config(args, vocab, lora_rank=args.lora_rank), args.device),
+          "next-token LoRA", args.ft_steps, 1)
+    for method in args.method:
+        if method == "draft":
+            draft_base = pretrain(args, vocab, "draft_base", model_config(args, vocab, draft=True),
+                                  args.draft_pretrain_steps, quiet)
+            stage("draft", draft_base, "draft model (full fine-tuning)", args.ft_steps, 4, lr=args.lr)
+            continue
+        drafter = dict(n_streams=args.gamma) if method == "ss" else dict(n_medusa_heads=args.gamma)
+        model = from_base(base, model_config(args, vocab, **lora, **drafter), args.device)
+        stage(method, model, f"{method} (γ={args.gamma})", args.ft_steps, 2 if method == "ss" else 5,
+              stream_fraction=args.stream_fraction)
+        stage(f"{method}_pruned", model, f"{method} pruning adapter", args.prune_steps, 3 if method == "ss" else 6,
+              loss="early_exit")
     return paths
 
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--task", choices=sorted(SPLITS), required=True)
+    p.add_argument("--method", nargs="+", choices=METHODS, default=list(METHODS),
+                   help="what to train besides the NTP baseline (default: all)")
     p.add_argument("--data-dir", default=None, help="folder with e2e/, text2sql/, dialogsum/ (else $SPECSTREAM_DATA, "
                                                     "else ../shared/data)")
-    p.add_argument("--out-dir", default="checkpoints/tasks", help="checkpoints (the base is shared by all tasks)")
+    p.add_argument("--out-dir", default="checkpoints/tasks", help="checkpoints (the bases are shared by all tasks)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--n-layer", type=int, default=6)
-    p.add_argument("--n-head", type=int, default=6)
-    p.add_argument("--n-embd", type=int, default=384)
+    p.add_argument("--n-layer", type=int, default=4)
+    p.add_argument("--n-head", type=int, default=4)
+    p.add_argument("--n-embd", type=int, default=256)
+    p.add_argument("--draft-layers", type=int, default=2, help="the draft model of two-model SD")
+    p.add_argument("--draft-heads", type=int, default=2)
+    p.add_argument("--draft-embd", type=int, default=128)
     p.add_argument("--dropout", type=float, default=0.1)
-    p.add_argument("--gamma", type=int, default=4, help="γ, speculative streams")
+    p.add_argument("--gamma", type=int, default=4, help="γ, speculative streams (and Medusa heads)")
     p.add_argument("--n-msa-layers", type=int, default=2, help="N_s, top blocks with multi-stream attention")
     p.add_argument("--lora-rank", type=int, default=32)
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--pretrain-steps", type=int, default=3000)
-    p.add_argument("--ft-steps", type=int, default=1500, help="steps of each LoRA fine-tuning (NTP and SS)")
-    p.add_argument("--prune-steps", type=int, default=200)
-    p.add_argument("--lr", type=float, default=1e-3, help="pretraining learning rate")
-    p.add_argument("--ft-lr", type=float, default=5e-4, help="fine-tuning learning rate (the paper's)")
+    p.add_argument("--batch-size", type=int, default=0, help="fine-tuning batch (0 = per task: "
+                   + ", ".join(f"{t} {b}" for t, b in BATCH_SIZE.items()) + ")")
+    p.add_argument("--pretrain-batch-size", type=int, default=8)
+    p.add_argument("--pretrain-steps", type=int, default=1500)
+    p.add_argument("--draft-pretrain-steps", type=int, default=1000)
+    p.add_argument("--ft-steps", type=int, default=600, help="steps of each fine-tuning (NTP, SS, Medusa, draft)")
+    p.add_argument("--prune-steps", type=int, default=100)
+    p.add_argument("--stream-fraction", type=float, default=0.25,
+                   help="share of positions whose streams / Medusa heads are scored each step (1 = exact Eq. 5)")
+    p.add_argument("--lr", type=float, default=2e-3, help="pretraining (and draft fine-tuning) learning rate")
+    p.add_argument("--ft-lr", type=float, default=2e-3, help="LoRA fine-tuning learning rate")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--quick", action="store_true", help="a tiny model and a few steps (tests, smoke runs)")
@@ -129,9 +159,13 @@ def parser() -> argparse.ArgumentParser:
 def parse(argv=None) -> argparse.Namespace:
     args = parser().parse_args(argv)
     if args.quick:
-        args.n_layer, args.n_head, args.n_embd, args.batch_size = 2, 2, 32, 4
-        args.pretrain_steps, args.ft_steps, args.prune_steps, args.lora_rank = 4, 4, 2, 4
+        args.n_layer, args.n_head, args.n_embd, args.batch_size, args.pretrain_batch_size = 2, 2, 32, 4, 4
+        args.draft_layers, args.draft_heads, args.draft_embd = 1, 1, 16
+        args.pretrain_steps, args.draft_pretrain_steps, args.ft_steps, args.prune_steps = 4, 2, 4, 2
+        args.lora_rank = 4
         args.out_dir = args.out_dir if args.out_dir != "checkpoints/tasks" else "checkpoints/tasks_quick"
+    if not 0 < args.stream_fraction <= 1:
+        raise SystemExit(f"--stream-fraction={args.stream_fraction} must be in (0, 1]")
     return args
 
 

@@ -2,8 +2,9 @@
 
   (a) pretrain a base GPT with next-token loss;
   (b) Speculative Streaming fine-tuning: γ streams on the top N_s blocks, LoRA + stream embeddings trainable,
-      Eq. 5 loss;
+      Eq. 5 loss (--method medusa: γ Medusa heads instead of streams, same loss and budget);
   (c) train the rank-8 pruning adapter (next-token loss of early-exit logits), everything else frozen.
+  --method draft trains the small draft model of two-model speculative decoding instead of (b) and (c).
 
 The toy language ("toy stories")
 --------------------------------
@@ -20,7 +21,8 @@ acceptance of depth j falls with j at a rate set by how long the fixed phrases a
 repeat the animal of the first one (predictable only by attending back), so every stream has something
 to learn at every depth, but never everything.
 
-    python train_toy.py             # default run, about 3-4 minutes on 2 CPU cores
+    python train_toy.py                   # default run, about 3-4 minutes on 2 CPU cores
+    python train_toy.py --method medusa   # the Medusa baseline on the same base (reused)
     python train_toy.py --help
 """
 from __future__ import annotations
@@ -133,20 +135,30 @@ def train_pipeline(args, quiet: bool = False) -> tuple[GPT, ToyData, dict]:
     histories["pretrain"] = train_stage(base, batch(args.seed), StageConfig(
         "pretrain", args.pretrain_steps, args.lr, seed=args.seed), base_path, quiet=quiet)
 
-    cfg = base_config(args, len(data.words))
-    cfg.n_streams, cfg.n_msa_layers, cfg.lora_rank, cfg.prune_rank = args.gamma, args.n_msa_layers, args.lora_rank, 8
-    cfg.__post_init__()
+    if args.method == "draft":  # two-model SD: a small GPT trained from scratch on the same text
+        cfg = GPTConfig(vocab_size=len(data.words), block_size=args.block_size, n_layer=args.draft_layers,
+                        n_head=args.draft_heads, n_embd=args.draft_embd, dropout=0.0, bias=True)
+        model = GPT(cfg).to(args.device)
+        histories["draft"] = train_stage(model, batch(args.seed + 3), StageConfig(
+            "draft model", args.pretrain_steps, args.lr, seed=args.seed + 3),
+            os.path.join(args.out_dir, "draft.pt"), extra=dict(vocabulary=data.words), quiet=quiet)
+        return model, data, histories
+    drafter = dict(n_streams=args.gamma) if args.method == "ss" else dict(n_medusa_heads=args.gamma)
+    cfg = GPTConfig(**{**vars(base_config(args, len(data.words))), **drafter, "n_msa_layers": args.n_msa_layers,
+                       "lora_rank": args.lora_rank, "prune_rank": 8})
     model = GPT(cfg).to(args.device)
     own = model.state_dict()
-    own.update(base.state_dict())  # base weights; LoRA, stream embeddings and adapter keep their init
+    own.update(base.state_dict())  # base weights; LoRA, streams / heads and adapter keep their init
     load_weights(model, own, base_path)
-    ss_path = os.path.join(args.out_dir, f"ss_gamma{args.gamma}.pt")
+    if args.method == "medusa":
+        model.init_medusa_from_lm_head()
+    name = f"{args.method}_gamma{args.gamma}"
     histories["streams"] = train_stage(model, batch(args.seed + 1, args.ss_batch_size), StageConfig(
-        f"streams (γ={args.gamma})", args.ss_steps, args.ss_lr, seed=args.seed + 1), ss_path, quiet=quiet)
-    prune_path = os.path.join(args.out_dir, f"ss_gamma{args.gamma}_pruned.pt")
+        f"{'streams' if args.method == 'ss' else 'medusa'} (γ={args.gamma})", args.ss_steps, args.ss_lr, seed=args.seed + 1),
+        os.path.join(args.out_dir, f"{name}.pt"), quiet=quiet)
     histories["prune_adapter"] = train_stage(model, batch(args.seed + 2), StageConfig(
         "pruning adapter", args.prune_steps, args.prune_lr, loss="early_exit", seed=args.seed + 2),
-        prune_path, extra=dict(vocabulary=data.words), quiet=quiet)
+        os.path.join(args.out_dir, f"{name}_pruned.pt"), extra=dict(vocabulary=data.words), quiet=quiet)
     return model, data, histories
 
 
@@ -162,10 +174,16 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--train-block", type=int, default=64, help="length of training windows")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--ss-batch-size", type=int, default=16, help="batch size of the stream fine-tuning")
-    p.add_argument("--gamma", type=int, default=6, help="γ, number of speculative streams")
+    p.add_argument("--method", choices=["ss", "medusa", "draft"], default="ss",
+                   help="ss: Speculative Streaming; medusa: the Medusa baseline (γ heads, same base, same budget); "
+                        "draft: the small draft model of two-model speculative decoding")
+    p.add_argument("--gamma", type=int, default=6, help="γ, number of speculative streams (or Medusa heads)")
     p.add_argument("--n-msa-layers", type=int, default=2, help="N_s, top blocks with multi-stream attention")
     p.add_argument("--lora-rank", type=int, default=16)
-    p.add_argument("--pretrain-steps", type=int, default=800)
+    p.add_argument("--draft-layers", type=int, default=1, help="--method draft: layers of the draft model")
+    p.add_argument("--draft-heads", type=int, default=2)
+    p.add_argument("--draft-embd", type=int, default=64)
+    p.add_argument("--pretrain-steps", type=int, default=800, help="pretraining steps (also the draft model's)")
     p.add_argument("--ss-steps", type=int, default=600, help="Speculative Streaming fine-tuning steps")
     p.add_argument("--prune-steps", type=int, default=100, help="pruning-adapter steps")
     p.add_argument("--lr", type=float, default=2e-3, help="pretraining learning rate")
@@ -181,6 +199,9 @@ def main(argv=None):
     start = time.time()
     model, data, histories = train_pipeline(args)
     from generate import generate_autoregressive, generate_speculative
+    if args.method == "draft":
+        print(f"\ntrained the draft model in {time.time() - start:.0f} s")
+        return
     model.merge_lora()  # inference: fold LoRA into the weights
     print(f"\ntrained in {time.time() - start:.0f} s; final per-stream top-1 accuracy (stream 1..γ): "
           + " ".join(f"{a:.2f}" for a in histories["streams"]["stream_acc"][-1]))

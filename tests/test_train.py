@@ -109,7 +109,33 @@ def test_toy_pipeline_tiny_run_is_deterministic(tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(m1.state_dict().values(), loaded.state_dict().values()))
 
 
-@pytest.mark.parametrize("script", ["train_toy.py", "bench.py", "specstream_minimal.py"])
+def test_toy_baselines_quick(tmp_path):
+    """SS (γ=4), Medusa (4 heads) and the draft model on a tiny toy run, then `bench.py baselines` on them."""
+    import bench
+    argv = ["--n-stories", "100", "--n-layer", "2", "--n-embd", "16", "--n-head", "2", "--block-size", "64",
+            "--train-block", "16", "--batch-size", "4", "--gamma", "4", "--n-msa-layers", "1", "--lora-rank", "2",
+            "--pretrain-steps", "6", "--ss-steps", "6", "--prune-steps", "3", "--draft-embd", "8",
+            "--out-dir", str(tmp_path / "toy")]
+    for method in ("ss", "medusa", "draft"):
+        train_pipeline(parser().parse_args(argv + ["--method", method]), quiet=True)
+    assert sorted(os.listdir(tmp_path / "toy")) == ["base.pt", "draft.pt", "medusa_gamma4.pt", "medusa_gamma4_pruned.pt",
+                                                    "ss_gamma4.pt", "ss_gamma4_pruned.pt"]
+    medusa = GPT.from_checkpoint(str(tmp_path / "toy" / "medusa_gamma4_pruned.pt"))
+    assert medusa.config.n_medusa_heads == 4 and medusa.config.n_streams == 0
+    bench.main(["baselines", "--toy-dir", str(tmp_path / "toy"), "--n-stories", "100", "--prompts", "2", "--repeats",
+                "1", "--max-new-tokens", "12", "--results-dir", str(tmp_path / "res")])
+    import json
+    results = json.loads((tmp_path / "res" / "toy_baselines" / "results.json").read_text())
+    methods = {r["method"] for r in results["rows"]}
+    assert methods == {"autoregressive", "ss", "medusa", "two-model", "prompt lookup"}
+    assert all(r["speedup"] > 0 for r in results["rows"] if r["method"] != "autoregressive")
+    assert any(r["draft_calls"] > 0 for r in results["rows"] if r["method"] == "two-model")
+    md = (tmp_path / "res" / "toy_baselines" / "results.md").read_text()
+    assert "Table 1" in md and "Table 2" in md
+    assert (tmp_path / "res" / "toy_baselines" / "speedup_vs_k.png").exists()
+
+
+@pytest.mark.parametrize("script", ["train_toy.py", "train_task.py", "bench.py", "specstream_minimal.py"])
 def test_scripts_have_help(script):
     out = subprocess.run([sys.executable, os.path.join(ROOT, script), "--help"], capture_output=True, text=True,
                          timeout=120, cwd=ROOT)
@@ -133,14 +159,27 @@ def test_train_task_quick_and_bench_task(tmp_path):
     import train_task
     out = tmp_path / "ckpt"
     paths = train_task.train_task(train_task.parse(["--task", "e2e", "--quick", "--out-dir", str(out)]), quiet=True)
-    assert sorted(os.listdir(out)) == ["base.pt", "e2e_ntp.pt", "e2e_ss.pt", "e2e_ss_pruned.pt"]
+    assert sorted(os.listdir(out)) == ["base.pt", "draft_base.pt", "e2e_draft.pt", "e2e_medusa.pt",
+                                       "e2e_medusa_pruned.pt", "e2e_ntp.pt", "e2e_ss.pt", "e2e_ss_pruned.pt"]
     assert GPT.from_checkpoint(paths["ss_pruned"]).config.n_streams == 4
+    assert GPT.from_checkpoint(paths["medusa_pruned"]).config.n_medusa_heads == 4
+    assert GPT.from_checkpoint(paths["draft"]).config.n_layer == 1
     bench.main(["task", "--task", "e2e", "--task-dir", str(out), "--results-dir", str(tmp_path / "res"),
                 "--n-eval", "3", "--prompts", "2", "--repeats", "1"])
     import json
     results = json.loads((tmp_path / "res" / "e2e" / "results.json").read_text())
-    assert set(results["quality"]["ntp"]) == {"bleu", "rougeL"} and len(results["speed"]) == 4
+    assert set(results["quality"]) == {"target", "ss", "medusa"}
+    assert set(results["quality"]["target"]) == {"bleu", "rougeL"}
+    assert {r["method"] for r in results["rows"]} == {"autoregressive", "ss", "medusa", "two-model", "prompt lookup"}
     assert (tmp_path / "res" / "e2e" / "results.md").exists()
+    # the SS-only path (DialogSum in `make tasks`)
+    train_task.train_task(train_task.parse(["--task", "dialogsum", "--quick", "--method", "ss", "--out-dir", str(out)]),
+                          quiet=True)
+    bench.main(["task", "--task", "dialogsum", "--task-dir", str(out), "--results-dir", str(tmp_path / "res"),
+                "--n-eval", "2", "--prompts", "1", "--repeats", "1", "--methods", "ss"])
+    results = json.loads((tmp_path / "res" / "dialogsum" / "results.json").read_text())
+    assert {r["method"] for r in results["rows"]} == {"autoregressive", "ss"}
+    assert set(results["quality"]["ss"]) == {"rouge1", "rouge2", "rougeL"}
 
 
 def test_quality_metrics():
