@@ -619,10 +619,10 @@ def run_params(args):
         "OPT-1.3b-sized": (2048, 50272, 24, 32, 2048),
         "7B-sized (d, V of OpenLlama-7b; GPT-2 layout)": (4096, 32000, 32, 32, 2048),
     }
-    print(f"γ = {args.gamma_params} streams on N_s = 2 MSA blocks, LoRA r = 32 on attention and MLP, rank-8 pruning adapter\n")
-    print("| config | base | LoRA (r=32) | stream embeddings | pruning adapter | SS extra (streams + adapter) "
-          "| 4 Medusa heads | Medusa / SS |")
-    print("|---|---|---|---|---|---|---|---|")
+    lines = [f"γ = {args.gamma_params} streams on N_s = 2 MSA blocks, LoRA r = 32 on attention and MLP, rank-8 pruning "
+             "adapter\n",
+             "| config | base | LoRA (r=32) | stream embeddings | pruning adapter | SS extra (streams + adapter) "
+             "| 4 Medusa heads | Medusa / SS |", "|---|---|---|---|---|---|---|---|"]
     for name, (d, V, L, H, ctx) in configs.items():
         if d <= 768:  # small enough to build and count for real
             cfg = GPTConfig(vocab_size=V, block_size=ctx, n_layer=L, n_head=H, n_embd=d, n_streams=args.gamma_params,
@@ -634,8 +634,14 @@ def run_params(args):
                      stream_emb=args.gamma_params * d, prune_adapter=2 * 8 * d,
                      medusa_4_heads=medusa_head_params(d, V, 4))
         extra = c["stream_emb"] + c["prune_adapter"]
-        print(f"| {name} | {c['base']:,} | {c['lora']:,} | {c['stream_emb']:,} | {c['prune_adapter']:,} | {extra:,} "
-              f"| {c['medusa_4_heads']:,} | {c['medusa_4_heads'] / extra:,.0f}x |")
+        lines.append(f"| {name} | {c['base']:,} | {c['lora']:,} | {c['stream_emb']:,} | {c['prune_adapter']:,} | "
+                     f"{extra:,} | {c['medusa_4_heads']:,} | {c['medusa_4_heads'] / extra:,.0f}x |")
+    print("\n".join(lines))
+    os.makedirs(args.results_dir, exist_ok=True)
+    with open(os.path.join(args.results_dir, "params.md"), "w") as f:
+        f.write("# Extra parameters: Speculative Streaming vs Medusa\n\nCommand: `python bench.py params`. Medusa "
+                "heads as in its paper: a d x d ResBlock and an own d x V LM head each.\n\n" + "\n".join(lines) + "\n")
+    print(f"wrote {args.results_dir}/params.md")
 
 
 def main(argv=None):

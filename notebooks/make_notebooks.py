@@ -1,6 +1,6 @@
-"""Build the three teaching notebooks from the cell lists below and execute them in place (committed WITH outputs).
+"""Build the teaching notebooks from the cell lists below and execute them in place (committed WITH outputs).
 
-    .venv/bin/python notebooks/make_notebooks.py          # all three
+    .venv/bin/python notebooks/make_notebooks.py          # all of them
     .venv/bin/python notebooks/make_notebooks.py 02       # only the notebooks whose name contains "02"
 
 Each notebook is a list of ("md" | "code", source) cells. Execution uses nbclient with the python3 kernel of the
@@ -546,10 +546,114 @@ step): `make demo` measures it, on the fully trained model, with more prompts, l
 pruning, and writes the full study to `results/toy/`.'''),
 ]
 
+# ------------------------------------------------------------------------------------------------------------
+# 04: a real task (E2E)
+# ------------------------------------------------------------------------------------------------------------
+NB04 = [
+    ("md", r'''# 04 · A real task: E2E-NLG, step by step
+
+E2E turns a restaurant's meaning representation (MR) into a sentence:
+`name[The Eagle], eatType[coffee shop], food[French], ...` $\to$ *"The Eagle is a French coffee shop ..."*.
+`train_task.py` trains a small GPT-2-tokenized model on it in stages (a base pretrained on the three tasks'
+training text, then LoRA fine-tuning with $\gamma=4$ streams, then the pruning adapter; the same for the
+baselines), and `bench.py task` measures every decoder side by side.
+
+This notebook loads the models that `make train-tasks` wrote to `checkpoints/tasks/`. Without them (a fresh
+clone) it trains a *tiny* model in a few seconds instead (`--quick`): its sentences are nonsense, but every
+mechanism below is the same. Data comes from `../shared/data` (or `$SPECSTREAM_DATA`).'''),
+    ("code", SETUP),
+    ("code", r'''import os
+import train_task
+from data import EOS, CompactVocab, load_task, prompt_ids
+from generate import generate_autoregressive, generate_speculative
+from model import GPT
+
+TASK_DIR = "../checkpoints/tasks"
+if not os.path.exists(f"{TASK_DIR}/e2e_ss_pruned.pt"):
+    print("no trained E2E models found: training a tiny --quick model (nonsense outputs, same mechanics)")
+    TASK_DIR = "../checkpoints/tasks_quick"
+    train_task.train_task(train_task.parse(["--task", "e2e", "--quick", "--method", "ss", "--out-dir", TASK_DIR]),
+                          quiet=True)
+model = GPT.from_checkpoint(f"{TASK_DIR}/e2e_ss_pruned.pt").eval()
+model.merge_lora()  # fold LoRA into the weights for inference
+vocab = CompactVocab.from_dict(torch.load(f"{TASK_DIR}/e2e_ss_pruned.pt", weights_only=True)["vocabulary"])
+cfg = model.config
+print(f"{TASK_DIR}: d={cfg.n_embd}, {cfg.n_layer} layers, γ={cfg.n_streams} streams on the top {cfg.n_msa_layers} "
+      f"blocks, vocabulary {cfg.vocab_size} (compact GPT-2 ids)")
+counts = model.parameter_counts()
+print(f"parameters: base {counts['base']:,}, LoRA {counts['lora']:,}, stream embeddings {counts['stream_emb']:,}, "
+      f"pruning adapter {counts['prune_adapter']:,}")'''),
+    ("md", r'''## Decoding a few test MRs
+
+Speculative decoding must give exactly the model's greedy output, in fewer forward calls. Each call commits the
+accepted drafts plus one new token from the main stream (shown between bars).'''),
+    ("code", r'''examples = load_task("e2e", "test")[:3]
+for ex in examples:
+    prompt = prompt_ids(vocab, ex, 64)
+    ss = generate_speculative(model, prompt, 80, k=2, tree_cap=8, eos_id=EOS, trace=True)
+    ar = generate_autoregressive(model, prompt, 80, eos_id=EOS)
+    assert ss.tokens == ar.tokens
+    print("MR   :", ex.prompt)
+    print("calls:", " | ".join(vocab.decode(s) for s in ss.step_tokens))
+    print(f"       {len(ss.tokens)} tokens in {ss.forward_calls} calls instead of {ar.forward_calls} "
+          f"({ss.tokens_per_call:.2f} tokens per decode call)\n")'''),
+    ("md", r'''## One decode call, drawn
+
+The tree of the call that accepted the most: depth $j$ holds the top-$k$ tokens of stream $j$ at the last
+accepted node. Green = accepted path; grey = rejected. Below each node: the main stream's argmax there, what its
+child must equal to be accepted.'''),
+    ("code", r'''def layout(tree):
+    """x = depth; y: leaves top to bottom, a parent at the mean of its children."""
+    children = {i: [] for i in range(len(tree))}
+    for i, p in enumerate(tree.parents.tolist()):
+        if p >= 0:
+            children[p].append(i)
+    ys = {}
+    def place(i):
+        if children[i]:
+            for c in children[i]:
+                place(c)
+            ys[i] = sum(ys[c] for c in children[i]) / len(children[i])
+        else:
+            ys[i] = len([y for j, y in ys.items() if not children[j]])
+    place(0)
+    return {i: (int(tree.depths[i]), -ys[i]) for i in range(len(tree))}
+
+step = max(ss.trace, key=lambda s: len(s.path))
+pos, word = layout(step.tree), lambda t: repr(vocab.decode([int(t)]))
+fig, ax = plt.subplots(figsize=(9, 0.6 * len(step.tree) + 1.5))
+for i, p in enumerate(step.tree.parents.tolist()):
+    if p >= 0:
+        ax.plot([pos[p][0], pos[i][0]], [pos[p][1], pos[i][1]], color="0.6", lw=1, zorder=1)
+for i, (x, y) in pos.items():
+    ax.text(x, y, word(step.tree.tokens[i]), ha="center", va="center", fontsize=8, zorder=2,
+            bbox=dict(boxstyle="round", fc="#8fd18f" if i in step.path else "#dddddd", ec="0.3"))
+    ax.text(x, y - 0.32, "argmax " + word(step.main_argmax[i]), ha="center", va="top", fontsize=6.5, color="0.3")
+ax.set_xticks(range(int(step.tree.depths.max()) + 1)); ax.set_yticks([])
+ax.set_xlim(-0.6, int(step.tree.depths.max()) + 0.6); ax.set_ylim(min(y for _, y in pos.values()) - 0.8, 0.6)
+ax.set_xlabel("depth (depth j drafted by stream j)")
+ax.set_title(f"{len(step.tree)} nodes, accepted depth {len(step.path) - 1}: commits {vocab.decode(step.committed)!r}")
+plt.show()'''),
+    ("md", r'''## The benchmark's results
+
+`bench.py task --task e2e` decodes the test MRs with every method on the same prompts, in one process,
+interleaved, and checks that each output equals its model's greedy output. Its tables (written by the script,
+with the command in their first lines) are in `results/e2e/`.'''),
+    ("code", r'''from IPython.display import Image, Markdown, display
+if os.path.exists("../results/e2e/results.md"):
+    text = open("../results/e2e/results.md").read()
+    display(Markdown(text.split("## Every setting")[0]))  # the summary tables
+    if os.path.exists("../results/e2e/speedup_vs_k.png"):
+        display(Image("../results/e2e/speedup_vs_k.png"))
+else:
+    print("no results/e2e yet: run `make tasks` (or train-tasks, then bench-tasks)")'''),
+]
+
 NOTEBOOKS = {
     "01_multi_stream_attention.ipynb": NB01,
     "02_tree_drafting_and_verification.ipynb": NB02,
     "03_training_and_acceptance_vs_gamma.ipynb": NB03,
+    "04_real_task_e2e.ipynb": NB04,
 }
 
 
