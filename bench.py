@@ -573,19 +573,19 @@ def run_task(args):
             raise SystemExit(f"{path} not found: run `python train_task.py --task {task} --out-dir {folder}` first")
     models = {key: load_model(path, args.device) for key, path in files.items()}
     vocab = CompactVocab.from_dict(torch.load(files["target"], weights_only=True)["vocabulary"])
-    examples = load_task(task, "test", args.data_dir)[:args.n_eval]  # the first n_eval test examples, fixed
+    examples = load_task(task, "test", args.data_dir)[:max(args.n_eval, args.prompts)]  # fixed: the first ones
     max_new, eos = MAX_NEW_TOKENS[task], EOS
     budget = models["target"].config.block_size - max_new + 1
     prompts = [prompt_ids(vocab, ex, budget) for ex in examples]
-    references = [ex.references for ex in examples]
     decode = lambda ids: vocab.decode([t for t in ids if t != eos])
-    print(f"{task}: {len(examples)} test examples, up to {max_new} new tokens, {torch.get_num_threads()} thread(s)")
+    print(f"{task}: {args.n_eval} test examples for quality, {args.prompts} for speed, up to {max_new} new tokens, "
+          f"{torch.get_num_threads()} thread(s), {args.device}")
     outputs, quality_of = {}, {}
-    for key in ("target", "ss", "medusa"):
+    for key in ("target", "ss", "medusa") if args.n_eval > 0 else ():
         if key in models:
             outputs[key] = [decode(generate_autoregressive(models[key], p, max_new, eos).tokens)
-                            for p in tqdm(prompts, desc=f"quality: {key}", leave=False)]
-            quality_of[key] = quality(task, outputs[key], references)
+                            for p in tqdm(prompts[:args.n_eval], desc=f"quality: {key}", leave=False)]
+            quality_of[key] = quality(task, outputs[key], [ex.references for ex in examples[:args.n_eval]])
     print("quality:", {k: {m: round(v, 2) for m, v in q.items()} for k, q in quality_of.items()})
     rows = side_by_side(models, prompts[:args.prompts], max_new, eos, args.repeats, args.prune_threshold,
                         lookup="lookup" in args.methods)
@@ -593,20 +593,21 @@ def run_task(args):
     header = [f"# {task}: Speculative Streaming vs the baselines\n",
               f"Command: `python bench.py task --task {task} --n-eval {args.n_eval} --prompts {args.prompts} --repeats "
               f"{args.repeats}" + (f" --methods {' '.join(args.methods)}" if set(args.methods) != set(METHODS) else "")
-              + f"` (after `make train-tasks`): the first {len(examples)} test examples for quality, the first "
-              f"{min(args.prompts, len(prompts))} for speed; batch 1, greedy, {torch.get_num_threads()} thread(s), CPU "
-              f"unless stated, one process, every decoder run back to back on each prompt, median of {args.repeats}. "
+              + f"` (after `make train-tasks`): the first {args.n_eval} test examples for quality, the first "
+              f"{min(args.prompts, len(prompts))} for speed; batch 1, greedy, {torch.get_num_threads()} thread(s), "
+              f"{args.device}, one process, every decoder run back to back on each prompt, median of {args.repeats}. "
               "Target of two-model SD and prompt lookup: the next-token LoRA model. Tokens per call count the "
-              "root/bonus token.\n",
-              "## Models\n", "| model | " + " | ".join(next(iter(quality_of.values()))) + " |",
-              "|---|" + "---|" * len(next(iter(quality_of.values())))]
-    header += [f"| {dict(target='next-token LoRA', ss='SS (γ=4)', medusa='Medusa (4 heads)')[k]} | "
-               + " | ".join(f"{v:.2f}" for v in q.values()) + " |" for k, q in quality_of.items()]
-    header += ["\nSamples (first test examples):\n"] + [
-        f"- `{ex.prompt[:160]}`\n" + "".join(f"  - {key}: `{outputs[key][i][:300]}`\n" for key in outputs)
-        for i, ex in enumerate(examples[:3])]
-    write_comparison(os.path.join(args.results_dir, task), task, header, rows, extra_parameters(models), quality_of,
-                     dict(task=task, n_examples=len(examples), max_new_tokens=max_new,
+              "root/bonus token.\n"]
+    if quality_of:
+        header += ["## Models\n", "| model | " + " | ".join(next(iter(quality_of.values()))) + " |",
+                   "|---|" + "---|" * len(next(iter(quality_of.values())))]
+        header += [f"| {dict(target='next-token LoRA', ss='SS (γ=4)', medusa='Medusa (4 heads)')[k]} | "
+                   + " | ".join(f"{v:.2f}" for v in q.values()) + " |" for k, q in quality_of.items()]
+        header += ["\nSamples (first test examples):\n"] + [
+            f"- `{ex.prompt[:160]}`\n" + "".join(f"  - {key}: `{outputs[key][i][:300]}`\n" for key in outputs)
+            for i, ex in enumerate(examples[:min(3, args.n_eval)])]
+    write_comparison(os.path.join(args.results_dir, task), task, header, rows, extra_parameters(models),
+                     quality_of or None, dict(task=task, n_eval=args.n_eval, n_speed_prompts=args.prompts, max_new_tokens=max_new,
                           config=vars(models["target"].config)))
 
 
