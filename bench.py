@@ -490,7 +490,7 @@ def plot_comparison(rows: list[dict], out: str, title: str):
     fig.tight_layout(), fig.savefig(os.path.join(out, "acceptance_ss_vs_medusa.png"), dpi=120), plt.close(fig)
 
 
-MAX_NEW_TOKENS = {"e2e": 80, "sql": 160, "dialogsum": 96}  # longer than nearly every reference completion
+MAX_NEW_TOKENS = {"e2e": 80, "sql": 360, "dialogsum": 96}  # room for every E2E and DialogSum test reference, 84% of SQL ones
 
 
 def quality(task: str, hypotheses: list[str], references: list[list[str]]) -> dict[str, float]:
