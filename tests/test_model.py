@@ -834,3 +834,21 @@ def test_from_hf_gpt2_refuses_configs_it_cannot_represent(hf_gpt2_dirs, tmp_path
         (folder / "config.json").write_text(json.dumps(cfg))
         with pytest.raises(ValueError, match="gelu_new"):
             GPT.from_hf_gpt2(str(folder))
+
+
+def test_streams_on_a_subset_of_positions_equal_the_full_forward_there(tiny_config):
+    """Training with stream_rows (a random share of positions) is exact for those positions."""
+    model = make_model(tiny_config(n_streams=3, n_msa_layers=2), seed=40)
+    idx = tokens(model.config, 2, 12, seed=41)
+    rows = torch.tensor([1, 4, 5, 11])
+    with torch.no_grad():
+        full, sub = model(idx), model(idx, stream_rows=rows)
+        torch.testing.assert_close(sub.logits, full.logits, atol=ATOL, rtol=0)  # the main stream is untouched
+        torch.testing.assert_close(sub.stream_logits, full.stream_logits[:, rows], atol=ATOL, rtol=0)
+        targets = tokens(model.config, 2, 12, seed=42)
+        out = model(idx, targets, stream_rows=rows)
+    ahead = stream_targets(targets, 3)[:, rows]  # (B, 4, γ)
+    for j in range(3):
+        valid = ahead[..., j] != -1
+        expected = F.cross_entropy(full.stream_logits[:, rows][..., j, :][valid], ahead[..., j][valid])
+        torch.testing.assert_close(out.stream_losses[j], expected, atol=ATOL, rtol=0)

@@ -191,3 +191,19 @@ def test_quality_metrics():
     assert bench.quality("e2e", ["dogs run"], refs[:1])["rougeL"] == 0
     d = bench.quality("dialogsum", ["a cat sat on a mat"], refs[:1])
     assert set(d) == {"rouge1", "rouge2", "rougeL"} and d["rouge1"] > 99  # best over the references
+
+
+def test_sample_stream_rows_picks_a_share_of_the_positions_with_stream_targets():
+    from train import sample_stream_rows
+    targets = torch.tensor([[5, 6, 7, 8, 9, 10, 11, 12], [5, 6, 7, 8, 9, 10, -1, -1]])
+    loss_mask = torch.zeros(2, 8, dtype=torch.bool)
+    loss_mask[:, 4:] = True  # completions: targets[:, 4:]; stream j at t aims at targets[:, t + j]
+    assert sample_stream_rows(targets, loss_mask, 2, 1.0) is None
+    assert sample_stream_rows(targets, loss_mask, 0, 0.5) is None
+    torch.manual_seed(0)
+    seen = set()
+    for _ in range(20):
+        rows = sample_stream_rows(targets, loss_mask, 2, 0.5)
+        assert rows.tolist() == sorted(rows.tolist()) and len(rows) == 3  # ceil(0.5 * 5 candidates)
+        seen |= set(rows.tolist())
+    assert seen == {2, 3, 4, 5, 6}, seen  # t + j in 4..7 for j in 1..2: t in 2..6
