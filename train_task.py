@@ -65,6 +65,15 @@ def from_base(base: GPT, config: GPTConfig, device) -> GPT:
     return model
 
 
+@torch.no_grad()
+def scale_stream_embeddings(model: GPT, idx: torch.Tensor):
+    """Eq. 3's P_j start at the scale of the hidden state M_t they are added to (its RMS over a training batch),
+    not at GPT's 0.02: against a hidden RMS of ~3 (this base, at block N - N_s) a 0.02 embedding leaves every
+    stream a copy of the main stream, and on E2E the streams took hundreds of steps to tell themselves apart."""
+    h = model.lower(model.embed(idx, torch.arange(idx.size(1), device=idx.device)))
+    model.transformer.stream_emb.normal_(0.0, h.pow(2).mean().sqrt().item())
+
+
 def pretrain(args, vocab: CompactVocab, name: str, config: GPTConfig, steps: int, quiet: bool) -> GPT:
     """Pretrain (or load) a GPT on the union of the tasks' training text, loss on every token."""
     path = os.path.join(args.out_dir, f"{name}.pt")
@@ -113,6 +122,8 @@ def train_task(args, quiet: bool = False) -> dict[str, str]:
             continue
         drafter = dict(n_streams=args.gamma) if method == "ss" else dict(n_medusa_heads=args.gamma)
         model = from_base(base, model_config(args, vocab, **lora, **drafter), args.device)
+        if method == "ss":  # (a resumed or finished stage then loads its own P_j over these)
+            scale_stream_embeddings(model, data.batch(0, batch_size, seed=args.seed)[0].to(args.device))
         stage(method, model, f"{method} (γ={args.gamma})", args.ft_steps, 2 if method == "ss" else 5,
               stream_fraction=args.stream_fraction)
         stage(f"{method}_pruned", model, f"{method} pruning adapter", args.prune_steps, 3 if method == "ss" else 6,
@@ -149,7 +160,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--stream-fraction", type=float, default=0.25,
                    help="share of positions whose streams / Medusa heads are scored each step (1 = exact Eq. 5)")
     p.add_argument("--lr", type=float, default=2e-3, help="pretraining (and draft fine-tuning) learning rate")
-    p.add_argument("--ft-lr", type=float, default=2e-3, help="LoRA fine-tuning learning rate")
+    p.add_argument("--ft-lr", type=float, default=5e-3, help="fine-tuning learning rate (LoRA, streams, Medusa heads)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--quick", action="store_true", help="a tiny model and a few steps (tests, smoke runs)")
