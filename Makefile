@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test tasks train-tasks bench-tasks clean
+.PHONY: setup demo test tasks train-tasks bench-tasks toy-baselines clean
 
 setup: $(STAMP)
 
@@ -25,12 +25,20 @@ train-tasks: $(STAMP)
 	$(PY) train_task.py --task sql --ft-steps 400 --threads $(THREADS)
 	$(PY) train_task.py --task dialogsum --method ss --ft-steps 300 --threads $(THREADS)
 
+# bench.py runs every decoder on the same prompts, interleaved; SQL outputs are ~250 tokens: fewer timed prompts.
 bench-tasks: $(STAMP)
 	$(PY) bench.py task --task e2e
-	$(PY) bench.py task --task sql
+	$(PY) bench.py task --task sql --prompts 10
 	$(PY) bench.py task --task dialogsum --methods ss
 
 tasks: train-tasks bench-tasks
+
+# The same side by side on the toy task: SS (γ=4), Medusa (4 heads) and a draft model on the toy base.
+toy-baselines: $(STAMP)
+	$(PY) train_toy.py --gamma 4
+	$(PY) train_toy.py --method medusa --gamma 4
+	$(PY) train_toy.py --method draft
+	$(PY) bench.py baselines
 
 test: $(STAMP)
 	$(PY) -m pytest -q
