@@ -479,6 +479,7 @@ def plot_comparison(rows: list[dict], out: str, title: str):
                          + (", pruned" if pruned else ""))
                 ax.plot(*zip(*pts), style, color=color, label=label)
     ax.axhline(1.0, color="gray", lw=0.8)
+    ax.set_xticks([k for k, _ in TREE_SETTINGS])
     ax.set(xlabel="k (top-k per depth; trees capped at 8/16/24 nodes for k=2/3/4)", ylabel="wall-time speedup",
            title=f"{title}: speedup vs k")
     ax.legend(fontsize=7)
@@ -489,6 +490,7 @@ def plot_comparison(rows: list[dict], out: str, title: str):
         if r:
             ax.plot(range(1, len(r["acceptance"]) + 1), [a or 0 for a in r["acceptance"]], "o-", color=color,
                     label=METHOD_NAMES[method])
+    ax.set_xticks(range(1, max(len(r["acceptance"]) for r in rows) + 1))
     ax.set(xlabel="depth j", ylabel="acceptance at depth j (given j-1 accepted)", ylim=(0, 1.05),
            title=f"{title}: per-depth acceptance, k = 1")
     ax.legend(fontsize=8)
