@@ -6,6 +6,7 @@ over the KV-cached greedy loop. Never a test: run it yourself and read the table
     python bench.py task --task e2e  # a real task (train_task.py first): quality of every model, and SS, Medusa,
                                      # two-model SD and prompt lookup side by side; writes results/<task>/
     python bench.py baselines      # the same side-by-side on the toy task; writes results/toy_baselines/
+    python bench.py draftcost --task sql  # drafting cost at one node: Medusa heads vs SS streams + shared LM head
     python bench.py params         # parameter accounting: SS vs 4 Medusa heads, toy to 7B-sized configs
     python bench.py toy            # the γ study: acceptance vs γ, speedup and CR vs γ per k, speedup vs tree
                                    # size with and without pruning; writes results/toy/ (JSON, Markdown, PNGs)
@@ -618,6 +619,31 @@ def run_task(args):
                           config=vars(models["target"].config)))
 
 
+def run_draft_cost(args):
+    """Cost of drafting at one node on a task's models: Medusa's heads vs SS's γ stream rows through the MSA
+    blocks plus the shared LM head (after verification, as in stream_pass="accepted")."""
+    folder, task = args.task_dir, args.task
+    ss, medusa = (load_model(os.path.join(folder, f"{task}_{name}_pruned.pt"), args.device) for name in ("ss", "medusa"))
+    cache = KVCache(ss.config, 1, 200, device=args.device)
+    cache.length = 150  # a 150-token context, as in the middle of a decode
+    h = torch.randn(1, ss.config.n_embd, device=args.device)
+
+    def ms(step, reps=200):
+        for _ in range(20):
+            step()
+        start = time.perf_counter()
+        for _ in range(reps):
+            step()
+        return (time.perf_counter() - start) / reps * 1000
+    with torch.inference_mode():
+        streams = ms(lambda: ss.streams_at(h, cache))
+        head = ms(lambda: ss.lm_head(torch.randn(ss.config.n_streams, ss.config.n_embd, device=args.device)))
+        heads = ms(lambda: medusa.medusa(h[0]))
+    print(f"{task} models, {torch.get_num_threads()} thread(s), drafting at one node: Medusa heads {heads:.3f} ms; "
+          f"SS {streams + head:.3f} ms = streams through the MSA blocks {streams:.3f} ms + shared LM head "
+          f"({ss.config.n_streams} rows) {head:.3f} ms")
+
+
 def run_params(args):
     """Parameter accounting: base, LoRA, stream embeddings, pruning adapter, and 4 Medusa heads on the same config."""
     from model import GPTConfig, medusa_head_params
@@ -654,7 +680,8 @@ def run_params(args):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("what", choices=["speed", "toy", "params", "rows", "task", "baselines"], help="which benchmark")
+    p.add_argument("what", choices=["speed", "toy", "params", "rows", "task", "baselines", "draftcost"],
+                   help="which benchmark")
     p.add_argument("--toy-dir", default="checkpoints/toy", help="train_toy.py's --out-dir")
     p.add_argument("--toy-gamma", type=int, default=6, help="γ of the toy checkpoint to load")
     p.add_argument("--n-stories", type=int, default=4000, help="as given to train_toy.py")
@@ -681,7 +708,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     {"speed": run_speed, "toy": run_toy, "params": run_params, "rows": run_rows, "task": run_task,
-     "baselines": run_baselines}[args.what](args)
+     "baselines": run_baselines, "draftcost": run_draft_cost}[args.what](args)
 
 
 if __name__ == "__main__":

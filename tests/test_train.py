@@ -207,3 +207,18 @@ def test_sample_stream_rows_picks_a_share_of_the_positions_with_stream_targets()
         assert rows.tolist() == sorted(rows.tolist()) and len(rows) == 3  # ceil(0.5 * 5 candidates)
         seen |= set(rows.tolist())
     assert seen == {2, 3, 4, 5, 6}, seen  # t + j in 4..7 for j in 1..2: t in 2..6
+
+
+def test_bench_draftcost_on_quick_models(tmp_path, capsys):
+    data = pytest.importorskip("data")
+    try:
+        data.resolve_data_dir()
+    except FileNotFoundError as e:
+        pytest.skip(f"no real-task data here: {e}")
+    import bench
+    import train_task
+    out = tmp_path / "ckpt"
+    train_task.train_task(train_task.parse(["--task", "sql", "--quick", "--method", "ss", "medusa",
+                                            "--out-dir", str(out)]), quiet=True)
+    bench.main(["draftcost", "--task", "sql", "--task-dir", str(out)])
+    assert "Medusa heads" in capsys.readouterr().out
