@@ -39,50 +39,77 @@ METHODS = ("ss", "medusa", "two-model", "lookup")  # `task`: the decoders compar
 PASSES = ("tree", "accepted")  # the paper's single pass, and streams of the accepted node only (generate.py)
 
 
+Decoder = Callable[[list[int]], GenerationResult]
+
+
+def compare(decoders: dict[str, tuple[Decoder, str | None]], prompts: list[list[int]], repeats: int) -> dict:
+    """Every decoder on every prompt, back to back per prompt (interleaved), after a warm-up on two prompts;
+    `repeats` times. decoders[name] = (run, baseline): a decoder with a baseline (an autoregressive run of its
+    target) must reproduce the baseline's output (counted in `outputs_differing`: in float32 a batched tree
+    forward can flip a near-tie that float64 never flips), and its speedup is median(baseline time) / median(own
+    time); CR = baseline forward calls / own forward (target) calls. A baseline comes before the decoders that
+    use it in `decoders`. Returns per decoder its statistics."""
+    for prompt in prompts[:2]:
+        for run, _ in decoders.values():
+            run(prompt)
+    times = {name: [] for name in decoders}
+    first = {name: [] for name in decoders}  # results of the first repetition: counts are deterministic
+    mismatches = dict.fromkeys(decoders, 0)
+    for rep in range(repeats):
+        total = dict.fromkeys(decoders, 0.0)
+        for prompt in prompts:
+            for name, (run, baseline) in decoders.items():
+                r = run(prompt)
+                total[name] += r.wall_time
+                if rep > 0:
+                    continue
+                first[name].append(r)
+                if baseline is not None and r.tokens != first[baseline][-1].tokens:  # float32 near-tie only
+                    mismatches[name] += 1
+                    print(f"warning: {name} differs from {baseline} on prompt {prompt[:8]}...: float32 rounding "
+                          "(batched vs one-row matmuls) flipped a near-tie")
+        for name in decoders:
+            times[name].append(total[name])
+    mean = lambda xs, empty=1.0: sum(xs) / len(xs) if xs else empty
+    out = {}
+    for name, (_, baseline) in decoders.items():
+        rs, t = first[name], statistics.median(times[name])
+        calls, tokens = sum(r.forward_calls for r in rs), sum(len(r.tokens) for r in rs)
+        attempted = [sum(col) for col in zip(*(r.depth_attempted for r in rs))]
+        accepted = [sum(col) for col in zip(*(r.depth_accepted for r in rs))]
+        out[name] = dict(
+            time=t, forward_calls=calls, draft_calls=sum(r.draft_calls for r in rs), tokens=tokens,
+            outputs_differing=mismatches[name], ms_per_token=1000 * t / max(tokens, 1),
+            tokens_per_call=mean([n for r in rs for n in r.accepted_lengths]),
+            acceptance=[a / n if n else None for a, n in zip(accepted, attempted)],
+            tree_size=mean([n for r in rs for n in r.tree_sizes]),
+            tree_size_after_pruning=mean([n for r in rs for n in r.pruned_tree_sizes]),
+            speedup=None if baseline is None else statistics.median(times[baseline]) / t,
+            cr_ratio=None if baseline is None else sum(r.forward_calls for r in first[baseline]) / calls)
+    return out
+
+
 def measure(model: GPT, prompts: list[list[int]], max_new_tokens: int, eos_id: int | None, repeats: int,
             **ss_kwargs) -> dict:
-    """AR vs SS (both stream passes) on the same prompts, interleaved per prompt. Returns the speedup of each
-    pass, CR, tokens per call, per-depth acceptance and tree sizes (the drafts are the same for both passes)."""
-    run_ss = lambda prompt, stream_pass: generate_speculative(model, prompt, max_new_tokens, eos_id=eos_id,
-                                                              stream_pass=stream_pass, **ss_kwargs)
-    for prompt in prompts[:2]:  # warm-up
-        generate_autoregressive(model, prompt, max_new_tokens, eos_id)
-        for stream_pass in PASSES:
-            run_ss(prompt, stream_pass)
-    totals = {name: [] for name in ("ar",) + PASSES}
-    for _ in range(repeats):
-        time_of = dict.fromkeys(totals, 0.0)
-        ar_calls = ss_calls = 0
-        lengths, attempted, accepted, drafted, kept = [], None, None, [], []
-        for prompt in prompts:
-            ar = generate_autoregressive(model, prompt, max_new_tokens, eos_id)
-            time_of["ar"] += ar.wall_time
-            for stream_pass in PASSES:
-                ss = run_ss(prompt, stream_pass)
-                if ss.tokens != ar.tokens:
-                    raise AssertionError(f"speculative output differs from greedy: prompt {prompt}, {ss_kwargs}")
-                time_of[stream_pass] += ss.wall_time
-            ar_calls, ss_calls = ar_calls + ar.forward_calls, ss_calls + ss.forward_calls
-            lengths += ss.accepted_lengths
-            attempted = ss.depth_attempted if attempted is None else [a + b for a, b in zip(attempted, ss.depth_attempted)]
-            accepted = ss.depth_accepted if accepted is None else [a + b for a, b in zip(accepted, ss.depth_accepted)]
-            drafted += ss.tree_sizes
-            kept += ss.pruned_tree_sizes
-        for name in totals:
-            totals[name].append(time_of[name])
-    median = {name: statistics.median(t) for name, t in totals.items()}
+    """AR vs SS (both stream passes) on the same prompts, interleaved per prompt (`compare`). Returns the speedup
+    of each pass, CR, tokens per call, per-depth acceptance and tree sizes (the drafts are the same for both
+    passes). A float32 output that differs from greedy aborts (the toy benchmarks assert exactness)."""
+    decoders = {"ar": (lambda p: generate_autoregressive(model, p, max_new_tokens, eos_id), None)}
+    for stream_pass in PASSES:
+        decoders[stream_pass] = (lambda p, sp=stream_pass: generate_speculative(
+            model, p, max_new_tokens, eos_id=eos_id, stream_pass=sp, **ss_kwargs), "ar")
+    r = compare(decoders, prompts, repeats)
+    if any(r[name]["outputs_differing"] for name in PASSES):
+        raise AssertionError(f"speculative output differs from greedy: {ss_kwargs}")
+    tree, accepted, ar = r["tree"], r["accepted"], r["ar"]
     return dict(
-        speedup=median["ar"] / median["tree"],
-        speedup_accepted=median["ar"] / median["accepted"],
-        cr_ratio=ar_calls / ss_calls,
-        tokens_per_call=sum(lengths) / max(len(lengths), 1),
-        acceptance=[a / t if t else None for a, t in zip(accepted, attempted)],
-        tree_size=sum(drafted) / max(len(drafted), 1),
-        tree_size_after_pruning=sum(kept) / max(len(kept), 1),
-        ar_ms_per_token=1000 * median["ar"] / ar_calls,
-        ss_ms_per_call=1000 * median["tree"] / ss_calls,
-        ss_ms_per_call_accepted=1000 * median["accepted"] / ss_calls,
-        times=median,
+        speedup=tree["speedup"], speedup_accepted=accepted["speedup"], cr_ratio=tree["cr_ratio"],
+        tokens_per_call=tree["tokens_per_call"], acceptance=tree["acceptance"], tree_size=tree["tree_size"],
+        tree_size_after_pruning=tree["tree_size_after_pruning"],
+        ar_ms_per_token=1000 * ar["time"] / ar["forward_calls"],
+        ss_ms_per_call=1000 * tree["time"] / tree["forward_calls"],
+        ss_ms_per_call_accepted=1000 * accepted["time"] / accepted["forward_calls"],
+        times={name: r[name]["time"] for name in decoders},
     )
 
 
@@ -295,61 +322,6 @@ def run_rows(args):
 # ---------------------------------------------------------------------------------------------------------
 # Side by side: Speculative Streaming, Medusa, two-model speculative decoding and prompt lookup (issue 7)
 # ---------------------------------------------------------------------------------------------------------
-
-Decoder = Callable[[list[int]], GenerationResult]
-
-
-def compare(decoders: dict[str, tuple[Decoder, str | None]], prompts: list[list[int]], repeats: int) -> dict:
-    """Every decoder on every prompt, back to back per prompt (interleaved), after a warm-up on two prompts;
-    `repeats` times. decoders[name] = (run, baseline): a decoder with a baseline (an autoregressive run of its
-    target) must reproduce the baseline's output (counted in `outputs_differing`: in float32 a batched tree
-    forward can flip a near-tie that float64 never flips), and its speedup is median(baseline time) / median(own
-    time); CR = baseline forward calls / own forward (target) calls. Returns per decoder its statistics."""
-    for prompt in prompts[:2]:
-        for run, _ in decoders.values():
-            run(prompt)
-    times = {name: [] for name in decoders}
-    stats = {name: dict(calls=0, draft_calls=0, lengths=[], attempted=None, accepted=None, drafted=[], kept=[],
-                        tokens=0, mismatches=0) for name in decoders}
-    for rep in range(repeats):
-        total = dict.fromkeys(decoders, 0.0)
-        for prompt in prompts:
-            outputs = {}
-            for name, (run, baseline) in decoders.items():
-                r = run(prompt)
-                total[name] += r.wall_time
-                outputs[name] = r.tokens
-                if rep == 0:  # counts are deterministic: take them from the first repetition
-                    s = stats[name]
-                    if baseline is not None and r.tokens != outputs[baseline]:  # float32 near-tie (float64 never)
-                        s["mismatches"] += 1
-                        print(f"warning: {name} differs from {baseline} on prompt {prompt[:8]}...: float32 rounding "
-                              "(batched vs one-row matmuls) flipped a near-tie")
-                    s["calls"] += r.forward_calls
-                    s["draft_calls"] += r.draft_calls
-                    s["tokens"] += len(r.tokens)
-                    s["lengths"] += r.accepted_lengths
-                    s["drafted"] += r.tree_sizes
-                    s["kept"] += r.pruned_tree_sizes
-                    add = lambda a, b: b if a is None else [x + y for x, y in zip(a, b)]
-                    s["attempted"], s["accepted"] = add(s["attempted"], r.depth_attempted), add(s["accepted"], r.depth_accepted)
-        for name in decoders:
-            times[name].append(total[name])
-    out = {}
-    for name, (_, baseline) in decoders.items():
-        s, t = stats[name], statistics.median(times[name])
-        out[name] = dict(
-            time=t, forward_calls=s["calls"], draft_calls=s["draft_calls"], tokens=s["tokens"],
-            outputs_differing=s["mismatches"],
-            ms_per_token=1000 * t / max(s["tokens"], 1),
-            tokens_per_call=sum(s["lengths"]) / max(len(s["lengths"]), 1) if s["lengths"] else 1.0,
-            acceptance=[a / n if n else None for a, n in zip(s["accepted"] or [], s["attempted"] or [])],
-            tree_size=sum(s["drafted"]) / len(s["drafted"]) if s["drafted"] else 1.0,
-            tree_size_after_pruning=sum(s["kept"]) / len(s["kept"]) if s["kept"] else 1.0,
-            speedup=None if baseline is None else statistics.median(times[baseline]) / t,
-            cr_ratio=None if baseline is None else stats[baseline]["calls"] / s["calls"])
-    return out
-
 
 # (k, tree cap) of the tree settings shared by SS and Medusa, each without and with pruning
 TREE_SETTINGS = [(1, None), (2, 8), (3, 16), (4, 24)]

@@ -148,13 +148,17 @@ def test_bench_without_checkpoint_says_what_to_do(tmp_path):
     assert out.returncode != 0 and "train_toy.py" in (out.stdout + out.stderr)
 
 
-def test_train_task_quick_and_bench_task(tmp_path):
-    """The real-task pipeline end to end on a tiny model: base, NTP LoRA, SS LoRA, pruning adapter, evaluation."""
+def require_task_data():
     data = pytest.importorskip("data")
     try:
         data.resolve_data_dir()
     except FileNotFoundError as e:
         pytest.skip(f"no real-task data here: {e}")
+
+
+def test_train_task_quick_and_bench_task(tmp_path):
+    """The real-task pipeline end to end on a tiny model: base, NTP LoRA, SS LoRA, pruning adapter, evaluation."""
+    require_task_data()
     import bench
     import train_task
     out = tmp_path / "ckpt"
@@ -210,11 +214,7 @@ def test_sample_stream_rows_picks_a_share_of_the_positions_with_stream_targets()
 
 
 def test_bench_draftcost_on_quick_models(tmp_path, capsys):
-    data = pytest.importorskip("data")
-    try:
-        data.resolve_data_dir()
-    except FileNotFoundError as e:
-        pytest.skip(f"no real-task data here: {e}")
+    require_task_data()
     import bench
     import train_task
     out = tmp_path / "ckpt"
