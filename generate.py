@@ -136,11 +136,8 @@ def draft_topk(model: GPT, main_state: torch.Tensor, stream_states: torch.Tensor
                k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Top-k tokens and probabilities of drafters 1..depth at one node: its streams (stream_states: (γ, C)) or,
     for the Medusa baseline, the heads on its last hidden state (main_state: (C,)). Returns (depth, k) each."""
-    if model.config.n_medusa_heads > 0:
-        logits = model.medusa(main_state)[:depth]
-    else:
-        logits = model.lm_head(stream_states[:depth])
-    top = F.softmax(logits.float(), dim=-1).topk(k, dim=-1)
+    states = main_state if model.config.n_medusa_heads > 0 else stream_states[:depth]
+    top = F.softmax(model.draft_logits(states)[:depth].float(), dim=-1).topk(k, dim=-1)
     return top.indices, top.values
 
 
@@ -191,8 +188,9 @@ def generate_speculative(model: GPT, prompt_ids, max_new_tokens: int, gamma: int
 
     # prefill: main stream over the prompt, streams only at its last position
     n_streams = 0 if medusa else gamma
-    h = model.lower(model.embed(prompt, torch.arange(P, device=device)), causal_mask(P, device), cache)
-    main, streams = model.upper(h, causal_mask(P, device), cache, torch.tensor([P - 1], device=device), n_streams)
+    mask = causal_mask(P, device)
+    h = model.lower(model.embed(prompt, torch.arange(P, device=device)), mask, cache)
+    main, streams = model.upper(h, mask, cache, torch.tensor([P - 1], device=device), n_streams)
     cache.commit()
     result.forward_calls = 1
     root = int(model.lm_head(main[0, -1]).argmax())

@@ -365,12 +365,10 @@ class GPT(nn.Module):
             x, s = self.transformer.h[layer](x, s, mask, cache, layer, None if s is None else stream_rows)
         return self.transformer.ln_f(x), None if s is None else self.transformer.ln_f(s)
 
-    def draft_logits(self, main: torch.Tensor, streams: torch.Tensor | None) -> torch.Tensor | None:
-        """Logits of the drafters, (..., γ, V): the γ streams through the shared LM head, or the Medusa heads
-        on the main stream's last hidden state. Both aim at x[t+1+j] from position t."""
-        if self.config.n_medusa_heads > 0:
-            return self.medusa(main)
-        return None if streams is None else self.lm_head(streams)
+    def draft_logits(self, states: torch.Tensor) -> torch.Tensor:
+        """Logits of the drafters, (..., γ, V), all aiming at x[t+1+j] from position t: stream states (..., γ, C)
+        through the shared LM head, or (Medusa baseline) the heads on final main states (..., C)."""
+        return self.medusa(states) if self.config.n_medusa_heads > 0 else self.lm_head(states)
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None,
                 loss_mask: torch.Tensor | None = None, stream_rows: torch.Tensor | None = None) -> GPTOutput:
@@ -382,17 +380,18 @@ class GPT(nn.Module):
         if T > self.config.block_size:
             raise ValueError(f"sequence of length {T} is longer than block_size={self.config.block_size}")
         pos = torch.arange(T, device=idx.device)
-        main, streams = self.upper(self.lower(self.embed(idx, pos)), stream_rows=stream_rows)
-        drafted = main if stream_rows is None else main[:, stream_rows]  # Medusa drafts from these rows
+        main, drafts = self.upper(self.lower(self.embed(idx, pos)), stream_rows=stream_rows)  # drafts: streams
+        if self.config.n_medusa_heads > 0:  # Medusa drafts from the main stream's rows
+            drafts = main if stream_rows is None else main[:, stream_rows]
         if targets is None:
-            return GPTOutput(self.lm_head(main), self.draft_logits(drafted, streams))
+            return GPTOutput(self.lm_head(main), None if drafts is None else self.draft_logits(drafts))
         if loss_mask is not None:
             targets = targets.masked_fill(~loss_mask.bool(), -1)
         ahead = stream_targets(targets, self.config.n_drafts)  # (B, T, γ)
         ahead = ahead if stream_rows is None else ahead[:, stream_rows]  # (B, T', γ)
         rows, draft_rows = targets != -1, (ahead != -1).any(-1)  # only rows with a target need the LM head(s)
         logits = self.lm_head(main[rows])  # (N, V)
-        draft = self.draft_logits(drafted[draft_rows], None if streams is None else streams[draft_rows])
+        draft = None if drafts is None else self.draft_logits(drafts[draft_rows])  # (N', γ, V)
         out = GPTOutput(logits, draft, targets=targets[rows], stream_targets=ahead[draft_rows])
         out.loss, out.main_loss, out.stream_losses = self.loss(logits, draft, out.targets, out.stream_targets)
         return out
