@@ -106,10 +106,11 @@ def train_task(args, quiet: bool = False) -> dict[str, str]:
     extra = dict(vocabulary=vocab.to_dict(), task=args.task)
     paths = {}
 
-    def stage(name: str, model: GPT, title: str, steps: int, seed: int, **kw):
+    def stage(name: str, model: GPT, title: str, steps: int, seed: int, lr: float = args.ft_lr, **options):
+        """One stage, checkpointed as <task>_<name>.pt; `seed` offsets args.seed (batches and dropout)."""
         paths[name] = os.path.join(args.out_dir, f"{args.task}_{name}.pt")
-        train_stage(model, batch(args.seed + seed), StageConfig(f"{args.task}: {title}", steps, kw.pop("lr", args.ft_lr),
-                                                               seed=args.seed + seed, **kw), paths[name], extra, quiet)
+        config = StageConfig(f"{args.task}: {title}", steps, lr, seed=args.seed + seed, **options)
+        train_stage(model, batch(args.seed + seed), config, paths[name], extra, quiet)
 
     lora = dict(lora_rank=args.lora_rank, n_msa_layers=args.n_msa_layers, prune_rank=8)
     stage("ntp", from_base(base, model_config(args, vocab, lora_rank=args.lora_rank), args.device),
@@ -124,10 +125,9 @@ def train_task(args, quiet: bool = False) -> dict[str, str]:
         model = from_base(base, model_config(args, vocab, **lora, **drafter), args.device)
         if method == "ss":  # (a resumed or finished stage then loads its own P_j over these)
             scale_stream_embeddings(model, data.batch(0, batch_size, seed=args.seed)[0].to(args.device))
-        stage(method, model, f"{method} (γ={args.gamma})", args.ft_steps, 2 if method == "ss" else 5,
-              stream_fraction=args.stream_fraction)
-        stage(f"{method}_pruned", model, f"{method} pruning adapter", args.prune_steps, 3 if method == "ss" else 6,
-              loss="early_exit")
+        seed = 2 if method == "ss" else 5  # seed offsets: ntp 1, ss 2-3, draft 4, medusa 5-6
+        stage(method, model, f"{method} (γ={args.gamma})", args.ft_steps, seed, stream_fraction=args.stream_fraction)
+        stage(f"{method}_pruned", model, f"{method} pruning adapter", args.prune_steps, seed + 1, loss="early_exit")
     return paths
 
 
