@@ -45,3 +45,10 @@ test: $(STAMP)
 
 clean:
 	rm -rf $(VENV) checkpoints
+
+# The real-task data sets from their public sources (GitHub, at pinned commits; sha256-checked), for machines
+# without ../shared/data; the other targets then find them with SPECSTREAM_DATA (e.g. SPECSTREAM_DATA=data make tasks).
+DATA ?= data
+.PHONY: data
+data: $(STAMP)
+	$(PY) data.py download --to $(DATA)

@@ -7,19 +7,30 @@ deterministic training batches of the form  prompt, SEP, completion, EOS  (loss 
     idx, targets, loss_mask = TaskData(vocab, train, block_size=256).batch(step=0, batch_size=16)
 
 The data folder is `--data-dir` / `data_dir`, else $SPECSTREAM_DATA, else ../shared/data (see its README.md).
+A machine without that folder fetches the data sets from their public sources (sha256-checked, see the end of
+this file):
+
+    python data.py download --to data     # or: make data; then pass --data-dir data (or SPECSTREAM_DATA=data)
 """
 from __future__ import annotations
 
+import argparse
 import csv
 import functools
+import hashlib
+import http.client
 import json
 import os
 import pathlib
 import re
+import tempfile
+import urllib.error
+import urllib.request
 from dataclasses import dataclass
 from typing import Iterable
 
 import torch
+from tqdm import tqdm
 
 ROOT = pathlib.Path(__file__).resolve().parent
 DEFAULT_DATA_DIR = ROOT.parent / "shared" / "data"
@@ -285,3 +296,102 @@ class TaskData:
             targets[b, :len(ids) - 1] = x[b, 1:len(ids)]
             loss_mask[b, n:len(ids) - 1] = True  # position n holds SEP: it predicts the first completion token
         return x[:, :-1], targets, loss_mask
+
+# --------------------------------------------------------------------------------------------------------------------
+# `python data.py download --to DIR` (`make data`): the data sets from their public sources, each file checked
+# against the sha256 of the copy in ../shared/data, so a download is byte-identical to what the results used.
+
+GITHUB_RAW = "https://raw.githubusercontent.com"
+SOURCES = {  # local folder -> (GitHub repository, commit, folder inside the repository), as ../shared/data/README.md
+    "e2e": ("tuetschek/e2e-dataset", "ab0d967dd5729ce455ef14ba9ffafc456a335264", ""),
+    "text2sql": ("jkkummerfeld/text2sql-data", "5050bad2309a93636ea4788d3660c9202bf11e0e", "data/"),
+    "dialogsum": ("cylnlp/dialogsum", "848cc8c05e0a04def79326539de827f1b28786a0", "DialogSum_Data/"),
+}
+FILES = {  # local path -> (size in bytes, sha256)
+    "e2e/devset.csv": (1161305, "fc26b78cdb849c80545f513b223d1e051138b43882eeb79e3eb153e689c864f9"),
+    "e2e/testset_w_refs.csv": (1310822, "edc8db685e39bb9824d5bd70c18b1c9b0412d14b527aa960e2d1c8251ee15ccd"),
+    "text2sql/atis.json": (4038696, "ce2d0bf341718061dc0e2ecc50d200b191121c762bb29c24b28749a2ebc9f4c7"),
+    "text2sql/geography.json": (306096, "b20ad8ed357029c9efa49aa64434729f624591850f66b1137cabcc0e45273c1b"),
+    "text2sql/geography-db.added-in-2020.sqlite":
+        (65536, "98955372123cd9a8e761b00c2c67fbf221f1b8699927add538b53154c702dd3c"),
+    "dialogsum/dialogsum.dev.jsonl": (471830, "436721e0a3571eef7072964f80e042fb151d8c6178db1a688ce8f803bbf0a13f"),
+    "dialogsum/dialogsum.test.jsonl": (639707, "6de36eca7e7b9b10975fd5ea3f47391df172d8b3c15d03d84d763cbaab015fda"),
+}
+
+
+def source_url(path: str, base_url: str = GITHUB_RAW) -> str:
+    """Where `path` (e.g. "e2e/devset.csv") lives upstream: <base_url>/<repository>/<commit>/<folder><file>."""
+    folder, name = path.split("/")
+    repo, commit, prefix = SOURCES[folder]
+    return f"{base_url.rstrip('/')}/{repo}/{commit}/{prefix}{name}"
+
+
+def sha256_of(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def fetch(url: str, dest: pathlib.Path, sha256: str, bar: tqdm):
+    """Download `url` to `dest` atomically: into a temporary file next to it, renamed to `dest` only once its
+    sha256 matches. Raises ConnectionError (unreachable) or ValueError (other content), both naming the file."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
+    h = hashlib.sha256()
+    try:
+        with os.fdopen(fd, "wb") as out:
+            try:
+                with urllib.request.urlopen(url, timeout=60) as response:
+                    for chunk in iter(lambda: response.read(1 << 16), b""):
+                        out.write(chunk)
+                        h.update(chunk)
+                        bar.update(len(chunk))
+            except (urllib.error.URLError, http.client.HTTPException, TimeoutError, ConnectionError) as e:
+                raise ConnectionError(
+                    f"cannot download {url} ({getattr(e, 'reason', e)}). Without network: copy the data folder "
+                    f"(e2e/, text2sql/, dialogsum/) from a machine that has it, and pass --data-dir DIR (or set "
+                    f"SPECSTREAM_DATA=DIR) to train_task.py and bench.py") from None
+        if h.hexdigest() != sha256:
+            raise ValueError(f"{dest.name}: the sha256 of {url} is {h.hexdigest()}, expected {sha256}: the file is "
+                             f"corrupted or not the version in ../shared/data/README.md; nothing was written")
+        os.replace(tmp, dest)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def download(to: str | os.PathLike, base_url: str = GITHUB_RAW, quiet: bool = False) -> list[pathlib.Path]:
+    """Fetch every file of FILES into `to`, laid out like ../shared/data (e2e/, text2sql/, dialogsum/). Files
+    already there with the right sha256 are kept, so a second run downloads nothing. Returns the local paths."""
+    to = pathlib.Path(to)
+    todo = [p for p in FILES if not ((to / p).is_file() and sha256_of(to / p) == FILES[p][1])]
+    with tqdm(total=sum(FILES[p][0] for p in todo), unit="B", unit_scale=True, desc="download", disable=quiet,
+              dynamic_ncols=True) as bar:
+        for p in todo:
+            bar.set_postfix_str(p)
+            fetch(source_url(p, base_url), to / p, FILES[p][1], bar)
+    return [to / p for p in FILES]
+
+
+def main(argv: list[str] | None = None):
+    p = argparse.ArgumentParser(description="The real-task data sets. `download` fetches E2E, ATIS + GeoQuery and "
+                                "DialogSum from GitHub at the commits of ../shared/data/README.md and checks each "
+                                "file's sha256.")
+    commands = p.add_subparsers(dest="command", required=True)
+    d = commands.add_parser("download", help="fetch the data sets into a folder (then use it as --data-dir)")
+    d.add_argument("--to", required=True, help="destination folder (created; e2e/, text2sql/, dialogsum/ inside)")
+    d.add_argument("--base-url", default=GITHUB_RAW, help=f"where <repository>/<commit>/<path> are served "
+                   f"(default {GITHUB_RAW}; a file:// URL for a local mirror)")
+    args = p.parse_args(argv)
+    try:
+        download(args.to, args.base_url)
+    except (ConnectionError, ValueError) as e:
+        raise SystemExit(f"error: {e}") from None
+    print(f"{len(FILES)} files in {args.to}, sha256 checked: use them with --data-dir {args.to} "
+          f"(or SPECSTREAM_DATA={args.to})")
+
+
+if __name__ == "__main__":
+    main()
