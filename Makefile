@@ -52,3 +52,20 @@ DATA ?= data
 .PHONY: data
 data: $(STAMP)
 	$(PY) data.py download --to $(DATA)
+
+# Notebooks are kept as jupytext percent-format sources (notebooks/NN_name.py). This writes each paired .ipynb from
+# its .py and executes it in place, cwd notebooks/, with the .venv's python3 kernel (.venv/share/jupyter first in
+# JUPYTER_PATH). NB=02 builds only notebook 02.
+NB ?= [0-9][0-9]
+.PHONY: notebooks
+notebooks: $(STAMP)
+	$(VENV)/bin/jupytext --to ipynb $(wildcard notebooks/$(NB)_*.py)
+	cd notebooks && JUPYTER_PATH=$(abspath $(VENV))/share/jupyter $(abspath $(VENV))/bin/jupyter-execute --inplace \
+		--timeout=600 $(notdir $(patsubst %.py,%.ipynb,$(wildcard notebooks/$(NB)_*.py)))
+
+# The exercises' checker: make check EX=3 (one exercise), EX=7 (your pieces in the decode loop) or EX=all;
+# MODULE=path/to/your_file.py checks another file than exercises/exN_*.py.
+EX ?= all
+.PHONY: check
+check: $(STAMP)
+	$(PY) -m exercises check $(EX) $(if $(MODULE),--module $(MODULE))
