@@ -99,6 +99,10 @@ class KVCache:
 
     `length` entries are committed. A forward writes its T new entries at [length, length+T) ("pending");
     `commit(keep)` moves the chosen pending entries right after the committed ones (cache compaction).
+
+    Batched decoding with ragged acceptance uses `commit_rows` instead of `commit`: row b then holds its own
+    `row_lengths[b]` committed entries at [0, row_lengths[b]), `length` is the longest row's, and the columns
+    [row_lengths[b], length) are stale for row b: its attention mask must hide them. Writes stay one slice.
     """
 
     def __init__(self, config: GPTConfig, batch_size: int = 1, max_len: int | None = None,
@@ -110,6 +114,7 @@ class KVCache:
         self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
         self.length = 0   # committed entries
         self.pending = 0  # entries written by the last forward, not committed yet
+        self.row_lengths: list[int] | None = None  # committed entries per row, once set by commit_rows
 
     def write(self, layer: int, k: torch.Tensor, v: torch.Tensor):
         """Store T pending entries of one layer; return all keys/values a query may see: (B, nh, length+T, hs)."""
@@ -145,6 +150,43 @@ class KVCache:
             self.length += len(keep)
         self.pending = 0
 
+    # ---- batched decoding: every row keeps its own number of committed entries (`row_lengths`) ----
+
+    def select_pending_rows(self, keep: torch.Tensor, layers: range):
+        """Per-row `select_pending`: row b keeps its pending entries keep[b] (keep: (B, n) indices into the last
+        forward's new rows), moved to the first n pending columns, in `layers`."""
+        index = (self.length + keep)[:, None, :, None]  # (B, 1, n, 1), broadcast over heads and head size
+        for layer in layers:
+            for buf in (self.k[layer], self.v[layer]):
+                buf[:, :, self.length:self.length + keep.size(1)] = torch.take_along_dim(buf, index, dim=2)
+
+    def commit_rows(self, keep: list[list[int]]):
+        """Per-row compaction: row b's pending entries keep[b] (in this order) are appended to its own committed
+        entries. Rows may keep different numbers of entries; `length` becomes the longest row's."""
+        if len(keep) != self.k[0].size(0):
+            raise ValueError(f"commit_rows needs one list of entries per row: got {len(keep)} for "
+                             f"{self.k[0].size(0)} rows")
+        lengths = self.row_lengths or [self.length] * len(keep)
+        rows, src, dst = [], [], []
+        for b, kept in enumerate(keep):
+            rows += [b] * len(kept)
+            src += [self.length + i for i in kept]
+            dst += range(lengths[b], lengths[b] + len(kept))
+        if src != dst:  # nothing to move when every row's kept entries are already in place
+            rows, src, dst = (torch.tensor(x, dtype=torch.long, device=self.k[0].device) for x in (rows, src, dst))
+            for buf in self.k + self.v:
+                buf[rows, :, dst] = buf[rows, :, src]  # (N, nh, hs) entries, gathered before they are written
+        self.row_lengths = [n + len(kept) for n, kept in zip(lengths, keep)]
+        self.length, self.pending = max(self.row_lengths), 0
+
+    def select_rows(self, rows: list[int]):
+        """Keep only the batch rows `rows`, in this order (rows that finished decoding leave the batch)."""
+        lengths = self.row_lengths or [self.length] * self.k[0].size(0)
+        index = torch.tensor(rows, dtype=torch.long, device=self.k[0].device)
+        self.k, self.v = [buf[index] for buf in self.k], [buf[index] for buf in self.v]
+        self.row_lengths = [lengths[r] for r in rows]
+        self.length = max(self.row_lengths, default=0)
+
 
 class CausalSelfAttention(nn.Module):
     """Multi-head attention for the main stream and, in MSA blocks, for the γ streams (Eq. 1, Eq. 2)."""
@@ -163,8 +205,8 @@ class CausalSelfAttention(nn.Module):
 
     def forward(self, h, n_main, n_streams=0, mask=None, cache=None, layer=0, stream_rows=None):
         """h: (B, T + T'·γ, C): T main rows, then the γ stream rows of each of T' nodes (node by node); the
-        streams belong to the main rows `stream_rows` (all when None). mask: (T, L+T) bool, True = may attend
-        (None = causal on an empty cache). Returns (B, T + T'·γ, C)."""
+        streams belong to the main rows `stream_rows` (all when None). mask: (T, L+T) bool, True = may attend,
+        or (B, 1, T, L+T) for a mask per batch row (None = causal on an empty cache). Returns (B, T + T'·γ, C)."""
         B, _, C = h.size()
         T, G = n_main, n_streams
         if mask is None and cache is not None and cache.length > 0:
@@ -184,27 +226,28 @@ class CausalSelfAttention(nn.Module):
             if mask is None:
                 mask = torch.ones(T, T, dtype=torch.bool, device=h.device).tril()
             if stream_rows is not None:
-                mask = mask[stream_rows]  # a stream sees exactly the main keys its own node sees
+                mask = mask[..., stream_rows, :]  # a stream sees exactly the main keys its own node sees
             ys = self.stream_attention(qs, ks, vs, km, vm, mask)  # (B, nh, T', γ, hs)
             y = torch.cat([y, ys.movedim(1, -2).flatten(-2).flatten(1, 2)], dim=1)  # (B, T + T'·γ, C)
         return self.resid_dropout(self.c_proj(y))
 
 
     def stream_attention(self, qs, ks, vs, km, vm, mask):
-        """Eq. 2: stream j of node t attends, in one softmax, to the main keys t may see (mask: (T', L+T)) and
-        to streams 1..j of t. qs, ks, vs: (B, nh, T', γ, hs); km, vm: (B, nh, L+T, hs). Two score blocks, never
-        a (1+γ)T square mask."""
+        """Eq. 2: stream j of node t attends, in one softmax, to the main keys t may see (mask: (T', L+T), or
+        (B, 1, T', L+T) per batch row) and to streams 1..j of t. qs, ks, vs: (B, nh, T', γ, hs); km, vm:
+        (B, nh, L+T, hs). Two score blocks, never a (1+γ)T square mask."""
         G = qs.size(3)
         stream_mask = torch.ones(G, G, dtype=torch.bool, device=qs.device).tril()
         if qs.size(2) == 1:  # one node (decoding): its γ queries share one key set, an ordinary attention
             keys, values = torch.cat([km, ks[:, :, 0]], dim=2), torch.cat([vm, vs[:, :, 0]], dim=2)
-            both = torch.cat([mask.expand(G, -1), stream_mask], dim=1)  # (γ, L+T+γ)
+            main_mask = mask.expand(*mask.shape[:-2], G, -1)  # (γ, L+T) or (B, 1, γ, L+T)
+            both = torch.cat([main_mask, stream_mask.expand(*main_mask.shape[:-1], G)], dim=-1)  # (..., γ, L+T+γ)
             ys = F.scaled_dot_product_attention(qs[:, :, 0], keys, values, attn_mask=both,
                                                 dropout_p=self.dropout if self.training else 0.0)
             return ys.unsqueeze(2)
         scale = 1.0 / math.sqrt(qs.size(-1))
         att_main = (qs.transpose(2, 3) @ km.unsqueeze(2).transpose(-2, -1)) * scale  # (B, nh, γ, T', L+T)
-        att_main = att_main.masked_fill(~mask, float("-inf"))
+        att_main = att_main.masked_fill(~mask.unsqueeze(-3), float("-inf"))  # the mask broadcast over streams
         att_self = (qs @ ks.transpose(-2, -1)) * scale  # (B, nh, T', γ, γ): same-node streams
         att_self = att_self.masked_fill(~stream_mask, float("-inf")).transpose(2, 3)  # (B, nh, γ, T', γ)
         att = self.attn_dropout(F.softmax(torch.cat([att_main, att_self], dim=-1), dim=-1))
