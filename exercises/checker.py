@@ -241,7 +241,8 @@ def check_2(m: ModuleType) -> list[str]:
                     raise CheckFailed(f"{what}: the output of stream {j + 1} does not depend on {which}. Stream j "
                                       f"sees streams 1..j of its node, itself included.")
         v2 = v_main + 3.0
-        if (call(m, "stream_attention", q, k_main, v2, k_streams, v_streams).double() - got.double()).abs().max() < 1e-12:
+        moved = call(m, "stream_attention", q, k_main, v2, k_streams, v_streams).double() - got.double()
+        if moved.abs().max() < 1e-12:
             raise CheckFailed(f"{what}: the outputs do not depend on the main values. Stream j at t also sees the "
                               f"main stream at positions <= t: the keys/values k_main, v_main (Eq. 2).")
         for hint, wrong in stream_attention_mistakes(*args).items():
@@ -427,7 +428,8 @@ def check_4(m: ModuleType) -> list[str]:
         anc = torch.zeros(n, n, dtype=torch.bool)
         for i in range(n):
             anc[i, tree_path(i, parents)] = True
-        tree = Tree(torch.tensor(tokens), torch.tensor(parents), torch.tensor(depths), torch.ones(n), anc)
+        tree = Tree(tokens=torch.tensor(tokens), parents=torch.tensor(parents), depths=torch.tensor(depths),
+                    scores=torch.ones(n), ancestors=anc)
         for L in (3, 0):
             what = f"tree_attention_mask(parents={parents}, cache_len={L})"
             got = as_tensor(call(m, "tree_attention_mask", parents, L), what, (n, L + n), torch.bool)
@@ -551,7 +553,8 @@ def check_6(m: ModuleType) -> list[str]:
     probs[1, 1], probs[3, 3], probs[6, 7] = 0.0, 0.9, 0.0  # traps: own rows, and the root's token in the last row
     cases = [(0.1, [0, 1, 3]), (0.0, list(range(7))), (0.6, [0])]
     for threshold, expected in cases:
-        what = f"prune_tree(tokens={tokens}, parents={parents}, threshold={threshold}) [probabilities in ex6_pruning.md]"
+        what = (f"prune_tree(tokens={tokens}, parents={parents}, threshold={threshold}) "
+                f"[probabilities in ex6_pruning.md]")
         got = as_list(call(m, "prune_tree", tokens, parents, probs.clone(), threshold), "prune_tree")
         if got == expected:
             passed.append(f"{what}: {got}, right")
