@@ -119,3 +119,18 @@ def test_command_line_exit_codes():
     solution = run("4", "--module", str(SOLUTIONS / checker.EXERCISES[4]))
     assert solution.returncode == 0 and "all good" in solution.stdout
     assert run("9").returncode == 1
+
+
+def test_final_check_loop_is_the_real_decode_loop():
+    """With the solutions, check 7's loop makes the same calls as generate.generate_speculative (same trees, same
+    accepted paths), so a student's pieces are judged in the method's own decode loop."""
+    from generate import generate_speculative
+    students = {n: checker.load_module(SOLUTIONS / name) for n, name in checker.EXERCISES.items()}
+    model = checker.toy_model()
+    for prompt, gamma, k, threshold in [([1, 2, 3], 3, 2, None), ([4, 0], 2, 3, 0.15), ([5], 1, 1, None)]:
+        reference = generate_speculative(model, prompt, 20, gamma=gamma, k=k, prune_threshold=threshold,
+                                         stream_pass="accepted")
+        tokens, stats = checker.student_decode(model, students, prompt, 20, gamma, k, threshold)
+        assert tokens == reference.tokens
+        assert stats["calls"] == reference.forward_calls
+        assert stats["accepted_drafts"] == sum(reference.depth_accepted)
