@@ -8,6 +8,8 @@ over the KV-cached greedy loop. Never a test: run it yourself and read the table
     python bench.py baselines      # the same side-by-side on the toy task; writes results/toy_baselines/
     python bench.py draftcost --task sql  # drafting cost at one node: Medusa heads vs SS streams + shared LM head
     python bench.py params         # parameter accounting: SS vs 4 Medusa heads, toy to 7B-sized configs
+    python bench.py batch          # batched AR vs batched SS, tokens/s for batch 1..16 (toy; E2E if trained);
+                                   # writes results/batch/
     python bench.py toy            # the γ study: acceptance vs γ, speedup and CR vs γ per k, speedup vs tree
                                    # size with and without pruning; writes results/toy/ (JSON, Markdown, PNGs)
 
@@ -650,9 +652,135 @@ def run_params(args):
     print(f"wrote {args.results_dir}/params.md")
 
 
+# ---------------------------------------------------------------------------------------------------------
+# Batch > 1: throughput of batched AR and batched SS (issue 16)
+# ---------------------------------------------------------------------------------------------------------
+
+BATCH_SS_SETTINGS = [dict(gamma=4, k=1), dict(gamma=4, k=2, tree_cap=8)]  # `batch`: SS trees, both stream passes
+
+
+def batch_throughput(model: GPT, prompts: list[list[int]], max_new: int, eos: int | None, sizes: list[int],
+                     repeats: int, device: str) -> list[dict]:
+    """For each batch size B: the prompts in consecutive groups of B, each group decoded by batched AR and by
+    batched SS (every setting, both stream passes) back to back, `repeats` times after a warm-up. tokens/s =
+    new tokens / median total time. CR per row = AR calls / SS calls of each row (as at batch 1); CR of the
+    batch = AR batched forwards / SS batched forwards, lower: a batch runs until its slowest row is done."""
+    from generate import generate_autoregressive_batch, generate_speculative_batch
+    decoders = {"ar": lambda group: generate_autoregressive_batch(model, group, max_new, eos)}
+    for s in BATCH_SS_SETTINGS:
+        for stream_pass in PASSES:
+            name = f"ss γ={s['gamma']} k={s['k']}" + (f" cap {s['tree_cap']}" if "tree_cap" in s else "")
+            decoders[f"{name} ({stream_pass})"] = lambda group, s=s, sp=stream_pass: generate_speculative_batch(
+                model, group, max_new, eos_id=eos, stream_pass=sp, **s)
+    sync = torch.cuda.synchronize if device.startswith("cuda") else lambda: None
+    rows = []
+    for B in tqdm(sizes, desc="batch sizes"):
+        groups = [prompts[i:i + B] for i in range(0, len(prompts), B)]
+        for run in decoders.values():
+            run(groups[0])  # warm-up
+        times, first = {name: [] for name in decoders}, {name: [] for name in decoders}
+        for rep in range(repeats):
+            total = dict.fromkeys(decoders, 0.0)
+            for group in groups:
+                for name, run in decoders.items():
+                    sync()
+                    start = time.perf_counter()
+                    results = run(group)
+                    sync()
+                    total[name] += time.perf_counter() - start
+                    if rep == 0:
+                        first[name].append(results)
+            for name in decoders:
+                times[name].append(total[name])
+        ar = [r for g in first["ar"] for r in g]
+        ar_forwards = sum(max(r.forward_calls for r in g) for g in first["ar"])
+        for name in decoders:
+            rs, t = [r for g in first[name] for r in g], statistics.median(times[name])
+            differing = sum(r.tokens != a.tokens for r, a in zip(rs, ar))
+            if differing:
+                print(f"warning: {name} at batch {B}: {differing} rows differ from AR (float32 near-ties: batched "
+                      "and one-row matmuls round differently)")
+            calls = [n for r in rs for n in r.accepted_lengths]
+            rows.append(dict(
+                batch=B, decoder=name, time=t, tokens=sum(len(r.tokens) for r in rs),
+                tokens_per_s=sum(len(r.tokens) for r in rs) / t, speedup=statistics.median(times["ar"]) / t,
+                cr_rows=sum(r.forward_calls for r in ar) / sum(r.forward_calls for r in rs),
+                cr_batch=ar_forwards / sum(max(r.forward_calls for r in g) for g in first[name]),
+                tokens_per_call=sum(calls) / len(calls), outputs_differing=differing))
+    return rows
+
+
+def write_batch(rows: list[dict], out: str, name: str, header: str):
+    """results/batch/<name>.{json,md,png}: tokens/s against batch size, and SS's speedup and CR against it."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, f"{name}.json"), "w") as f:
+        json.dump(dict(header=header, rows=rows), f, indent=1)
+    lines = [f"# Batched decoding: {name}\n", header + "\n",
+             "| batch | decoder | tokens/s | speedup over batched AR | CR of the batch | CR per row | tokens/call |",
+             "|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['batch']} | {r['decoder']} | {r['tokens_per_s']:.0f} | {r['speedup']:.2f}x | {r['cr_batch']:.2f} "
+              f"| {r['cr_rows']:.2f} | {r['tokens_per_call']:.2f} |" for r in rows]
+    with open(os.path.join(out, f"{name}.md"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+    decoders = list(dict.fromkeys(r["decoder"] for r in rows))
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    for d in decoders:
+        rs = [r for r in rows if r["decoder"] == d]
+        sizes = [r["batch"] for r in rs]
+        ax1.plot(sizes, [r["tokens_per_s"] for r in rs], "o-", label=d)
+        if d != "ar":
+            line, = ax2.plot(sizes, [r["speedup"] for r in rs], "o-", label=f"{d}: speedup")
+            if d.endswith(f"({PASSES[0]})"):  # CR is the same for both passes: draw it once per setting
+                ax2.plot(sizes, [r["cr_batch"] for r in rs], "x--", color=line.get_color(),
+                         label=d.removesuffix(f" ({PASSES[0]})") + ": CR of the batch")
+    for ax in (ax1, ax2):
+        ax.set_xscale("log", base=2), ax.set_xticks(sizes, [str(b) for b in sizes]), ax.set_xlabel("batch size")
+        ax.grid(alpha=0.3)
+    ax1.set_ylabel("new tokens / s"), ax1.set_title(f"{name}: throughput"), ax1.legend(fontsize=7)
+    ax2.axhline(1.0, color="gray", lw=0.8)
+    ax2.set_ylabel("SS / batched AR"), ax2.set_title("speedup (o) and CR of the batch (x)"), ax2.legend(fontsize=6)
+    fig.tight_layout(), fig.savefig(os.path.join(out, f"{name}.png"), dpi=120), plt.close(fig)
+    print(f"wrote {out}/{name}.json, {name}.md, {name}.png")
+
+
+def run_batch(args):
+    """Batched AR vs batched SS for batch sizes --batch-sizes: the toy model, and the E2E SS model when its
+    checkpoint is on this machine (else skipped with a message)."""
+    model, data, prompts = load_toy(args)
+    models = {"toy": (model, prompts, args.max_new_tokens, data.eos_id)}
+    e2e = os.path.join(args.task_dir, "e2e_ss_pruned.pt")
+    if os.path.exists(e2e):
+        from data import EOS, MAX_NEW_TOKENS, CompactVocab, load_task, prompt_ids
+        m = load_model(e2e, args.device)
+        vocab = CompactVocab.from_dict(torch.load(e2e, weights_only=True)["vocabulary"])
+        budget = m.config.block_size - MAX_NEW_TOKENS["e2e"] + 1
+        examples = load_task("e2e", "test", args.data_dir)[:args.prompts]
+        models["e2e"] = (m, [prompt_ids(vocab, ex, budget) for ex in examples], MAX_NEW_TOKENS["e2e"], EOS)
+    else:
+        print(f"E2E skipped: {e2e} not found (train it with `python train_task.py --task e2e`, or run "
+              f"`python bench.py batch --device cuda --prompts 32` where the checkpoint is)")
+    for name, (m, task_prompts, max_new, eos) in models.items():
+        print(f"{name}: {len(task_prompts)} prompts, up to {max_new} new tokens, batch sizes {args.batch_sizes}, "
+              f"{torch.get_num_threads()} thread(s), {args.device}, median of {args.repeats}")
+        rows = batch_throughput(m, task_prompts, max_new, eos, args.batch_sizes, args.repeats, args.device)
+        for r in rows:
+            print(f"  B={r['batch']:>2} {r['decoder']:<30} {r['tokens_per_s']:8.0f} tokens/s  speedup "
+                  f"{r['speedup']:.2f}x  CR batch {r['cr_batch']:.2f} / rows {r['cr_rows']:.2f}")
+        header = (f"Command: `python bench.py batch --prompts {args.prompts} --repeats {args.repeats} --threads "
+                  f"{args.threads} --device {args.device}`: {len(task_prompts)} prompts in consecutive groups of B, "
+                  f"up to {max_new} new tokens, greedy, {args.device}, {torch.get_num_threads()} thread(s), one "
+                  f"process, every decoder run back to back on each group, median of {args.repeats}. CR of the "
+                  "batch = batched forwards of AR / of SS (a batch runs until its slowest row is done); CR per row "
+                  "as at batch 1. Tokens per call count the root/bonus token.")
+        write_batch(rows, os.path.join(args.results_dir, "batch"), f"{name}_{args.device.split(':')[0]}", header)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("what", choices=["speed", "toy", "params", "rows", "task", "baselines", "draftcost"],
+    p.add_argument("what", choices=["speed", "toy", "params", "rows", "task", "baselines", "draftcost", "batch"],
                    help="which benchmark")
     p.add_argument("--toy-dir", default="checkpoints/toy", help="train_toy.py's --out-dir")
     p.add_argument("--toy-gamma", type=int, default=6, help="γ of the toy checkpoint to load")
@@ -677,10 +805,11 @@ def main(argv=None):
                    help="`task`: decoders compared with the autoregressive baseline")
     p.add_argument("--gamma-params", type=int, default=4, help="`params`: γ of the accounting table")
     p.add_argument("--separate", type=int, nargs="*", default=[2, 4], help="`toy`: γ of separately trained models")
+    p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 2, 4, 8, 16], help="`batch`: batch sizes")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     {"speed": run_speed, "toy": run_toy, "params": run_params, "rows": run_rows, "task": run_task,
-     "baselines": run_baselines, "draftcost": run_draft_cost}[args.what](args)
+     "baselines": run_baselines, "draftcost": run_draft_cost, "batch": run_batch}[args.what](args)
 
 
 if __name__ == "__main__":
