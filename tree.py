@@ -144,3 +144,166 @@ def verify_greedy(tree: Tree, main_argmax) -> list[int]:
         if parents[node] == path[-1] and tokens[node] == argmax[path[-1]]:
             path.append(node)
     return path
+
+
+# ------------------------------------------------------------------------------------------------------------
+# sampling (T > 0): sampled drafting and recursive rejection verification (METHOD.md §9)
+# ------------------------------------------------------------------------------------------------------------
+
+ACCEPTANCE_RULES = ("recursive", "per_path_lossy", "typical_lossy")
+TYPICAL_EPSILON, TYPICAL_DELTA = 0.09, 0.3  # Medusa's typical acceptance: hard threshold ε and entropy factor δ
+
+
+def sampling_probs(logits: torch.Tensor, temperature: float, top_k: int | None = None,
+                   top_p: float | None = None) -> torch.Tensor:
+    """The distribution plain sampling draws from, (..., V) logits -> (..., V) float64 probabilities:
+    softmax(logits / T), restricted to the top_k largest logits (ties at the k-th kept), then to the smallest
+    set of most probable tokens whose mass reaches top_p, renormalised. Target and drafts both go through it."""
+    logits = logits.double() / temperature
+    if top_k is not None and top_k < logits.size(-1):
+        kth = logits.topk(top_k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    probs = torch.softmax(logits, dim=-1)
+    if top_p is not None and top_p < 1.0:
+        sorted_probs, order = probs.sort(dim=-1, descending=True)
+        outside = sorted_probs.cumsum(-1) - sorted_probs >= top_p  # the mass before this token already reaches top_p
+        probs = probs.masked_fill(outside.scatter(-1, order, outside), 0.0)
+        probs = probs / probs.sum(-1, keepdim=True)
+    return probs
+
+
+def draw_without_replacement(probs: torch.Tensor, k: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """k draws without replacement from each row of probs (rows, V), in draw order: (rows, k) long.
+    Gumbel-top-k: the k largest of log q + Gumbel noise are distributed as sequential draws, the i-th from q
+    with the first i-1 removed and renormalised. k must not exceed any row's number of non-zero entries."""
+    u = torch.rand(probs.shape, dtype=torch.float64, generator=generator).clamp(min=1e-300)
+    return (probs.log() - (-u.log()).log()).topk(k, dim=-1).indices
+
+
+def sample(probs: torch.Tensor, generator: torch.Generator | None = None) -> int:
+    """One token drawn from probs (V,) (Gumbel-max: a single draw of `draw_without_replacement`)."""
+    return int(draw_without_replacement(probs[None], 1, generator))
+
+
+def sibling_draft_probs(q: torch.Tensor, drawn: torch.Tensor) -> torch.Tensor:
+    """(k, V): row r is the distribution the r-th of the draws `drawn` (k,) came from: q (V,) with drawn[:r]
+    removed and renormalised. This, not q, is the draft probability of the r-th sibling in the rejection test."""
+    rows = q.repeat(len(drawn), 1)
+    for r in range(1, len(drawn)):
+        rows[r:, drawn[r - 1]] = 0.0
+    return rows / rows.sum(-1, keepdim=True)
+
+
+def residual_probs(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """norm(max(p - q, 0)): the target left over after rejecting a draft from q. It has mass whenever a
+    rejection is possible; if rounding makes it empty (p == q, rejection has probability ~0) p is kept."""
+    r = (p - q).clamp(min=0.0)
+    s = r.sum()
+    return r / s if s > 0 else p
+
+
+def draft_tree_sampled(root: int, draft_probs: torch.Tensor, k: int, generator: torch.Generator | None = None,
+                       cap: int | None = None, device=None) -> tuple[Tree, torch.Tensor, torch.Tensor]:
+    """Sampled draft tree. draft_probs (depth, V): row j-1 is stream j's (transformed) distribution. The depth-j
+    children of every depth-(j-1) node are the same k draws without replacement from row j-1, in draw order
+    (as the greedy tree repeats the top-k). k is lowered to the smallest support if needed. Returns the tree
+    (on `device`), the draws and the rank probabilities (each (depth, k), on draft_probs' device).
+
+    With `cap`, the kept shape is the greedy best-first shape of the k largest probabilities of each row, and
+    the draws fill it rank by rank: the shape depends on q only, never on which tokens were drawn, so every
+    kept child is still distributed as its draw (q without the earlier draws) and verification stays lossless.
+    (Keeping the most probable *drawn* nodes would not be: a child kept because it is probable is no longer a
+    draw from q.) Node scores are those rank probabilities."""
+    k = min([k] + (draft_probs > 0).sum(-1).tolist())
+    drawn = draw_without_replacement(draft_probs, k, generator)
+    rank_probs = draft_probs.topk(k, dim=-1).values
+    return draft_tree(root, drawn.to(device), rank_probs.to(device), cap=cap), drawn, rank_probs
+
+
+def verify_sampled(tree: Tree, target_probs: torch.Tensor, draft_probs: torch.Tensor, drawn: torch.Tensor,
+                   generator: torch.Generator | None = None, acceptance: str = "recursive",
+                   allowed: torch.Tensor | None = None) -> tuple[list[int], int]:
+    """Verify a sampled tree. target_probs (n, V): the transformed main-stream distribution at each node (of the
+    token after it); draft_probs (depth, V) and drawn (depth, k) as from `draft_tree_sampled`. Returns the
+    accepted path (node indices, root first) and the next token (the new root / bonus token).
+
+    acceptance="recursive" (lossless, SpecInfer / Recursive Speculative Decoding): from the root, at node v
+    with target p = target_probs[v], try v's children in draw order; child x with draft probability q (its
+    draw's distribution, see `sibling_draft_probs`) is accepted with probability min(1, p(x)/q(x)), and then
+    the walk continues at x; on rejection p <- norm(max(p - q, 0)). When every child is rejected (or v has
+    none) the next token is drawn from the remaining p.
+
+    Proof sketch (the committed token after v has distribution p exactly). One child x ~ q: P(x = y, accepted)
+    = q(y) min(1, p(y)/q(y)) = min(p(y), q(y)); P(rejected) = 1 - sum min(p, q) = sum max(p - q, 0); so if the
+    rest of the procedure yields a token ~ norm(max(p - q, 0)), the total is min(p, q) + max(p - q, 0) = p.
+    Several children: given the earlier draws and the rejections (the coins are independent of the draws),
+    the next child is distributed as q without the earlier draws, which is the q used for it; by induction
+    from the last child (whose rest is a plain draw from the residual) every stage yields its current p. The
+    draws of depth j are independent of everything decided at depths < j, so at the accepted child the same
+    argument holds with its own target distribution: each committed token has the target's conditional
+    distribution given the tokens before it, i.e. the sequence has the distribution of plain sampling.
+
+    Pruning: allowed (n, V) bool, the tokens a node's children may carry (those that pruning keeps: early-exit
+    probability >= threshold at the node). A pruned draw is known but never tried; the next kept child is then
+    distributed as q without the earlier draws *restricted to allowed[v]*, renormalised, which is the q used
+    for it, so the proof above holds unchanged. (Any rule that keeps a child depending on its own token is
+    lossless only if q is conditioned on that rule in this way.)
+
+    acceptance="per_path_lossy": the later paper's rule, LOSSY: every node is accepted with probability
+    min(1, p(x)/q(x)) under its accepted parent, q the stream's distribution (siblings ignored); the longest
+    accepted path wins, then a token from norm(max(p - q, 0)) at its end (from p at a leaf). Several siblings
+    each get a chance, which inflates the probability of drafted tokens.
+    acceptance="typical_lossy": Medusa's typical acceptance, LOSSY: a child is accepted iff
+    p(x) > min(ε, δ exp(-H(p))) (ε = 0.09, δ = 0.3); the longest accepted path wins, then a token from p."""
+    if acceptance not in ACCEPTANCE_RULES:
+        raise ValueError(f"acceptance={acceptance!r} must be one of {ACCEPTANCE_RULES}")
+    tokens, parents, depths = tree.tokens.tolist(), tree.parents.tolist(), tree.depths.tolist()
+    children = [[] for _ in tokens]
+    for node in range(1, len(tokens)):  # breadth first, and a node's children in draw order
+        children[parents[node]].append(node)
+    if acceptance != "recursive":
+        return verify_longest(tree, children, target_probs, draft_probs, generator, acceptance)
+    path, p = [0], target_probs[0]
+    while children[path[-1]]:
+        depth = depths[path[-1]] + 1
+        row = drawn[depth - 1].tolist()
+        q_siblings = sibling_draft_probs(draft_probs[depth - 1], drawn[depth - 1])  # (k, V)
+        if allowed is not None:  # kept children are draws conditioned on surviving pruning
+            q_siblings = q_siblings * allowed[path[-1]]
+            q_siblings = q_siblings / q_siblings.sum(-1, keepdim=True)
+        for child in children[path[-1]]:
+            x = tokens[child]
+            q = q_siblings[row.index(x)]
+            if float(torch.rand((), dtype=torch.float64, generator=generator)) * q[x] < p[x]:  # u < p(x)/q(x)
+                path.append(child)
+                p = target_probs[child]
+                break
+            p = residual_probs(p, q)
+        else:
+            break  # every child rejected: the next token comes from the residual
+    return path, sample(p, generator)
+
+
+def verify_longest(tree: Tree, children: list[list[int]], target_probs: torch.Tensor, draft_probs: torch.Tensor,
+                   generator: torch.Generator | None, acceptance: str) -> tuple[list[int], int]:
+    """The two LOSSY rules of `verify_sampled`: accept nodes independently under accepted parents, keep the
+    longest accepted path (the first one in breadth-first order on ties)."""
+    tokens, parents, depths = tree.tokens.tolist(), tree.parents.tolist(), tree.depths.tolist()
+    accepted, best = [True] + [False] * (len(tokens) - 1), 0
+    for node in range(1, len(tokens)):
+        v, x = parents[node], tokens[node]
+        if not accepted[v]:
+            continue
+        p = target_probs[v]
+        if acceptance == "per_path_lossy":
+            q = draft_probs[depths[node] - 1]
+            accepted[node] = bool(torch.rand((), dtype=torch.float64, generator=generator) * q[x] < p[x])
+        else:  # typical_lossy
+            entropy = -(p * p.clamp(min=1e-300).log()).sum()
+            accepted[node] = bool(p[x] > min(TYPICAL_EPSILON, TYPICAL_DELTA * float(torch.exp(-entropy))))
+        if accepted[node] and depths[node] > depths[best]:
+            best = node
+    p = target_probs[best]
+    if acceptance == "per_path_lossy" and children[best]:  # the end of the path had drafts, all rejected
+        p = residual_probs(p, draft_probs[depths[best]])
+    return tree.path_to(best), sample(p, generator)
