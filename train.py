@@ -1,5 +1,6 @@
 """The training loop shared by train_toy.py and train_task.py: one stage = one set of trainable parameters
-and one loss, with a progress bar, a linear learning-rate schedule, and atomic, resumable checkpoints."""
+and one loss, with a progress bar, a linear learning-rate schedule, and atomic, resumable checkpoints.
+Data-parallel under torchrun (see `train_stage`): `torchrun --nproc_per_node=N train_task.py ...`."""
 from __future__ import annotations
 
 import math
@@ -10,6 +11,7 @@ from typing import Callable
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from tqdm import tqdm
 
 from model import GPT, cross_entropy, load_checkpoint, load_weights, save_atomic, stream_targets
@@ -72,11 +74,45 @@ def trainable_for(model: GPT, loss: str):
     return [p for p in model.parameters() if p.requires_grad]
 
 
+def rank_and_world() -> tuple[int, int]:
+    """This process's rank and the number of processes: (0, 1) unless torchrun started a process group."""
+    return (dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() else (0, 1)
+
+
+def mean_over_ranks(x: torch.Tensor) -> torch.Tensor:
+    """The mean of x over the processes (x itself, untouched, in a single process)."""
+    _, world = rank_and_world()
+    if world == 1:
+        return x
+    x = x.detach().clone()
+    dist.all_reduce(x)
+    return x / world
+
+
+def average_gradients(params: list[torch.nn.Parameter]):
+    """Data parallelism by hand: each gradient becomes its mean over the processes, in one all-reduce. Every rank
+    runs the same code on the same stream rows, so the same parameters have a gradient on every rank."""
+    grads = [p.grad for p in params if p.grad is not None]
+    flat = mean_over_ranks(torch.cat([g.flatten() for g in grads]))
+    for g, mean in zip(grads, flat.split([g.numel() for g in grads])):
+        g.copy_(mean.view_as(g))
+
+
 def train_stage(model: GPT, get_batch: Callable[[int], Batch], stage: StageConfig, ckpt_path: str | None = None,
                 extra: dict | None = None, quiet: bool = False) -> dict:
     """Train one stage. get_batch(step) must be deterministic in `step` so that a resumed run is identical.
     The checkpoint at ckpt_path holds model, optimizer, step and history; an unfinished one is resumed.
-    Returns the history: per logged step, the losses and per-stream accuracies."""
+    Returns the history: per logged step, the losses and per-stream accuracies.
+
+    Under torchrun (`torchrun --nproc_per_node=N`, a process group initialised) the N processes share each step's
+    batch: rank r trains on the r-th of N equal slices of get_batch(step), with the stream rows drawn from the
+    whole batch (the same rows on every rank) and dropout masks of its own; gradients are averaged over ranks
+    before clipping, so every rank takes the same step. Every rank resumes from the same checkpoint and starts
+    from rank 0's weights; only rank 0 writes checkpoints and shows the progress bar; logged losses and accuracies
+    are means over ranks. Each rank's loss is the mean over its own valid targets, so with N > 1 the step equals the
+    single-process step only when every slice holds as many valid targets (otherwise tokens of short slices weigh
+    a little more). N = 1 is the single-process run exactly."""
+    rank, world = rank_and_world()
     params = trainable_for(model, stage.loss)
     optimizer = torch.optim.AdamW(params, lr=stage.lr, weight_decay=stage.weight_decay, betas=(0.9, 0.95))
     schedule = lambda s: min(1.0, (s + 1) / stage.warmup) * max(0.0, 1.0 - s / stage.steps)  # warmup, then linear
@@ -95,39 +131,53 @@ def train_stage(model: GPT, get_batch: Callable[[int], Batch], stage: StageConfi
         step, history = ckpt["step"], ckpt["history"]
 
     def save(done: bool):
-        if ckpt_path:
+        if ckpt_path and rank == 0:
             save_atomic(dict(config=vars(model.config).copy(), model=model.state_dict(), stage=stage.name,
                              done=done, step=step, optimizer=optimizer.state_dict(),
                              scheduler=scheduler.state_dict(), history=history, **(extra or {})), ckpt_path)
 
     model.train()
     device = next(model.parameters()).device
-    bar = tqdm(total=stage.steps, initial=step, desc=stage.name, disable=quiet, dynamic_ncols=True)
+    if world > 1:  # every rank starts from rank 0's weights (as DDP does), whatever its own random state was
+        for t in model.state_dict().values():
+            dist.broadcast(t, 0)
+    bar = tqdm(total=stage.steps, initial=step, desc=stage.name, disable=quiet or rank > 0, dynamic_ncols=True)
     while step < stage.steps:
-        torch.manual_seed(stage.seed * 1_000_003 + step)  # dropout masks are a function of the step too
-        idx, targets, loss_mask = (x.to(device) for x in get_batch(step))
+        torch.manual_seed(stage.seed * 1_000_003 + step)  # stream rows and dropout masks are a function of the step
+        batch = [x.to(device) for x in get_batch(step)]  # the step's whole batch: idx, targets, loss_mask
+        if stage.loss != "early_exit":  # drawn from the whole batch: the same stream rows on every rank
+            rows = sample_stream_rows(batch[1], batch[2], model.config.n_drafts, stage.stream_fraction)
+        if world > 1:  # this rank's slice of the batch, and dropout masks of its own
+            if len(batch[0]) % world:
+                raise ValueError(f"a batch of {len(batch[0])} sequences does not split over {world} processes: "
+                                 f"use a batch size divisible by --nproc_per_node")
+            batch = [x.chunk(world)[rank] for x in batch]
+            torch.manual_seed((stage.seed * 1_000_003 + step) * world + rank)
+        idx, targets, loss_mask = batch
         if stage.loss == "early_exit":
             loss = early_exit_loss(model, idx, targets, loss_mask)
             out = None
         else:
-            rows = sample_stream_rows(targets, loss_mask, model.config.n_drafts, stage.stream_fraction)
             out = model(idx, targets, loss_mask, rows)
             loss = out.loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if world > 1:
+            average_gradients(params)
         torch.nn.utils.clip_grad_norm_(params, stage.grad_clip)
         optimizer.step()
         scheduler.step()
         step += 1
         if step % 10 == 0 or step == stage.steps:
             history["step"].append(step)
-            history["loss"].append(loss.item())
-            postfix = dict(loss=f"{loss.item():.3f}")
+            history["loss"].append(mean_over_ranks(loss.detach()).item())
+            postfix = dict(loss=f"{history['loss'][-1]:.3f}")
             if out is not None:
-                history["main_loss"].append(out.main_loss.item())
+                history["main_loss"].append(mean_over_ranks(out.main_loss.detach()).item())
                 if out.stream_losses is not None:
                     accs = stream_accuracy(out.stream_logits.detach(), out.stream_targets)
-                    history["stream_loss"].append(out.stream_losses.tolist())
+                    accs = mean_over_ranks(torch.tensor(accs, device=device)).tolist()
+                    history["stream_loss"].append(mean_over_ranks(out.stream_losses.detach()).tolist())
                     history["stream_acc"].append(accs)
                     postfix["acc"] = "/".join(f"{a:.2f}" for a in accs)
             bar.set_postfix(postfix)
@@ -136,5 +186,7 @@ def train_stage(model: GPT, get_batch: Callable[[int], Batch], stage: StageConfi
             save(done=False)
     bar.close()
     save(done=True)
+    if world > 1:  # the checkpoint exists for every rank once train_stage returns
+        dist.barrier()
     model.eval()
     return history

@@ -12,6 +12,8 @@
     python train_task.py --task e2e                      # every method for one task (the bases are trained once)
     python train_task.py --task sql --method ss medusa   # only some methods
     python train_task.py --task e2e --quick              # a tiny run, for tests
+    torchrun --standalone --nproc_per_node=N train_task.py --task e2e   # data-parallel: N processes (gloo on CPU,
+                                                         # nccl with --device cuda), each a 1/N of every batch
     make tasks                                           # the full pipeline: all tasks, then bench.py task
 
 Data comes from --data-dir, else $SPECSTREAM_DATA, else ../shared/data (see data.py).
@@ -182,10 +184,19 @@ def parse(argv=None) -> argparse.Namespace:
 
 def main(argv=None):
     args = parse(argv)
+    distributed = "WORLD_SIZE" in os.environ  # started by torchrun: train.train_stage splits each batch over ranks
+    if distributed:
+        if args.device == "cuda":  # one GPU per process
+            args.device = f"cuda:{os.environ['LOCAL_RANK']}"
+            torch.cuda.set_device(args.device)
+        torch.distributed.init_process_group("nccl" if args.device.startswith("cuda") else "gloo")
     start = time.time()
     paths = train_task(args)
-    print(f"{args.task}: trained in {time.time() - start:.0f} s -> " + ", ".join(paths.values()))
-    print(f"evaluate with: python bench.py task --task {args.task} --task-dir {args.out_dir}")
+    if int(os.environ.get("RANK", 0)) == 0:
+        print(f"{args.task}: trained in {time.time() - start:.0f} s -> " + ", ".join(paths.values()))
+        print(f"evaluate with: python bench.py task --task {args.task} --task-dir {args.out_dir}")
+    if distributed:
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
