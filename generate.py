@@ -23,7 +23,8 @@ from tree import Tree, draft_tree, position_ids, prune_tree, subtree, tree_atten
 
 @dataclass
 class StepTrace:
-    """One decode call, kept with trace=True (for notebooks and reference traces)."""
+    """One forward call, kept with trace=True (for notebooks and golden traces, see validate.py). The prefill is
+    one too (`GenerationResult.prefill_trace`): its "tree" is the prompt as a chain, all of it kept."""
     drafted: Tree            # the tree as drafted from the streams
     kept: list[int]          # indices of the drafted nodes that survived pruning
     tree: Tree               # the tree that went through the MSA layers (drafted[kept])
@@ -32,6 +33,10 @@ class StepTrace:
     main_argmax: list[int]   # main-stream argmax at each node of `tree`
     path: list[int]          # accepted path, indices into `tree`, root first
     committed: list[int]     # tokens committed by this call (after EOS / max_new_tokens truncation)
+    positions: torch.Tensor | None = None        # (n_drafted,) position ids of the drafted nodes
+    draft_topk: tuple | None = None              # (tokens, probs), each (depth, k): what `drafted` was drafted from
+    early_exit_probs: torch.Tensor | None = None  # (n_drafted, V) early-exit distributions, when pruning is on
+    main_logits: torch.Tensor | None = None      # (n, V) main logits at each node of `tree`
 
 
 @dataclass
@@ -46,6 +51,7 @@ class GenerationResult:
     pruned_tree_sizes: list[int] = field(default_factory=list)  # nodes left after pruning
     wall_time: float = 0.0
     trace: list[StepTrace] | None = None
+    prefill_trace: StepTrace | None = None  # with trace=True (generate_speculative)
 
     @property
     def accepted_lengths(self) -> list[int]:
@@ -194,26 +200,34 @@ def generate_speculative(model: GPT, prompt_ids, max_new_tokens: int, gamma: int
     cache.commit()
     result.forward_calls = 1
     root = int(model.lm_head(main[0, -1]).argmax())
+    if trace:  # call 0 of a golden trace: the prompt as a chain "tree" (a 1-ary draft), main logits everywhere
+        chain = draft_tree(int(prompt[0, 0]), prompt[0, 1:, None], torch.ones(P - 1, 1, device=device))
+        logits = model.lm_head(main[0])  # (P, V)
+        result.prefill_trace = StepTrace(chain, list(range(P)), chain, 0, mask, logits.argmax(-1).tolist(),
+                                         list(range(P)), [root], chain.depths, main_logits=logits)
     main, streams = main[0, -1], None if streams is None else streams[0, 0]  # the root's (C,) and (γ, C)
     done = commit_tokens(result, [root], max_new_tokens, eos_id)
 
     while not done:
         # draft: depth j from stream (head) j of the last accepted node; never draft past max_new_tokens
         depth = min(gamma, max_new_tokens - len(result.tokens) - 1)
-        drafted = draft_tree(root, *draft_topk(model, main, streams, depth, k), cap=tree_cap)
+        topk = draft_topk(model, main, streams, depth, k)
+        drafted = draft_tree(root, *topk, cap=tree_cap)
         tree, L = drafted, cache.length
-        mask = tree_attention_mask(tree, L)
-        h = model.lower(model.embed(tree.tokens[None], position_ids(tree, L)), mask, cache)  # (1, n, C)
-        kept = list(range(len(tree)))
+        mask, pos = tree_attention_mask(tree, L), position_ids(tree, L)
+        h = model.lower(model.embed(tree.tokens[None], pos), mask, cache)  # (1, n, C)
+        kept, exit_probs = list(range(len(tree))), None
         if prune_threshold is not None and len(tree) > 1:
-            survivors = prune_tree(tree, F.softmax(model.early_exit_logits(h[0]).float(), dim=-1), prune_threshold)
+            exit_probs = F.softmax(model.early_exit_logits(h[0]).float(), dim=-1)  # (n, V)
+            survivors = prune_tree(tree, exit_probs, prune_threshold)
             if len(survivors) < len(tree):  # drop pruned nodes' lower-layer keys/values too
                 cache.select_pending(survivors, lower_layers)
                 tree, h, kept = subtree(tree, survivors), h[:, survivors], survivors.tolist()
                 mask = tree_attention_mask(tree, L)
         # MSA layers; with stream_pass="tree", γ streams on every surviving node (Eq. 2)
         main, streams = model.upper(h, mask, cache, n_streams=n_streams if stream_pass == "tree" else 0)
-        main_argmax = model.lm_head(main[0]).argmax(dim=-1).tolist()  # verification needs only the main stream
+        logits = model.lm_head(main[0])  # (n, V): verification needs only the main stream
+        main_argmax = logits.argmax(dim=-1).tolist()
         result.forward_calls += 1
 
         path = verify_greedy(tree, main_argmax)  # root first
@@ -237,7 +251,7 @@ def generate_speculative(model: GPT, prompt_ids, max_new_tokens: int, gamma: int
         done = commit_tokens(result, tree.tokens[path[1:]].tolist() + [root], max_new_tokens, eos_id)
         if trace:
             result.trace.append(StepTrace(drafted, kept, tree, L, mask, main_argmax, path,
-                                          result.step_tokens[-1]))
+                                          result.step_tokens[-1], pos, topk, exit_probs, logits))
     result.wall_time = time.perf_counter() - start
     return result
 

@@ -526,6 +526,26 @@ class GPT(nn.Module):
         return model
 
     @classmethod
+    def from_pretrained_dir(cls, out_dir: str) -> GPT:
+        """Load a `validate.py export` folder (see VALIDATING.md): config.json, whose "specstream" entry holds the
+        GPTConfig, and model.safetensors: HF GPT-2 names for the base (Conv1D weights stored (in, out)),
+        "specstream." + our own name for every other tensor; the LM head is wte."""
+        import json
+        from safetensors.torch import load_file
+        with open(os.path.join(out_dir, "config.json")) as f:
+            config = json.load(f).get("specstream")
+        if config is None:
+            raise ValueError(f"{out_dir}/config.json has no 'specstream' entry: write the folder with validate.py export")
+        sd = {}
+        for name, t in load_file(os.path.join(out_dir, "model.safetensors")).items():
+            conv1d = not name.startswith("specstream.") and name.endswith(("c_attn.weight", "c_proj.weight", "c_fc.weight"))
+            sd[name.removeprefix("specstream.")] = t.t() if conv1d else t
+        sd["lm_head.weight"] = sd["transformer.wte.weight"]
+        model = cls(config_from_dict(config, out_dir))
+        load_weights(model, sd, out_dir)
+        return model
+
+    @classmethod
     def from_hf_gpt2(cls, local_dir: str, n_streams: int = 0, n_msa_layers: int = 0, **overrides) -> GPT:
         """Load a Hugging Face GPT-2 checkpoint (config.json + model.safetensors or pytorch_model.bin) from a
         local directory, optionally adding streams (new stream embeddings are freshly initialised)."""

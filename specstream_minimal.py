@@ -217,21 +217,27 @@ def verify_tree(model: MiniGPT, context: list[int], tree: list[list[int]]
 @torch.no_grad()
 def speculative_decode(model: MiniGPT, prompt: list[int], max_new_tokens: int, gamma: int, k: int,
                        eos_id: int | None = None, verbose: bool = False,
-                       decode: Callable[[list[int]], str] = str) -> tuple[list[int], list[list[int]]]:
+                       decode: Callable[[list[int]], str] = str, trace: list | None = None
+                       ) -> tuple[list[int], list[list[int]]]:
     """Greedy Speculative Streaming decoding (γ = gamma streams, top-k tree). Returns the new tokens and the
     tokens committed by each forward pass: steps[0] = [first root] from the prompt pass, then for every tree
-    step the accepted drafts followed by the new root. sum(steps, []) == tokens == greedy_decode(...)."""
+    step the accepted drafts followed by the new root. sum(steps, []) == tokens == greedy_decode(...).
+    A `trace` list receives, per forward pass, (context before the tree, tree, stream logits (depth, V) it was
+    drafted from, accepted path, committed tokens); the prompt pass is the prompt as a chain (validate.py)."""
     assert 1 <= gamma <= model.config.n_streams and k >= 1
     if max_new_tokens <= 0:
         return [], []
     main, streams = model(as_batch([prompt], model))  # the first root and tree come from the last prompt position
     tokens, stream_logits = [int(main[0, -1].argmax())], streams[0, -1]
     steps = [tokens[:]]
+    if trace is not None:
+        trace.append(([], [prompt[:i + 1] for i in range(len(prompt))], None, prompt, tokens[:]))
     if verbose:
         print(f"  prompt pass: root {decode(tokens)!r}")
     while len(tokens) < max_new_tokens and eos_id not in tokens:
         depth = min(gamma, max_new_tokens - len(tokens) - 1)  # a step commits at most depth + 1 tokens
-        candidates = stream_logits[:depth].topk(k, dim=-1).indices.tolist()  # (depth, k): stream j's top-k
+        drafted_from = stream_logits[:depth]  # (depth, V)
+        candidates = drafted_from.topk(k, dim=-1).indices.tolist()  # (depth, k): stream j's top-k
         tree = draft_tree(tokens[-1], candidates)
         accepted, next_root, stream_logits = verify_tree(model, prompt + tokens[:-1], tree)
         new = accepted[1:] + [next_root]
@@ -241,6 +247,8 @@ def speculative_decode(model: MiniGPT, prompt: list[int], max_new_tokens: int, g
             shown = "  ".join(f"d{j}:" + "|".join(repr(decode([c])) for c in cs) for j, cs in enumerate(candidates, 1))
             print(f"  step {len(steps)}: root {decode(tokens[-1:])!r}  drafts {shown or '-'}  "
                   f"-> {len(accepted) - 1}/{depth} accepted, commits {decode(new)!r}")
+        if trace is not None:
+            trace.append((prompt + tokens[:-1], tree, drafted_from, accepted, new))
         tokens += new
         steps.append(new)
     return tokens, steps
