@@ -1,0 +1,234 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 02 · Tree drafting, verification and cache compaction
+#
+# One decode step of Speculative Streaming is **one forward pass** that
+#
+# 1. *verifies* the tree of candidates drafted in the previous step, with the main stream (greedy: a child is
+#    accepted iff its token is the main argmax at its parent), and
+# 2. *drafts* the next tree from the $\gamma$ streams of the last accepted node: depth $j$ holds the top-$k$ tokens
+#    of stream $j$, each a child of every depth-$(j-1)$ node ($1 + k + \dots + k^\gamma$ nodes).
+#
+# We train a small toy model right here (about half a minute), then trace real decode steps with `trace=True`.
+
+# %%
+import sys; sys.path.insert(0, "..")  # cwd is notebooks/: the project's modules are one folder up
+import warnings; warnings.filterwarnings("ignore", message="IProgress not found")  # tqdm.auto without ipywidgets
+# %matplotlib inline
+import matplotlib.pyplot as plt
+import torch
+torch.manual_seed(0)
+torch.set_num_threads(1)  # tiny matrices: one thread is as fast, and stable on a shared CPU
+plt.rcParams.update({"figure.dpi": 90, "font.size": 9})
+
+# %% [markdown]
+# ## A small toy model, trained in the notebook
+#
+# The toy language (see `train_toy.py`) alternates free choices (unpredictable) with fixed phrases (fully
+# determined), so streams can be right only part of the time. `train_pipeline` runs the three stages: pretraining,
+# Speculative Streaming fine-tuning (LoRA + stream embeddings, Eq. 5) and the pruning adapter. Settings are much
+# smaller than `make demo`'s, just enough for drafts to get accepted.
+
+# %%
+import tempfile, time
+from train_toy import parser, train_pipeline
+
+start = time.time()
+with tempfile.TemporaryDirectory() as tmp:
+    args = parser().parse_args(["--out-dir", tmp, "--n-stories", "1000", "--n-embd", "64", "--gamma", "3",
+                                "--batch-size", "16", "--pretrain-steps", "150", "--ss-steps", "150",
+                                "--prune-steps", "30", "--threads", "1"])
+    model, data, histories = train_pipeline(args, quiet=True)
+print(f"trained in {time.time() - start:.0f} s; vocabulary {len(data.words)} words; gamma = {model.config.n_streams}")
+print("top-1 accuracy of streams 1..γ on the last batch:",
+      " ".join(f"{a:.2f}" for a in histories["streams"]["stream_acc"][-1]))
+print("a training story:", data.decode(data.stories[0]))
+
+# %% [markdown]
+# **Predict, then run.** This model has $\gamma = 3$ streams and we decode with $k = 2$. How many nodes does a full
+# draft tree have, and how many tokens can one decode call commit at most? At least?
+
+# %%
+from tree import draft_tree
+
+example = draft_tree(root=0, topk_tokens=torch.tensor([[1, 2], [3, 4], [5, 6]]), topk_probs=torch.full((3, 2), 0.5))
+print(f"{len(example)} nodes; depths {example.depths.tolist()}")
+print(example)
+
+# %% [markdown]
+# **Answer.** $1 + 2 + 4 + 8 = 15$ nodes (the root, then $k^j$ nodes at depth $j$: every depth-$j$ candidate hangs
+# under *every* depth-$(j-1)$ node). A call commits at most $\gamma + 1 = 4$ tokens (one accepted node per depth,
+# plus the new root from the main stream) and at least 1 (the new root, even when every draft is rejected). So at
+# most 4 of the 15 nodes are ever used: the tree buys a better chance, not a longer path.
+
+# %% [markdown]
+# ## Decoding with $k = 2$, tracing every step
+#
+# `step_tokens[0]` is the first root, produced by the prefill; every later entry is what one forward call
+# committed: the accepted drafts plus the new root ("bonus") token, so it always holds at least one token.
+
+# %%
+from generate import generate_autoregressive, generate_speculative
+
+prompt = data.prompts(1)[0]
+result = generate_speculative(model, prompt, 40, k=2, eos_id=data.eos_id, trace=True)
+print("prompt:", data.decode(prompt))
+print(f"call  0 (prefill): {data.decode(result.step_tokens[0])}")
+for i, step in enumerate(result.trace, start=1):
+    print(f"call {i:2d}: cache {step.cache_len:2d}, tree {len(step.tree):2d} nodes, "
+          f"accepted depth {len(step.path) - 1} -> commits {len(step.committed)}: {data.decode(step.committed)}")
+print(f"\n{len(result.tokens)} tokens in {result.forward_calls} forward calls (prefill included); "
+      f"{result.tokens_per_call:.2f} tokens per decode call (root/bonus token included)")
+
+
+# %% [markdown]
+# ## One step, drawn
+#
+# We pick the step that accepted the longest path. Each node shows its token; green nodes form the accepted path,
+# grey nodes were rejected (or hang below a rejected node). Under each node: the main stream's argmax there,
+# which is what its children are checked against.
+
+# %%
+from drawing import GREEN, GREY, RED, draw_tree  # notebooks/drawing.py: shared by notebooks 02 and 04
+
+i_step = max(range(len(result.trace)), key=lambda i: len(result.trace[i].path))
+step = result.trace[i_step]
+colors = [GREEN if i in step.path else GREY for i in range(len(step.tree))]
+notes = ["argmax: " + data.words[a] for a in step.main_argmax]
+fig, ax = plt.subplots(figsize=(8, 5.5))
+words = [data.words[t] for t in step.tree.tokens.tolist()]
+draw_tree(ax, step.tree, words, colors, f"decode call {i_step + 1}: {len(step.tree)} nodes (k=2, γ=3), "
+          f"accepted depth {len(step.path) - 1}", notes)
+plt.show()
+print("accepted path (node indices):", step.path, "->", data.decode(step.tree.tokens[step.path].tolist()))
+print("committed by this call (accepted drafts + new root):", data.decode(step.committed))
+
+# %% [markdown]
+# ## The tree attention mask
+#
+# The flattened tree (breadth first) goes through the model on top of the KV cache. Node $i$ sees the whole cache
+# and its ancestors and itself (not its siblings or cousins); its position id is cache length + depth. So every
+# root-to-leaf path is computed exactly as if it were a plain sequence (`tree_attention_mask`,
+# `position_ids`).
+#
+# **Predict, then run.** With $L$ committed cache entries, what are the position ids of the tree's nodes? Which
+# tree nodes does a depth-2 node see?
+
+# %%
+from matplotlib.colors import ListedColormap
+from tree import position_ids, tree_attention_mask
+
+L, n = step.cache_len, len(step.tree)
+m = tree_attention_mask(step.tree, L)
+assert torch.equal(m, step.mask)
+image = m.int() * torch.cat([torch.ones(L), 2 * torch.ones(n)]).int()  # 0 hidden, 1 cache, 2 tree
+node_labels = [f"{i}:{data.words[int(t)]}" for i, t in enumerate(step.tree.tokens)]
+context = prompt + result.tokens  # the cache holds the main stream of the first L of these tokens
+fig, ax = plt.subplots(figsize=(10, 4.5))
+ax.imshow(image, cmap=ListedColormap(["white", "#9ecae1", "#fd8d3c"]), vmin=0, vmax=2, aspect="auto")
+ax.set_xticks(range(L + n), [f"c{c}:{data.words[context[c]]}" for c in range(L)] + node_labels,
+              rotation=90, fontsize=6.5)
+ax.set_yticks(range(n), node_labels, fontsize=7)
+ax.axvline(L - 0.5, color="k", lw=0.8)
+ax.set_title(f"tree attention mask ({n} x {L}+{n}): blue = KV cache, orange = ancestors + self")
+plt.show()
+print("position ids:", position_ids(step.tree, L).tolist(), f"(L = {L})")
+
+# %% [markdown]
+# **Answer.** Position = $L$ + depth: $L$ for the root, $L+1$ for both depth-1 nodes, and so on. Nodes of the same
+# depth are alternatives for the *same* slot of the sequence, so they share a position (giving node $i$ the
+# position $L + i$ would shift every path after the first and change its logits). A depth-2 node sees the whole
+# cache, the root, its depth-1 parent and itself: 3 tree nodes, its own root-to-node path.
+
+# %% [markdown]
+# ## Cache compaction
+#
+# The forward pass writes the main-stream keys/values of all $n$ tree nodes as *pending* entries after the $L$
+# committed ones. After verification only the accepted path is kept: `cache.commit(path)` moves those entries right
+# after the committed ones, in path order, and the rest is forgotten (stream keys/values never enter the cache).
+#
+# We replay this step by hand with a `KVCache` and check that the compacted cache equals the cache of a plain
+# prefill of the same tokens.
+
+# %%
+from generate import causal_mask
+from model import KVCache
+
+committed_before = sum(len(s) for s in result.step_tokens[:i_step + 1])  # tokens before this call (root incl.)
+ctx = prompt + result.tokens[:committed_before]       # its last token is the root, node 0 of the tree
+cache = KVCache(model.config, 1, 64)
+no_streams = torch.empty(0, dtype=torch.long)
+with torch.inference_mode():
+    model.forward_nodes(torch.tensor([ctx[:-1]]), torch.arange(len(ctx) - 1), causal_mask(len(ctx) - 1, "cpu"),
+                        cache, stream_rows=no_streams)
+    cache.commit()
+    print(f"cache before the call: {cache.length} committed entries (= L = {step.cache_len})")
+    logits, _ = model.forward_nodes(step.tree.tokens[None], position_ids(step.tree, cache.length),
+                                    tree_attention_mask(step.tree, cache.length), cache)
+    print(f"after the tree forward: {cache.length} committed + {cache.pending} pending (one per tree node)")
+    assert logits[0].argmax(-1).tolist() == step.main_argmax
+    cache.commit(torch.tensor(step.path))
+    print(f"commit(path={step.path}): kept pending entries {step.path} -> cache length {cache.length} "
+          f"= {step.cache_len} + {len(step.path)}")
+
+    accepted = step.tree.tokens[step.path[1:]].tolist()
+    ref = KVCache(model.config, 1, 64)
+    seq = ctx + accepted
+    model.forward_nodes(torch.tensor([seq]), torch.arange(len(seq)), causal_mask(len(seq), "cpu"), ref,
+                        stream_rows=no_streams)
+    ref.commit()
+diff = max((a[:, :, :ref.length] - b[:, :, :ref.length]).abs().max().item()
+           for a, b in zip(cache.k + cache.v, ref.k + ref.v))
+print(f"compacted cache vs plain prefill of {ref.length} tokens: max |diff| = {diff:.1e} (float32)")
+assert cache.length == ref.length and diff < 1e-4
+
+# %% [markdown]
+# ## Pruning (optional)
+#
+# Before the MSA layers, early-exit logits $\tilde z = \mathrm{lm\_head}(\mathrm{ln_f}(o(h)))$ at the input of
+# block $N-N_s$ (with the small pruning adapter $o$) score every node; a node whose token has probability below a
+# threshold at its parent is dropped with its whole subtree (the root never). Fewer rows go through the MSA layers
+# and fewer stream rows are formed; the output does not change, since verification still uses the full model.
+
+# %%
+pruned = generate_speculative(model, prompt, 40, k=2, prune_threshold=0.1, eos_id=data.eos_id, trace=True)
+print("nodes drafted per call :", pruned.tree_sizes)
+print("nodes after pruning    :", pruned.pruned_tree_sizes)
+i_p = max(range(len(pruned.trace)), key=lambda i: (len(pruned.trace[i].kept) < len(pruned.trace[i].drafted),
+                                                   len(pruned.trace[i].path)))
+st = pruned.trace[i_p]
+kept_path = {st.kept[i] for i in st.path}  # path indices refer to the pruned tree
+colors = [GREEN if i in kept_path else GREY if i in st.kept else RED for i in range(len(st.drafted))]
+fig, ax = plt.subplots(figsize=(8, 5))
+draw_tree(ax, st.drafted, [data.words[t] for t in st.drafted.tokens.tolist()], colors,
+          f"decode call {i_p + 1}: {len(st.drafted)} drafted -> {len(st.kept)} kept (red = pruned, green = accepted)")
+plt.show()
+assert pruned.tokens == result.tokens
+print("pruned decoding gives the same output as unpruned:", pruned.tokens == result.tokens)
+
+# %% [markdown]
+# ## Lossless: the output is exactly greedy decoding
+#
+# Every committed token was either the main argmax (the root) or a draft equal to the main argmax at its parent,
+# so Speculative Streaming reproduces plain greedy decoding of the same model — in fewer forward calls.
+
+# %%
+greedy = generate_autoregressive(model, prompt, 40, eos_id=data.eos_id)
+assert result.tokens == greedy.tokens
+print("output :", data.decode(result.tokens))
+print(f"identical to greedy: {result.tokens == greedy.tokens}; forward calls {result.forward_calls} "
+      f"(speculative) vs {greedy.forward_calls} (autoregressive)")
