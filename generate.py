@@ -18,7 +18,8 @@ import torch
 from torch.nn import functional as F
 
 from model import GPT, KVCache
-from tree import Tree, draft_tree, position_ids, prune_tree, subtree, tree_attention_mask, verify_greedy
+from tree import (ACCEPTANCE_RULES, Tree, draft_tree, draft_tree_sampled, position_ids, prune_tree, sample,
+                  sampling_probs, subtree, tree_attention_mask, verify_greedy, verify_sampled)
 
 
 @dataclass
@@ -114,9 +115,35 @@ def causal_mask(n: int, device) -> torch.Tensor:
     return torch.ones(n, n, dtype=torch.bool, device=device).tril()
 
 
+def check_sampling(temperature: float, top_k: int | None, top_p: float | None, acceptance: str = "recursive"):
+    """Validate the sampling options shared by generate_autoregressive and generate_speculative."""
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature >= 0:
+        raise ValueError(f"temperature={temperature!r} must be a number >= 0 (0 = greedy)")
+    if top_k is not None and (not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1):
+        raise ValueError(f"top_k={top_k!r} must be None or an integer >= 1")
+    if top_p is not None and not (isinstance(top_p, (int, float)) and 0 < top_p <= 1):
+        raise ValueError(f"top_p={top_p!r} must be None or a number in (0, 1]")
+    if acceptance not in ACCEPTANCE_RULES:
+        raise ValueError(f"acceptance={acceptance!r} must be one of {ACCEPTANCE_RULES} (only 'recursive' is lossless)")
+
+
+def pick_token(logits: torch.Tensor, temperature: float, top_k: int | None, top_p: float | None,
+               generator: torch.Generator | None) -> int:
+    """The next token from logits (V,): the argmax at temperature 0, else a draw from the transformed
+    distribution (tree.sampling_probs; top_k / top_p do not change the argmax)."""
+    if temperature == 0:
+        return int(logits.argmax())
+    return sample(sampling_probs(logits.cpu(), temperature, top_k, top_p), generator)
+
+
 @torch.inference_mode()
-def generate_autoregressive(model: GPT, prompt_ids, max_new_tokens: int, eos_id: int | None = None) -> GenerationResult:
-    """Plain greedy decoding over the KV cache: one forward call per token (the first one is the prefill)."""
+def generate_autoregressive(model: GPT, prompt_ids, max_new_tokens: int, eos_id: int | None = None,
+                            temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None,
+                            generator: torch.Generator | None = None) -> GenerationResult:
+    """Plain decoding over the KV cache: one forward call per token (the first one is the prefill). Greedy at
+    temperature 0, else sampling from softmax(logits / T) restricted by top_k / top_p (tree.sampling_probs),
+    with `generator` (None: torch's global generator)."""
+    check_sampling(temperature, top_k, top_p)
     prompt = check_prompt(model, prompt_ids, max_new_tokens)
     result, start = GenerationResult(), time.perf_counter()
     if max_new_tokens > 0:
@@ -127,7 +154,8 @@ def generate_autoregressive(model: GPT, prompt_ids, max_new_tokens: int, eos_id:
         cache.commit()
         result.forward_calls = 1
         one = torch.ones(1, 1, dtype=torch.bool, device=device)
-        while not commit_tokens(result, [int(logits[0, -1].argmax())], max_new_tokens, eos_id):
+        while not commit_tokens(result, [pick_token(logits[0, -1], temperature, top_k, top_p, generator)],
+                                max_new_tokens, eos_id):
             token = torch.tensor([[result.tokens[-1]]], device=device)
             mask = one.expand(1, cache.length + 1)
             logits, _ = model.forward_nodes(token, torch.tensor([cache.length], device=device), mask, cache,
@@ -147,12 +175,34 @@ def draft_topk(model: GPT, main_state: torch.Tensor, stream_states: torch.Tensor
     return top.indices, top.values
 
 
+def draft_sampled(model: GPT, main_state: torch.Tensor, stream_states: torch.Tensor | None, root: int, depth: int,
+                  k: int, cap: int | None, temperature: float, top_k: int | None, top_p: float | None,
+                  generator: torch.Generator | None) -> tuple[Tree, tuple[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """Sampled drafting at one node (temperature > 0): the drafters' distributions q (depth, V), through the same
+    transform as the target, and a tree of draws without replacement from them (tree.draft_tree_sampled).
+    Returns the tree, (draws, rank probabilities) (each (depth, k'), k' <= k) and q, on the CPU."""
+    states = main_state if model.config.n_medusa_heads > 0 else stream_states[:depth]
+    q = sampling_probs(model.draft_logits(states)[:depth].cpu(), temperature, top_k, top_p)
+    tree, drawn, rank_probs = draft_tree_sampled(root, q, k, generator, cap, main_state.device)
+    return tree, (drawn, rank_probs), q
+
+
 @torch.inference_mode()
 def generate_speculative(model: GPT, prompt_ids, max_new_tokens: int, gamma: int | None = None, k: int = 1,
                          tree_cap: int | None = None, prune_threshold: float | None = None,
-                         eos_id: int | None = None, trace: bool = False, stream_pass: str = "tree") -> GenerationResult:
-    """Greedy Speculative Streaming: each forward call verifies the previous tree with the main stream and
-    drafts the next tree from the streams of the last accepted node. Output == greedy autoregressive output.
+                         eos_id: int | None = None, trace: bool = False, stream_pass: str = "tree",
+                         temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None,
+                         generator: torch.Generator | None = None, acceptance: str = "recursive") -> GenerationResult:
+    """Speculative Streaming: each forward call verifies the previous tree with the main stream and drafts the
+    next tree from the streams of the last accepted node. Greedy (temperature 0): output == greedy
+    autoregressive output.
+
+    temperature > 0: children are sampled from the streams' distributions (the same temperature / top_k / top_p
+    transform as the target), without replacement among siblings, and verified by recursive rejection sampling
+    (tree.verify_sampled): the output has exactly the distribution of generate_autoregressive(..., temperature,
+    top_k, top_p). acceptance="per_path_lossy" (the later paper's rule) and "typical_lossy" (Medusa) are LOSSY
+    alternatives, for comparison. Capped and pruned trees stay lossless (see tree.draft_tree_sampled and
+    tree.verify_sampled).
 
     stream_pass="tree" is the paper's single pass: γ streams ride along every surviving tree node through the
     MSA blocks. stream_pass="accepted" verifies first and then runs the streams of the accepted node alone
@@ -182,6 +232,7 @@ def generate_speculative(model: GPT, prompt_ids, max_new_tokens: int, gamma: int
         if cfg.prune_rank == 0:
             raise ValueError("prune_threshold needs a pruning adapter: build the model with prune_rank > 0 and "
                              "train it (see train_toy.py)")
+    check_sampling(temperature, top_k, top_p, acceptance)
     prompt = check_prompt(model, prompt_ids, max_new_tokens)
     result, start = GenerationResult(trace=[] if trace else None), time.perf_counter()
     result.depth_attempted, result.depth_accepted = [0] * gamma, [0] * gamma
@@ -199,7 +250,7 @@ def generate_speculative(model: GPT, prompt_ids, max_new_tokens: int, gamma: int
     main, streams = model.upper(h, mask, cache, torch.tensor([P - 1], device=device), n_streams)
     cache.commit()
     result.forward_calls = 1
-    root = int(model.lm_head(main[0, -1]).argmax())
+    root = pick_token(model.lm_head(main[0, -1]), temperature, top_k, top_p, generator)
     if trace:  # call 0 of a golden trace: the prompt as a chain "tree" (a 1-ary draft), main logits everywhere
         chain = draft_tree(int(prompt[0, 0]), prompt[0, 1:, None], torch.ones(P - 1, 1, device=device))
         logits = model.lm_head(main[0])  # (P, V)
@@ -211,8 +262,12 @@ def generate_speculative(model: GPT, prompt_ids, max_new_tokens: int, gamma: int
     while not done:
         # draft: depth j from stream (head) j of the last accepted node; never draft past max_new_tokens
         depth = min(gamma, max_new_tokens - len(result.tokens) - 1)
-        topk = draft_topk(model, main, streams, depth, k)
-        drafted = draft_tree(root, *topk, cap=tree_cap)
+        if temperature == 0:
+            topk = draft_topk(model, main, streams, depth, k)
+            drafted = draft_tree(root, *topk, cap=tree_cap)
+        else:  # topk = (the draws in draw order, rank probabilities), q = the drafters' distributions
+            drafted, topk, q = draft_sampled(model, main, streams, root, depth, k, tree_cap, temperature, top_k,
+                                             top_p, generator)
         tree, L = drafted, cache.length
         mask, pos = tree_attention_mask(tree, L), position_ids(tree, L)
         h = model.lower(model.embed(tree.tokens[None], pos), mask, cache)  # (1, n, C)
@@ -230,7 +285,13 @@ def generate_speculative(model: GPT, prompt_ids, max_new_tokens: int, gamma: int
         main_argmax = logits.argmax(dim=-1).tolist()
         result.forward_calls += 1
 
-        path = verify_greedy(tree, main_argmax)  # root first
+        if temperature == 0:
+            path = verify_greedy(tree, main_argmax)  # root first
+            root = main_argmax[path[-1]]
+        else:
+            allowed = None if exit_probs is None else exit_probs[kept] >= prune_threshold  # pruning's survivors
+            path, root = verify_sampled(tree, sampling_probs(logits.cpu(), temperature, top_k, top_p), q, topk[0],
+                                        generator, acceptance, None if allowed is None else allowed.cpu())
         cache.commit(path)
         accepted_depth = len(path) - 1
         drafted_depth = int(drafted.depths.max())
@@ -247,7 +308,6 @@ def generate_speculative(model: GPT, prompt_ids, max_new_tokens: int, gamma: int
             streams = streams[0, path[-1]]
         else:
             streams = model.streams_at(h[:, path[-1]], cache, gamma)[0]
-        root = main_argmax[path[-1]]
         done = commit_tokens(result, tree.tokens[path[1:]].tolist() + [root], max_new_tokens, eos_id)
         if trace:
             result.trace.append(StepTrace(drafted, kept, tree, L, mask, main_argmax, path,
