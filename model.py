@@ -535,11 +535,12 @@ class GPT(nn.Module):
         with open(os.path.join(out_dir, "config.json")) as f:
             config = json.load(f).get("specstream")
         if config is None:
-            raise ValueError(f"{out_dir}/config.json has no 'specstream' entry: write the folder with validate.py export")
+            raise ValueError(f"{out_dir}/config.json has no 'specstream' entry: write it with validate.py export")
         sd = {}
         for name, t in load_file(os.path.join(out_dir, "model.safetensors")).items():
-            conv1d = not name.startswith("specstream.") and name.endswith(("c_attn.weight", "c_proj.weight", "c_fc.weight"))
-            sd[name.removeprefix("specstream.")] = t.t() if conv1d else t
+            if not name.startswith("specstream.") and name.endswith(("c_attn.weight", "c_proj.weight", "c_fc.weight")):
+                t = t.t()  # HF Conv1D stores (in, out)
+            sd[name.removeprefix("specstream.")] = t
         sd["lm_head.weight"] = sd["transformer.wte.weight"]
         model = cls(config_from_dict(config, out_dir))
         load_weights(model, sd, out_dir)

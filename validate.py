@@ -30,8 +30,8 @@ SCHEMA, VERSION = "specstream-trace", 1
 LOGPROB_ATOL = 1e-5  # absolute tolerance on log-probabilities and probabilities; tokens must be equal
 TOP = 5              # main-stream top-k kept per node
 CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")  # HF stores (in, out)
-BASE_NAME = re.compile(r"transformer\.(wte|wpe|ln_f|h\.\d+\.(ln_1|ln_2|attn\.c_attn|attn\.c_proj|mlp\.c_fc|mlp\.c_proj))"
-                       r"\.(weight|bias)")
+BASE_NAME = re.compile(r"transformer\.(wte|wpe|ln_f|h\.\d+\.(ln_1|ln_2|attn\.c_attn|attn\.c_proj|mlp\.c_fc|"
+                       r"mlp\.c_proj))\.(weight|bias)")  # the tensors of HF's GPT-2, under the same names
 TIE_BREAKING = ("argmax: the lowest token id among exact ties (torch.argmax); top-k lists: sorted by probability, "
                 "descending; entries within the tolerance of each other count as ties in compare; capped trees: "
                 "the `cap` nodes of highest path probability, ties broken by breadth-first index")
@@ -67,26 +67,29 @@ def hf_config(model: GPT, eos_id: int | None) -> dict:
     """config.json: what transformers.GPT2LMHeadModel needs, plus every GPTConfig field under "specstream"."""
     c = model.config
     eos = 0 if eos_id is None else eos_id
-    return dict(model_type="gpt2", architectures=["GPT2LMHeadModel"], vocab_size=c.vocab_size, n_positions=c.block_size,
-                n_embd=c.n_embd, n_layer=c.n_layer, n_head=c.n_head, n_inner=None, activation_function="gelu_new",
-                layer_norm_epsilon=1e-5, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, tie_word_embeddings=True,
-                bos_token_id=eos, eos_token_id=eos, specstream=dataclasses.asdict(dataclasses.replace(c, lora_rank=0)))
+    return dict(model_type="gpt2", architectures=["GPT2LMHeadModel"], vocab_size=c.vocab_size,
+                n_positions=c.block_size, n_embd=c.n_embd, n_layer=c.n_layer, n_head=c.n_head, n_inner=None,
+                activation_function="gelu_new", layer_norm_epsilon=1e-5, resid_pdrop=0.0, embd_pdrop=0.0,
+                attn_pdrop=0.0, tie_word_embeddings=True, bos_token_id=eos, eos_token_id=eos,
+                specstream=dataclasses.asdict(dataclasses.replace(c, lora_rank=0)))
 
 
 def vocabulary_json(vocab, vocab_size: int) -> dict:
     """The token mapping: a word list (toy models: id = index) or a compact GPT-2 vocabulary (task models)."""
-    size = len(vocab) if isinstance(vocab, list) else 3 + len(vocab.get("gpt2_ids", [])) if isinstance(vocab, dict) else 0
+    if isinstance(vocab, list):
+        out = dict(kind="words", rule="token id i is the word tokens[i]; text = words joined by spaces",
+                   tokens=vocab, eos_id=vocab.index("<eos>") if "<eos>" in vocab else None)
+        size = len(vocab)
+    elif isinstance(vocab, dict) and "gpt2_ids" in vocab:
+        out = dict(kind="gpt2-compact", rule="ids 0, 1, 2 are EOS, SEP, UNK; id i >= 3 is the GPT-2 BPE token "
+                   "gpt2_ids[i - 3] (tiktoken 'gpt2'); see data.CompactVocab", gpt2_ids=vocab["gpt2_ids"], eos_id=0)
+        size = 3 + len(vocab["gpt2_ids"])
+    else:
+        raise ValueError(f"unknown vocabulary entry of type {type(vocab).__name__}: expected a word list or "
+                         f"CompactVocab.to_dict()")
     if size != vocab_size:
         raise ValueError(f"the vocabulary has {size} tokens but the model vocab_size={vocab_size}: wrong vocabulary?")
-    if isinstance(vocab, list):
-        eos = vocab.index("<eos>") if "<eos>" in vocab else None
-        return dict(kind="words", rule="token id i is the word tokens[i]; text = words joined by spaces",
-                    tokens=vocab, eos_id=eos)
-    if isinstance(vocab, dict) and "gpt2_ids" in vocab:
-        return dict(kind="gpt2-compact", rule="ids 0, 1, 2 are EOS, SEP, UNK; id i >= 3 is the GPT-2 BPE token "
-                    "gpt2_ids[i - 3] (tiktoken 'gpt2'); see data.CompactVocab", gpt2_ids=vocab["gpt2_ids"], eos_id=0)
-    raise ValueError(f"unknown vocabulary entry of type {type(vocab).__name__}: expected a word list or "
-                     f"CompactVocab.to_dict()")
+    return out
 
 
 def export(checkpoint: str, out_dir: str, toy_vocabulary: bool = False) -> str:
@@ -152,8 +155,7 @@ def call_record(prompt_id: str, call: int, step) -> dict:
     """One model call (a generate.StepTrace) as a trace record. Per-node lists run over the *drafted* tree,
     breadth first; nodes removed by pruning get null; `path` indexes the drafted tree too."""
     d, n = step.drafted, len(step.drafted)
-    per_node = lambda values: [None] * n if values is None else values
-    argmax, top_tokens, top_logprobs = per_node(None), per_node(None), per_node(None)
+    argmax, top_tokens, top_logprobs = [None] * n, [None] * n, [None] * n
     tokens, logprobs = topk_lists(F.log_softmax(step.main_logits.double(), dim=-1), TOP)
     for i, node in enumerate(step.kept):
         argmax[node], top_tokens[node], top_logprobs[node] = step.main_argmax[i], tokens[i], logprobs[i]
@@ -311,6 +313,9 @@ CAUSE = dict(
                "computed with the tree mask; a node's value is its token's probability under its parent's z~",
     survivors="survivors differ with equal early-exit probabilities: a node is dropped with its subtree when its "
               "probability at its parent is below the threshold; the root is never pruned",
+    pruned="a node is pruned (null) in one run only: a node is dropped with its subtree when its token's "
+           "early-exit probability at its parent is below the threshold; the root is never pruned",
+    depth="the number of drafted depths differs: depth = min(γ, max_new_tokens - committed - 1)",
     prefill="the main stream differs in the prefill: a plain causal GPT-2 forward over the prompt (Conv1D weights "
             "transposed, LayerNorm eps 1e-5, tanh GELU, LM head tied to wte, positions 0..P-1)",
     main_root="the main stream differs already at the root although its token and position agree: the KV cache "
@@ -337,68 +342,84 @@ CAUSE = dict(
 )
 
 
-def compare_call(ref: dict, cand: dict, atol: float, skipped: set[str]) -> tuple[str, int | None, object, object,
-                                                                                 str] | None:
-    """The first difference between two records of the same call, in the order things are computed:
-    (field, node, reference value, candidate value, likely cause) or None."""
-    def present(field):
-        if get(cand, field) is None and get(ref, field) is not None:
-            skipped.add(field)
+Found = tuple[str, int | None, object, object, str]  # field, node, reference value, candidate value, cause
+
+
+def first_index(a: list, b: list) -> int:
+    """The first index where two lists differ (the shorter length when one is a prefix of the other)."""
+    return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+
+
+def main_cause(call: int, node: int) -> str:
+    return CAUSE["prefill"] if call == 0 else CAUSE["main_root" if node == 0 else "main_node"]
+
+
+def compare_call(ref: dict, cand: dict, atol: float, skipped: set[str]) -> Found | None:
+    """The first difference between two records of the same call, in the order things are computed, or None.
+    Optional fields the reference has and the candidate lacks are added to `skipped`."""
+    def present(field: str) -> bool:
+        if get(ref, field) is None:
             return False
-        return get(ref, field) is not None
+        if get(cand, field) is None:
+            top = field.split(".")[0]
+            skipped.add(top if get(cand, top) is None else field)
+            return False
+        return True
 
     if present("cache_len") and ref["cache_len"] != cand["cache_len"]:
         return "cache_len", None, ref["cache_len"], cand["cache_len"], CAUSE["cache_len"]
-    if present("draft_topk"):
-        rt, ct = ref["draft_topk"], cand["draft_topk"]
-        for j, (r_tok, c_tok) in enumerate(zip(rt["tokens"], ct["tokens"] + [[]] * len(rt["tokens"]))):
-            what = topk_mismatch(r_tok, rt["logprobs"][j], c_tok, get(ct, "logprobs") and ct["logprobs"][j], atol)
+    if present("draft_topk.tokens"):
+        r, c, has_lp = ref["draft_topk"], cand["draft_topk"], present("draft_topk.logprobs")
+        if len(r["tokens"]) != len(c["tokens"]):
+            return "draft_topk.tokens", None, r["tokens"], c["tokens"], CAUSE["depth"]
+        for j in range(len(r["tokens"])):
+            r_lp, c_lp = (r["logprobs"][j], c["logprobs"][j]) if has_lp else (None, None)
+            what = topk_mismatch(r["tokens"][j], r_lp, c["tokens"][j], c_lp, atol)
             if what:
                 cause = CAUSE["stream_1"] if j == 0 else CAUSE["stream_deeper"].format(d=j + 1)
-                return (f"draft_topk.{what} (depth {j + 1})", None, (r_tok, rt["logprobs"][j]),
-                        (c_tok, get(ct, "logprobs") and ct["logprobs"][j]), cause)
+                return f"draft_topk.{what} (depth {j + 1})", None, (r["tokens"][j], r_lp), (c["tokens"][j], c_lp), cause
     rt, ct = ref["tree"], cand["tree"]
-    for field in ("tokens", "parents", "depths"):
-        if field == "depths" and not present("tree.depths"):
+    for field in ("tokens", "parents", "depths", "positions"):
+        if field in ("depths", "positions") and not present(f"tree.{field}"):
             continue
         if rt[field] != ct[field]:
-            node = next((i for i, (a, b) in enumerate(zip(rt[field], ct[field])) if a != b), min(len(rt[field]),
-                                                                                                  len(ct[field])))
-            cause = CAUSE["root" if node == 0 and field == "tokens" else
-                          "tree_unknown" if "draft_topk" in skipped else "tree"]
+            node = first_index(rt[field], ct[field])
+            if field == "positions":
+                cause = CAUSE["positions"]
+            elif field == "tokens" and node == 0:
+                cause = CAUSE["root"]
+            else:
+                cause = CAUSE["tree_unknown" if "draft_topk" in skipped else "tree"]
             return f"tree.{field}", node, rt[field], ct[field], cause
-    if present("tree.positions") and rt["positions"] != ct["positions"]:
-        node = next(i for i, (a, b) in enumerate(zip(rt["positions"], ct["positions"])) if a != b)
-        return "tree.positions", node, rt["positions"], ct["positions"], CAUSE["positions"]
-    if present("early_exit"):
-        re_, ce = ref["early_exit"], cand["early_exit"]
-        for i, (a, b) in enumerate(zip(re_["probs"], ce["probs"])):
-            if not close(a, b, atol):
-                return "early_exit.probs", i, a, b, CAUSE["early_exit"]
-        if re_["survivors"] != ce["survivors"]:
-            return "early_exit.survivors", None, re_["survivors"], ce["survivors"], CAUSE["survivors"]
-    main_cause = lambda node: CAUSE["prefill"] if ref["call"] == 0 else CAUSE["main_root" if node == 0 else "main_node"]
-    has_argmax, has_top = present("main_argmax"), present("main_top5")
+    if present("early_exit.probs"):
+        r, c = ref["early_exit"]["probs"], cand["early_exit"]["probs"]
+        node = next((i for i, (a, b) in enumerate(zip(r, c)) if not close(a, b, atol)), None)
+        if node is not None:
+            return "early_exit.probs", node, r[node], c[node], CAUSE["early_exit"]
+    if present("early_exit.survivors") and ref["early_exit"]["survivors"] != cand["early_exit"]["survivors"]:
+        return "early_exit.survivors", None, ref["early_exit"]["survivors"], cand["early_exit"]["survivors"], \
+            CAUSE["survivors"]
+    has_argmax, has_top, has_lp = present("main_argmax"), present("main_top5.tokens"), present("main_top5.logprobs")
+    ref_lp = get(ref, "main_top5.logprobs")  # for the near-tie note, even when the candidate has none
     for node in range(len(rt["tokens"])):
-        ra, ca = ref["main_argmax"][node] if has_argmax else None, cand["main_argmax"][node] if has_argmax else None
-        r_tok, r_lp = (ref["main_top5"]["tokens"][node], ref["main_top5"]["logprobs"][node]) if has_top else (None,) * 2
-        if ra != ca:
-            tie = r_lp is not None and len(r_lp) > 1 and r_lp[0] - r_lp[1] <= atol
-            return "main_argmax", node, ra, ca, main_cause(node) + (CAUSE["near_tie"] if tie else "")
+        if has_argmax:
+            ra, ca = ref["main_argmax"][node], cand["main_argmax"][node]
+            if (ra is None) != (ca is None):
+                return "main_argmax", node, ra, ca, CAUSE["pruned"]
+            if ra != ca:
+                tie = ref_lp is not None and ref_lp[node] is not None and ref_lp[node][0] - ref_lp[node][1] <= atol
+                return "main_argmax", node, ra, ca, main_cause(ref["call"], node) + (CAUSE["near_tie"] if tie else "")
         if has_top:
-            c_tok, c_lp = cand["main_top5"]["tokens"][node], get(cand, "main_top5.logprobs")
-            c_lp = None if c_lp is None else c_lp[node]
+            r_tok, c_tok = ref["main_top5"]["tokens"][node], cand["main_top5"]["tokens"][node]
+            r_lp, c_lp = (ref_lp[node], cand["main_top5"]["logprobs"][node]) if has_lp else (None, None)
             if (r_tok is None) != (c_tok is None):
-                return "main_top5", node, r_tok, c_tok, CAUSE["survivors"]
+                return "main_top5.tokens", node, r_tok, c_tok, CAUSE["pruned"]
             what = r_tok is not None and topk_mismatch(r_tok, r_lp, c_tok, c_lp, atol)
             if what:
-                return f"main_top5.{what}", node, (r_tok, r_lp), (c_tok, c_lp), main_cause(node)
+                return f"main_top5.{what}", node, (r_tok, r_lp), (c_tok, c_lp), main_cause(ref["call"], node)
     if ref["path"] != cand["path"]:
-        if not has_argmax:
-            cause = CAUSE["path_unknown"]
-        else:
-            shorter = len(cand["path"]) < len(ref["path"]) and ref["path"][:len(cand["path"])] == cand["path"]
-            cause = CAUSE["path_shorter" if shorter else "path_other"]
+        shorter = len(cand["path"]) < len(ref["path"]) and ref["path"][:len(cand["path"])] == cand["path"]
+        cause = CAUSE["path_unknown" if not has_argmax else "path_shorter" if shorter else "path_other"]
         return "path", None, ref["path"], cand["path"], cause
     if ref["committed"] != cand["committed"]:
         bonus = cand["committed"] == ref["committed"][:-1]
@@ -448,11 +469,8 @@ def compare_traces(reference: str, candidate: str, atol: float = LOGPROB_ATOL
 
 
 def compare_command(reference: str, candidate: str, atol: float) -> int:
-    try:
-        divergence, skipped, notes = compare_traces(reference, candidate, atol)
-    except TraceError as e:
-        print(f"error: {e}")
-        return 2
+    """Print the comparison; exit status 0 when the candidate agrees, 1 at a divergence."""
+    divergence, skipped, notes = compare_traces(reference, candidate, atol)
     _, _, r_calls = read_trace(reference)
     for note in notes:
         print(f"note: {note}")
@@ -487,7 +505,8 @@ def accounting(output: list[int], lengths: list[int], gamma: int) -> tuple[list[
         return [a + 1 for a in lengths], ("the bonus/root token is not counted: METHOD.md counts it in every "
                                           "decode call; added 1 to each")
     if s == n - 1:
-        return None, f"a call commits 1..γ+1 = 1..{gamma + 1} tokens; got {[a for a in lengths if not 1 <= a <= gamma + 1][:5]}"
+        bad = [a for a in lengths if not 1 <= a <= gamma + 1]
+        return None, f"a decode call commits 1..γ+1 = 1..{gamma + 1} tokens; got {bad[:5]}"
     return None, (f"accept_lengths sum to {s}, but the {n} output tokens need {n - 1} after the prefill's first "
                   f"token: the lists do not account for the output")
 
@@ -597,8 +616,10 @@ def minimal_records(model, prompt_id: str, steps: list, k: int) -> list[dict]:
         node_lp = torch.stack([logprobs[r, len(p) - 1] for r, p in zip(rows, paths)])  # (n, V)
         tokens, lps = topk_lists(node_lp, TOP)
         record = dict(type="call", prompt=prompt_id, call=call, cache_len=len(context),
-                      tree=dict(tokens=[p[-1] for p in paths], parents=[index.get(tuple(p[:-1]), -1) for p in paths],
-                                depths=[len(p) - 1 for p in paths], positions=[len(context) + len(p) - 1 for p in paths]),
+                      tree=dict(tokens=[p[-1] for p in paths],
+                                parents=[index.get(tuple(p[:-1]), -1) for p in paths],
+                                depths=[len(p) - 1 for p in paths],
+                                positions=[len(context) + len(p) - 1 for p in paths]),
                       draft_topk=None, main_argmax=node_lp.argmax(-1).tolist(),
                       main_top5=dict(tokens=tokens, logprobs=lps),
                       path=[index[tuple(accepted[:d + 1])] for d in range(len(accepted))], committed=committed)
@@ -624,7 +645,8 @@ def minimal_trace(model_dir: str, prompts_path: str, out: str, k: int = 1, answe
         records.append(dict(type="prompt", prompt=p["id"], prompt_ids=p["prompt_ids"],
                             max_new_tokens=p["max_new_tokens"], eos_id=p.get("eos_id")))
         records += minimal_records(model, p["id"], steps, k)
-        answer_records.append(dict(prompt_id=p["id"], output_ids=tokens, accept_lengths=[len(c) for c in committed[1:]]))
+        answer_records.append(dict(prompt_id=p["id"], output_ids=tokens,
+                                   accept_lengths=[len(c) for c in committed[1:]]))
     write_jsonl(out, records)
     if answers:
         write_jsonl(answers, answer_records)
@@ -704,10 +726,21 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--work-dir", default="checkpoints/reference", help="training checkpoints (resumed if present)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
+    try:
+        return run_command(args)
+    except (ValueError, FileNotFoundError) as e:  # TraceError included: bad input, named with its fix
+        print(f"error: {e}")
+        return 2
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """Run one subcommand; returns the exit status."""
     if args.command == "export":
         print(f"wrote {export(args.checkpoint, args.out_dir, args.toy_vocabulary)}")
     elif args.command == "trace":
-        print(f"wrote {trace(args.model, args.prompts, args.out, args.k, args.tree_cap, args.prune_threshold, args.gamma, args.stream_pass, args.dtype)}")
+        out = trace(args.model, args.prompts, args.out, args.k, args.tree_cap, args.prune_threshold, args.gamma,
+                    args.stream_pass, args.dtype)
+        print(f"wrote {out}")
     elif args.command == "compare":
         return compare_command(args.reference, args.candidate, args.atol)
     elif args.command == "outputs":
