@@ -1,5 +1,6 @@
 """Data-parallel training (train.train_stage under torch.distributed, gloo on CPU): two processes that share each
 batch take the same steps as one process; a process group of one changes nothing; `torchrun` runs train_task.py."""
+import datetime
 import os
 import shutil
 import subprocess
@@ -22,8 +23,8 @@ pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_avai
 # No dropout, and every sequence of a batch has as many valid targets, so the mean of the ranks' mean losses is the
 # mean over the whole batch: N processes must then match one process up to float rounding. Streams on half of the
 # positions (drawn from the whole batch: the same rows on every rank).
-CONFIG = GPTConfig(vocab_size=len(ToyData(10, seed=0).words),
-                   block_size=32, n_layer=2, n_head=2, n_embd=16, n_streams=2, n_msa_layers=1, dropout=0.0)
+CONFIG = GPTConfig(vocab_size=len(ToyData(10, seed=0).words), block_size=32, n_layer=2, n_head=2, n_embd=16,
+                   n_streams=2, n_msa_layers=1, dropout=0.0)
 STAGE = StageConfig("ddp", steps=12, lr=1e-2, save_every=5, seed=3, stream_fraction=0.5)
 
 
@@ -42,7 +43,8 @@ def train_once(ckpt: str):
 def worker(rank: int, world: int, folder: str):
     """One rank: train, save what it got, and check the error for a batch that does not split over the ranks."""
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{folder}/rendezvous", rank=rank, world_size=world)
+    dist.init_process_group("gloo", init_method=f"file://{folder}/rendezvous", rank=rank, world_size=world,
+                            timeout=datetime.timedelta(seconds=60))  # a failed rank must not hang the other
     try:
         torch.manual_seed(rank)  # ranks start from different weights on purpose: train_stage takes rank 0's
         model = GPT(CONFIG)
@@ -59,8 +61,8 @@ def worker(rank: int, world: int, folder: str):
 
 def test_two_ranks_take_the_steps_of_one_process(tmp_path):
     single, single_history = train_once(str(tmp_path / "single.pt"))
-    # fork: no second import of torch (seconds per process); the workers use one thread, as DataLoader's do.
-    workers = mp.start_processes(worker, args=(2, str(tmp_path)), nprocs=2, start_method="fork", join=False)
+    # spawn, not fork: a fork after this process ran autograd (any earlier test) can break the child's backward
+    workers = mp.start_processes(worker, args=(2, str(tmp_path)), nprocs=2, start_method="spawn", join=False)
     deadline = time.time() + 120
     while not workers.join(timeout=1):
         if time.time() > deadline:
@@ -75,7 +77,7 @@ def test_two_ranks_take_the_steps_of_one_process(tmp_path):
     assert ranks[0]["history"]["step"] == single_history["step"]
     torch.testing.assert_close(ranks[0]["history"]["loss"], single_history["loss"], rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(ranks[0]["history"]["stream_acc"], single_history["stream_acc"])
-    saved = torch.load(tmp_path / "stage.pt")  # written by rank 0 only, with the final weights
+    saved = torch.load(tmp_path / "stage.pt")  # the checkpoint (rank 0 writes it) holds the final weights
     assert saved["done"] and all(torch.equal(saved["model"][k], ranks[0]["model"][k]) for k in single)
     for r in ranks:
         assert "a batch of 3 sequences does not split over 2 processes" in r["error"]
