@@ -36,7 +36,6 @@ TIE_BREAKING = ("argmax: the lowest token id among exact ties (torch.argmax); to
                 "descending; entries within the tolerance of each other count as ties in compare; capped trees: "
                 "the `cap` nodes of highest path probability, ties broken by breadth-first index")
 REQUIRED = ("prompt", "call", "tree.tokens", "tree.parents", "path", "committed")
-OPTIONAL = ("cache_len", "tree.depths", "tree.positions", "draft_topk", "early_exit", "main_argmax", "main_top5")
 
 # ------------------------------------------------------------------------------------------------------------
 # export: portable weights
@@ -181,7 +180,9 @@ def trace_prompt(model: GPT, prompt: dict, settings: dict) -> list[dict]:
                                   k=settings["k"], tree_cap=settings["tree_cap"],
                                   prune_threshold=settings["prune_threshold"], eos_id=prompt.get("eos_id"),
                                   trace=True, stream_pass=settings["stream_pass"])
-    steps = [result.prefill_trace] + result.trace if result.prefill_trace is not None else []
+    if result.prefill_trace is None:  # max_new_tokens = 0: no call at all
+        return []
+    steps = [result.prefill_trace] + result.trace
     return [call_record(prompt["id"], i, step) for i, step in enumerate(steps)]
 
 
