@@ -311,7 +311,10 @@ CAUSE = dict(
                  "the tree construction",
     positions="positions differ: position = cache length + depth (the root sits at the cache length)",
     early_exit="early-exit probabilities differ: z~ = lm_head(ln_f(h + up(down(h)))) at the input of block N-N_s, "
-               "computed with the tree mask; a node's value is its token's probability under its parent's z~",
+               "computed with the tree mask; a node's value is its token's probability under its parent's z~. If "
+               "they agreed in earlier calls, the lower layers see another cache: the pruned nodes' lower-layer "
+               "keys/values must be dropped before the MSA layers, and every layer must keep exactly the accepted "
+               "path's entries",
     survivors="survivors differ with equal early-exit probabilities: a node is dropped with its subtree when its "
               "probability at its parent is below the threshold; the root is never pruned",
     pruned="a node is pruned (null) in one run only: a node is dropped with its subtree when its token's "

@@ -3,6 +3,7 @@ import dataclasses
 import json
 import math
 import os
+from typing import Callable, NamedTuple
 
 import pytest
 import torch
@@ -201,30 +202,65 @@ def own_argmax_path(r):
     return path
 
 
-BUGS = {  # name: (object, attribute, wrong version, field prefix, words of the cause, call where it must show)
-    "stream sees later streams": (model_module.CausalSelfAttention, "stream_attention",
-                                  stream_attention_sees_all_streams, "draft_topk", "streams 1..j", lambda calls: 1),
-    "positions off by one": (generate, "position_ids", positions_off_by_one, "tree.positions",
-                             "position = cache length + depth", lambda calls: 1),
-    "cache not compacted": (model_module.KVCache, "commit", commit_without_compaction, "main_", "cache compaction",
-                            lambda calls: 1 + first_call(calls, lambda r: r["path"] != list(range(len(r["path"]))))),
-    "verification at the child": (generate, "verify_greedy", verify_with_own_argmax, "path", "argmax at its parent",
-                                  lambda calls: first_call(calls, lambda r: own_argmax_path(r) != r["path"])),
-    "bonus token dropped": (generate, "commit_tokens", commit_tokens_without_bonus, "committed", "bonus token",
-                            lambda calls: first_call(calls, lambda r: len(r["path"]) > 1)),
+def select_pending_keeps_pruned_entries(self, keep, layers):
+    """Bug: pruning leaves the pruned nodes' lower-layer keys/values in the cache (compaction still works)."""
+    if len(layers) == len(self.k):
+        REAL_SELECT_PENDING(self, keep, layers)
+
+
+REAL_SELECT_PENDING = model_module.KVCache.select_pending
+
+
+def path_moved_by_pruning(r):
+    """The accepted path holds a node whose lower-layer entry pruning had to move (a node before it was pruned)."""
+    survivors = r["early_exit"]["survivors"] if r["early_exit"] else []
+    return any(survivors.index(node) != node for node in r["path"] if survivors)
+
+
+class Bug(NamedTuple):
+    owner: object          # where the wrong version goes
+    attribute: str
+    wrong: Callable
+    field: str             # compare must name a field starting with this
+    cause: str             # ... and a likely cause containing these words
+    expected_call: Callable  # the correct trace's call records of prompt p0 -> the call where the bug first shows
+    pruned: bool = False   # run with the pruned settings (k = 3, cap 10, threshold 0.05) instead of k = 2
+
+
+BUGS = {
+    "stream sees later streams": Bug(model_module.CausalSelfAttention, "stream_attention",
+                                     stream_attention_sees_all_streams, "draft_topk", "streams 1..j", lambda c: 1),
+    "positions off by one": Bug(generate, "position_ids", positions_off_by_one, "tree.positions",
+                                "position = cache length + depth", lambda c: 1),
+    "cache not compacted": Bug(model_module.KVCache, "commit", commit_without_compaction, "main_", "cache compaction",
+                               lambda c: 1 + first_call(c, lambda r: r["path"] != list(range(len(r["path"]))))),
+    "verification at the child": Bug(generate, "verify_greedy", verify_with_own_argmax, "path", "argmax at its parent",
+                                     lambda c: first_call(c, lambda r: own_argmax_path(r) != r["path"])),
+    "bonus token dropped": Bug(generate, "commit_tokens", commit_tokens_without_bonus, "committed", "bonus token",
+                               lambda c: first_call(c, lambda r: len(r["path"]) > 1)),
+    "pruned entries kept": Bug(model_module.KVCache, "select_pending", select_pending_keeps_pruned_entries,
+                               "early_exit.probs", "pruned nodes' lower-layer",
+                               lambda c: 1 + first_call(c, path_moved_by_pruning), pruned=True),
 }
+PRUNED = dict(k=3, tree_cap=10, prune_threshold=0.05)
 
 
-@pytest.mark.parametrize("bug", sorted(BUGS))
-def test_compare_catches_the_bug(bug, good_trace, small_prompts, tmp_path, monkeypatch):
-    owner, attribute, wrong, field, cause, expected_call = BUGS[bug]
-    monkeypatch.setattr(owner, attribute, wrong)
-    bad = validate.trace(REF_MODEL, small_prompts, str(tmp_path / "bad.jsonl"), k=2)
-    divergence, _, _ = validate.compare_traces(good_trace, bad)
-    first_prompt = [r for r in calls_of(good_trace) if r["prompt"] == divergence.prompt]
+@pytest.fixture(scope="module")
+def pruned_trace(small_prompts, tmp_path_factory):
+    """The correct trace of the small prompts with pruning."""
+    return validate.trace(REF_MODEL, small_prompts, str(tmp_path_factory.mktemp("pruned") / "good.jsonl"), **PRUNED)
+
+
+@pytest.mark.parametrize("name", sorted(BUGS))
+def test_compare_catches_the_bug(name, good_trace, pruned_trace, small_prompts, tmp_path, monkeypatch):
+    bug = BUGS[name]
+    good, settings = (pruned_trace, PRUNED) if bug.pruned else (good_trace, dict(k=2))
+    monkeypatch.setattr(bug.owner, bug.attribute, bug.wrong)
+    bad = validate.trace(REF_MODEL, small_prompts, str(tmp_path / "bad.jsonl"), **settings)
+    divergence, _, _ = validate.compare_traces(good, bad)
     assert divergence.prompt == "p0"
-    assert divergence.call == expected_call(first_prompt), str(divergence)
-    assert divergence.field.startswith(field) and cause in divergence.cause, str(divergence)
+    assert divergence.call == bug.expected_call([r for r in calls_of(good) if r["prompt"] == "p0"]), str(divergence)
+    assert divergence.field.startswith(bug.field) and bug.cause in divergence.cause, str(divergence)
 
 
 # ---- compare: tolerances, optional fields, exit status ----
