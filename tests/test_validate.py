@@ -338,3 +338,33 @@ def test_a_float32_run_is_within_the_tolerance(good_trace, small_prompts, tmp_pa
     divergence, _, notes = validate.compare_traces(good_trace, out)
     assert divergence is None and any("float32" in n for n in notes)
     assert validate.compare_traces(good_trace, out, atol=1e-9)[0] is not None  # yet float32 is not float64
+
+
+def test_accounting_recognises_the_usual_mistakes():
+    out, gamma = list(range(10)), 4  # 10 tokens: the prefill's first one, then 9 from decode calls
+    assert validate.accounting(out, [3, 5, 1], gamma) == ([3, 5, 1], None)
+    lengths, problem = validate.accounting(out, [1, 3, 5, 1], gamma)
+    assert lengths == [3, 5, 1] and "prefill" in problem
+    lengths, problem = validate.accounting(out, [4, 6, 2], gamma)
+    assert lengths == [3, 5, 1] and "counted twice" in problem
+    lengths, problem = validate.accounting(out, [2, 4, 0], gamma)
+    assert lengths == [3, 5, 1] and "not counted" in problem
+    assert validate.accounting(out, [6, 2, 1], gamma)[0] is None  # 6 > γ + 1
+    assert validate.accounting(out, [3, 3], gamma)[0] is None     # adds up to nothing recognisable
+    m = validate.metrics([3, 5, 1], len(out), gamma, max_new_tokens=10)
+    assert m["calls"] == 4 and m["cr"] == 10 / 4 and m["tokens_per_call"] == 3
+    # drafted depths min(γ, 10 - committed - 1): 4 (2 accepted: depths 1-3 attempted), 4 (4 accepted), 0
+    assert m["attempted"] == [2, 2, 2, 1] and m["accepted"] == [2, 2, 1, 1]
+
+
+def test_reference_command_runs_end_to_end(tmp_path, monkeypatch):
+    """`python validate.py reference`, with a few training steps: trains, exports, writes prompts and traces."""
+    quick = ["--pretrain-steps", "2", "--ss-steps", "2", "--prune-steps", "2", "--n-stories", "40"]
+    monkeypatch.setattr(validate, "REFERENCE_TRAINING", validate.REFERENCE_TRAINING + quick)
+    out = str(tmp_path / "ref")
+    validate.make_reference(out, str(tmp_path / "work"), n_prompts=2, max_new_tokens=6)
+    assert GPT.from_pretrained_dir(f"{out}/model").config.n_streams == 4
+    assert len(validate.read_prompts(f"{out}/prompts.jsonl")) == 2
+    for name in validate.REFERENCE_TRACES:
+        head, prompts, calls = validate.read_trace(f"{out}/{name}")
+        assert head["model_sha256"] == validate.model_hash(f"{out}/model") and set(calls) == {"p0", "p1"}
