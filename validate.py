@@ -340,6 +340,8 @@ CAUSE = dict(
           "accepted node (the new root, also called the bonus token)",
     committed="committed = the tokens of path[1:] + the main argmax at path[-1] (prefill: that argmax alone), cut "
               "after EOS and at max_new_tokens; each token is committed once",
+    call_index="call records must be numbered 0, 1, 2, ... per prompt, call 0 being the prefill (the prompt as a "
+               "chain), with no call left out",
     calls_fewer="the candidate made fewer calls: it stopped early (EOS kept and then stop; stop exactly at "
                 "max_new_tokens)",
     calls_more="the candidate made more calls: it did not stop at EOS or at max_new_tokens",
@@ -459,6 +461,9 @@ def compare_traces(reference: str, candidate: str, atol: float = LOGPROB_ATOL
             return Divergence(pid, None, "calls", None, f"{len(ref_calls)} calls", "no calls",
                               "the candidate has no records for this prompt"), sorted(skipped), notes
         for ref, cand in zip(ref_calls, cand_calls):
+            if ref["call"] != cand["call"]:
+                return Divergence(pid, ref["call"], "call", None, ref["call"], cand["call"], CAUSE["call_index"]), \
+                    sorted(skipped), notes
             found = compare_call(ref, cand, atol, skipped)
             if found:
                 return Divergence(pid, ref["call"], *found), sorted(skipped), notes

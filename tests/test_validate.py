@@ -368,3 +368,10 @@ def test_reference_command_runs_end_to_end(tmp_path, monkeypatch):
     for name in validate.REFERENCE_TRACES:
         head, prompts, calls = validate.read_trace(f"{out}/{name}")
         assert head["model_sha256"] == validate.model_hash(f"{out}/model") and set(calls) == {"p0", "p1"}
+
+
+def test_compare_needs_the_prefill_record(good_trace, tmp_path):
+    records = [r for r in read(good_trace) if not (r["type"] == "call" and r["call"] == 0)]
+    validate.write_jsonl(str(tmp_path / "no_prefill.jsonl"), records)
+    divergence, _, _ = validate.compare_traces(good_trace, str(tmp_path / "no_prefill.jsonl"))
+    assert (divergence.call, divergence.field) == (0, "call") and "prefill" in divergence.cause
