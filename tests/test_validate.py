@@ -258,9 +258,21 @@ def test_compare_catches_the_bug(name, good_trace, pruned_trace, small_prompts, 
     monkeypatch.setattr(bug.owner, bug.attribute, bug.wrong)
     bad = validate.trace(REF_MODEL, small_prompts, str(tmp_path / "bad.jsonl"), **settings)
     divergence, _, _ = validate.compare_traces(good, bad)
-    assert divergence.prompt == "p0"
-    assert divergence.call == bug.expected_call([r for r in calls_of(good) if r["prompt"] == "p0"]), str(divergence)
+    expected_call = bug.expected_call([r for r in calls_of(good) if r["prompt"] == "p0"])
+    assert (divergence.prompt, divergence.call) == ("p0", expected_call), str(divergence)
     assert divergence.field.startswith(bug.field) and bug.cause in divergence.cause, str(divergence)
+    # a trace with the required fields only still catches it, at that call or later (maybe in a later prompt)
+    validate.write_jsonl(str(tmp_path / "required.jsonl"), [required_fields_only(r) for r in read(bad)])
+    late, skipped, _ = validate.compare_traces(good, str(tmp_path / "required.jsonl"))
+    assert late is not None and (late.prompt != "p0" or late.call >= expected_call) and "main_top5" in skipped
+
+
+def required_fields_only(record: dict) -> dict:
+    if record["type"] != "call":
+        return record
+    tree = dict(tokens=record["tree"]["tokens"], parents=record["tree"]["parents"])
+    return dict(type="call", prompt=record["prompt"], call=record["call"], tree=tree, path=record["path"],
+                committed=record["committed"])
 
 
 # ---- compare: tolerances, optional fields, exit status ----
