@@ -727,14 +727,14 @@ def write_batch(rows: list[dict], out: str, name: str, header: str):
         f.write("\n".join(lines) + "\n")
     decoders = list(dict.fromkeys(r["decoder"] for r in rows))
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
-    for d in decoders:
+    for i, d in enumerate(decoders):  # one colour per decoder in both panels
         rs = [r for r in rows if r["decoder"] == d]
         sizes = [r["batch"] for r in rs]
-        ax1.plot(sizes, [r["tokens_per_s"] for r in rs], "o-", label=d)
+        ax1.plot(sizes, [r["tokens_per_s"] for r in rs], "o-", color=f"C{i}", label=d)
         if d != "ar":
-            line, = ax2.plot(sizes, [r["speedup"] for r in rs], "o-", label=f"{d}: speedup")
+            ax2.plot(sizes, [r["speedup"] for r in rs], "o-", color=f"C{i}", label=f"{d}: speedup")
             if d.endswith(f"({PASSES[0]})"):  # CR is the same for both passes: draw it once per setting
-                ax2.plot(sizes, [r["cr_batch"] for r in rs], "x--", color=line.get_color(),
+                ax2.plot(sizes, [r["cr_batch"] for r in rs], "x--", color=f"C{i}",
                          label=d.removesuffix(f" ({PASSES[0]})") + ": CR of the batch")
     for ax in (ax1, ax2):
         ax.set_xscale("log", base=2), ax.set_xticks(sizes, [str(b) for b in sizes]), ax.set_xlabel("batch size")
