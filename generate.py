@@ -480,7 +480,8 @@ def prefill_rows(model: GPT, prompts: list[list[int]], max_new_tokens: int, max_
     h = model.lower(model.embed(idx, torch.arange(P, device=p.device)), mask, cache)
     main, _ = model.upper(h, mask, cache, n_streams=0)
     cache.commit_rows([list(range(len(prompt))) for prompt in prompts])
-    rows, last = torch.arange(B, device=p.device), torch.tensor([len(prompt) - 1 for prompt in prompts], device=p.device)
+    rows = torch.arange(B, device=p.device)
+    last = torch.tensor([len(prompt) - 1 for prompt in prompts], device=p.device)  # each row's last prompt token
     return cache, h[rows, last], model.lm_head(main[rows, last])
 
 
