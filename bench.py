@@ -10,6 +10,8 @@ over the KV-cached greedy loop. Never a test: run it yourself and read the table
     python bench.py params         # parameter accounting: SS vs 4 Medusa heads, toy to 7B-sized configs
     python bench.py batch          # batched AR vs batched SS, tokens/s for batch 1..16 (toy; E2E if trained);
                                    # writes results/batch/
+    python bench.py sampling       # T > 0: tokens/call and acceptance vs temperature (lossless recursive rule and
+                                   # the two lossy ones), distribution test drawn; writes results/sampling/
     python bench.py toy            # the γ study: acceptance vs γ, speedup and CR vs γ per k, speedup vs tree
                                    # size with and without pruning; writes results/toy/ (JSON, Markdown, PNGs)
 
@@ -778,9 +780,154 @@ def run_batch(args):
         write_batch(rows, os.path.join(args.results_dir, "batch"), f"{name}_{args.device.split(':')[0]}", header)
 
 
+# ---------------------------------------------------------------------------------------------------------
+# Sampling (T > 0): acceptance vs temperature, and the distribution test (issue 15)
+# ---------------------------------------------------------------------------------------------------------
+
+TEMPERATURES = (0.0, 0.5, 0.7, 1.0)
+RULES = ("recursive", "per_path_lossy", "typical_lossy")  # tree.ACCEPTANCE_RULES; only "recursive" is lossless
+
+
+def distribution_test(samples: list[tuple[int, ...]], exact: torch.Tensor, alpha: float = 1e-3) -> dict:
+    """Samples of m-token sequences against their exact distribution `exact` (V,)*m: chi-square p-value (cells
+    with an expected count < 5 pooled into one), total-variation distance, and TV's sampling bound at level
+    alpha (Jensen: E TV <= 1/2 sum sqrt(p(1-p)/n); McDiarmid: + sqrt(ln(1/alpha)/2n))."""
+    from scipy import stats  # a test / bench dependency only
+    n, p = len(samples), exact.flatten().double()
+    flat = torch.tensor([sum(t * exact.size(0) ** (len(s) - 1 - i) for i, t in enumerate(s)) for s in samples])
+    counts = torch.bincount(flat, minlength=p.numel()).double()
+    expected, big = p * n, p * n >= 5
+    observed, expected_pooled = torch.cat([counts[big], counts[~big].sum()[None]]), torch.cat([expected[big], expected[~big].sum()[None]])
+    if expected_pooled[-1] == 0:  # nothing to pool
+        observed, expected_pooled = observed[:-1], expected_pooled[:-1]
+    chi2 = stats.chisquare(observed.numpy(), expected_pooled.numpy())
+    tv = 0.5 * (counts / n - p).abs().sum().item()
+    bound = 0.5 * (p * (1 - p) / n).sqrt().sum().item() + (torch.log(torch.tensor(1 / alpha)) / (2 * n)).sqrt().item()
+    return dict(n=n, chi2=float(chi2.statistic), p_value=float(chi2.pvalue), tv=tv, tv_bound=bound,
+                impossible=int(counts[p == 0].sum()), frequencies=counts / n)
+
+
+def first_tokens_distribution(model: GPT, prompt: list[int], temperature: float, top_k=None, top_p=None) -> torch.Tensor:
+    """The model's exact distribution of its first 3 sampled tokens after `prompt`, by enumeration: (V, V, V)."""
+    from tree import sampling_probs
+    V, P, device = model.config.vocab_size, len(prompt), next(model.parameters()).device
+    x12 = torch.cartesian_prod(torch.arange(V), torch.arange(V)).to(device)  # (V*V, 2)
+    idx = torch.cat([torch.tensor(prompt, device=device).expand(V * V, -1), x12], dim=1)
+    with torch.inference_mode():
+        logits = torch.cat([model(chunk).logits[:, P - 1:] for chunk in idx.split(512)])  # (V*V, 3, V)
+    probs = sampling_probs(logits.cpu(), temperature, top_k, top_p)
+    return probs[0, 0][:, None, None] * probs[::V, 1][:, :, None] * probs[:, 2].view(V, V, V)
+
+
+def sampling_sweep(model: GPT, prompts: list[list[int]], max_new: int, eos: int | None, gamma: int, k: int,
+                   tree_cap: int | None, seed: int, progress: bool = True) -> list[dict]:
+    """Tokens per call, CR and acceptance per depth for every temperature (and, at T > 0, every acceptance rule).
+    CR = calls of plain decoding of the same output (one per token) / calls of the method."""
+    rows = []
+    for T in TEMPERATURES:
+        for rule in RULES if T > 0 else RULES[:1]:
+            g = torch.Generator().manual_seed(seed)
+            rs = [generate_speculative(model, p, max_new, gamma=gamma, k=k, tree_cap=tree_cap, eos_id=eos,
+                                       temperature=T, generator=g, acceptance=rule)
+                  for p in tqdm(prompts, desc=f"T={T} {rule}", leave=False, disable=not progress)]
+            calls = [n for r in rs for n in r.accepted_lengths]
+            attempted = [sum(r.depth_attempted[j] for r in rs) for j in range(gamma)]
+            accepted = [sum(r.depth_accepted[j] for r in rs) for j in range(gamma)]
+            rows.append(dict(temperature=T, acceptance=rule if T > 0 else "greedy", tokens_per_call=sum(calls) / len(calls),
+                             cr_ratio=sum(len(r.tokens) for r in rs) / sum(r.forward_calls for r in rs),
+                             depth_acceptance=[a / t if t else None for a, t in zip(accepted, attempted)]))
+    return rows
+
+
+def plot_sampling(rows: list[dict], tests: dict, exact: torch.Tensor, out: str, title: str):
+    """results/sampling/<title>_{acceptance,distribution}.png."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
+    for rule, style in zip(RULES, ("o-", "s--", "^:")):
+        rs = [r for r in rows if r["acceptance"] in (rule, "greedy")]
+        ax1.plot([r["temperature"] for r in rs], [r["tokens_per_call"] for r in rs], style,
+                 label=rule + ("" if rule == "recursive" else " (LOSSY)"))
+    ax1.set_xlabel("temperature"), ax1.set_ylabel("tokens per call (root included)"), ax1.legend(fontsize=7)
+    for r in [r for r in rows if r["acceptance"] in ("recursive", "greedy")]:
+        acc = [a for a in r["depth_acceptance"] if a is not None]
+        ax2.plot(range(1, len(acc) + 1), acc, "o-", label=f"T={r['temperature']}")
+    ax2.set_xlabel("depth j"), ax2.set_ylabel("acceptance P(depth j | depth j-1)"), ax2.set_ylim(0, 1.02)
+    ax2.set_xticks(range(1, len(rows[0]["depth_acceptance"]) + 1))
+    ax2.legend(fontsize=7), ax2.set_title("recursive rejection (lossless)", fontsize=9)
+    ax1.set_title(f"{title}: tokens per call vs temperature", fontsize=9)
+    for ax in (ax1, ax2):
+        ax.grid(alpha=0.3)
+    fig.tight_layout(), fig.savefig(os.path.join(out, f"{title}_acceptance.png"), dpi=120), plt.close(fig)
+
+    top = exact.flatten().argsort(descending=True)[:30]
+    fig, ax = plt.subplots(figsize=(11, 3.8))
+    ax.bar(range(len(top)), exact.flatten()[top], color="lightgray", label="target (exact, by enumeration)")
+    for (rule, t), marker in zip(tests.items(), ("o", "x", "^")):
+        ax.plot(range(len(top)), t["frequencies"][top], marker, ms=5, ls="none",
+                label=f"{rule}{'' if rule == 'recursive' else ' (LOSSY)'}: TV {t['tv']:.3f} (bound {t['tv_bound']:.3f}), "
+                      f"chi-square p = {t['p_value']:.2g}")
+    ax.set_xlabel("the 30 most probable (x1, x2, x3) of the target"), ax.set_ylabel("probability / frequency")
+    ax.set_title(f"{title}: distribution test, first 3 sampled tokens, {next(iter(tests.values()))['n']} samples "
+                 "per rule", fontsize=9)
+    ax.legend(fontsize=7), ax.grid(alpha=0.3, axis="y")
+    fig.tight_layout(), fig.savefig(os.path.join(out, f"{title}_distribution.png"), dpi=120), plt.close(fig)
+
+
+def run_sampling(args):
+    """Speculative sampling: tokens per call, CR and acceptance per depth vs temperature (greedy, then recursive
+    rejection and the two lossy rules), and the distribution test of the first 3 tokens (toy, E2E if present)."""
+    model, data, prompts = load_toy(args)
+    models = {"toy": (model, prompts, data.eos_id, [data.eos_id])}
+    e2e = os.path.join(args.task_dir, "e2e_ss_pruned.pt")
+    if os.path.exists(e2e):
+        from data import EOS, CompactVocab, load_task, prompt_ids
+        m = load_model(e2e, args.device)
+        vocab = CompactVocab.from_dict(torch.load(e2e, weights_only=True)["vocabulary"])
+        examples = load_task("e2e", "test", args.data_dir)[:args.prompts]
+        e2e_prompts = [prompt_ids(vocab, ex, m.config.block_size - args.max_new_tokens + 1) for ex in examples]
+        models["e2e"] = (m, e2e_prompts, EOS, e2e_prompts[0])
+    else:
+        print(f"E2E skipped: {e2e} not found (train it with `python train_task.py --task e2e`, or run "
+              "`python bench.py sampling` where the checkpoint is)")
+    out = os.path.join(args.results_dir, "sampling")
+    os.makedirs(out, exist_ok=True)
+    results = {}
+    for name, (m, task_prompts, eos, test_prompt) in models.items():
+        gamma = min(args.sampling_gamma, m.config.n_drafts)
+        print(f"{name}: {len(task_prompts)} prompts, up to {args.max_new_tokens} new tokens, γ={gamma}, "
+              f"k={args.sampling_k}, cap {args.sampling_cap}; tokens per call count the root/bonus token")
+        rows = sampling_sweep(m, task_prompts, args.max_new_tokens, eos, gamma, args.sampling_k, args.sampling_cap,
+                              args.seed)
+        for r in rows:
+            print(f"  T={r['temperature']:<4} {r['acceptance']:<15} tokens/call {r['tokens_per_call']:.2f}  CR "
+                  f"{r['cr_ratio']:.2f}  acceptance " + " ".join(fmt(a) for a in r["depth_acceptance"]))
+        T = 1.0
+        exact = first_tokens_distribution(m, test_prompt, T)
+        tests = {}
+        for rule in RULES:
+            g = torch.Generator().manual_seed(args.seed)
+            samples = [tuple(generate_speculative(m, test_prompt, 4, gamma=min(gamma, 2), k=args.sampling_k,
+                                                  temperature=T, generator=g, acceptance=rule).tokens[:3])
+                       for _ in tqdm(range(args.dist_samples), desc=f"distribution test: {rule}", leave=False)]
+            tests[rule] = distribution_test(samples, exact)
+            print(f"  distribution of the first 3 tokens at T={T}, {rule}: TV {tests[rule]['tv']:.3f} (sampling "
+                  f"bound {tests[rule]['tv_bound']:.3f}), chi-square p = {tests[rule]['p_value']:.3g}")
+        plot_sampling(rows, tests, exact, out, name)
+        results[name] = dict(gamma=gamma, k=args.sampling_k, tree_cap=args.sampling_cap, prompts=len(task_prompts),
+                             max_new_tokens=args.max_new_tokens, sweep=rows, distribution_test=dict(
+                                 temperature=T, prompt=test_prompt, gamma=min(gamma, 2), k=args.sampling_k,
+                                 **{r: {k: v for k, v in t.items() if k != "frequencies"} for r, t in tests.items()}))
+    with open(os.path.join(out, "results.json"), "w") as f:
+        json.dump(results, f, indent=1)
+    print(f"wrote {out}/results.json and plots")
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("what", choices=["speed", "toy", "params", "rows", "task", "baselines", "draftcost", "batch"],
+    p.add_argument("what", choices=["speed", "toy", "params", "rows", "task", "baselines", "draftcost", "batch",
+                                    "sampling"],
                    help="which benchmark")
     p.add_argument("--toy-dir", default="checkpoints/toy", help="train_toy.py's --out-dir")
     p.add_argument("--toy-gamma", type=int, default=6, help="γ of the toy checkpoint to load")
@@ -806,10 +953,16 @@ def main(argv=None):
     p.add_argument("--gamma-params", type=int, default=4, help="`params`: γ of the accounting table")
     p.add_argument("--separate", type=int, nargs="*", default=[2, 4], help="`toy`: γ of separately trained models")
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 2, 4, 8, 16], help="`batch`: batch sizes")
+    p.add_argument("--sampling-gamma", type=int, default=4, help="`sampling`: γ of the temperature sweep")
+    p.add_argument("--sampling-k", type=int, default=2, help="`sampling`: sampled siblings per node")
+    p.add_argument("--sampling-cap", type=int, default=16, help="`sampling`: node cap of the sweep's trees")
+    p.add_argument("--dist-samples", type=int, default=2000,
+                   help="`sampling`: samples per acceptance rule in the distribution test")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     {"speed": run_speed, "toy": run_toy, "params": run_params, "rows": run_rows, "task": run_task,
-     "baselines": run_baselines, "draftcost": run_draft_cost, "batch": run_batch}[args.what](args)
+     "baselines": run_baselines, "draftcost": run_draft_cost, "batch": run_batch,
+     "sampling": run_sampling}[args.what](args)
 
 
 if __name__ == "__main__":
