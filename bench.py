@@ -407,7 +407,7 @@ def comparison_markdown(rows: list[dict], extra: dict[str, int], quality: dict[s
     """Tables in the layout of the paper's Table 1 (speedup, CR, quality, extra parameters) and Table 2 (target
     and draft calls), then every setting."""
     metric_names = list(next(iter(quality.values()))) if quality else []
-    q = lambda model: " | ".join(f"{quality[model][m]:.2f}" for m in metric_names) + (" | " if metric_names else "")
+    q = lambda model: " | ".join(fmt(quality[model][m]) for m in metric_names) + (" | " if metric_names else "")
     quality_of = dict(ss="ss", medusa="medusa", **{"two-model": "target", "prompt lookup": "target"})
     lines = ["## Side by side (layout of the paper's Table 1)\n",
              "| method | setting | speedup | CR | " + "".join(f"{m} | " for m in metric_names) + "extra parameters |",
@@ -472,9 +472,6 @@ def plot_comparison(rows: list[dict], out: str, title: str):
            title=f"{title}: per-depth acceptance, k = 1")
     ax.legend(fontsize=8)
     fig.tight_layout(), fig.savefig(os.path.join(out, "acceptance_ss_vs_medusa.png"), dpi=120), plt.close(fig)
-
-
-MAX_NEW_TOKENS = {"e2e": 80, "sql": 360, "dialogsum": 96}  # room for every E2E and DialogSum test reference, 84% of SQL ones
 
 
 def quality(task: str, hypotheses: list[str], references: list[list[str]]) -> dict[str, float]:
@@ -547,30 +544,31 @@ def run_baselines(args):
 
 def run_task(args):
     """A real task: quality of every model, and every decoder side by side on a fixed test subset."""
-    from data import EOS, CompactVocab, load_task, prompt_ids
-    task, folder = args.task, args.task_dir
-    files = dict(target="ntp", ss="ss_pruned", medusa="medusa_pruned", draft="draft")
-    files = {key: os.path.join(folder, f"{task}_{name}.pt") for key, name in files.items()
+    from data import EOS
+    task, folder, eos = args.task, args.task_dir, EOS
+    files = dict(target=os.path.join(folder, f"{task}_ntp.pt"), ss=drafter_path(args, "ss", task),
+                 medusa=drafter_path(args, "medusa", task), draft=os.path.join(folder, f"{task}_draft.pt"))
+    files = {key: path for key, path in files.items()
              if key == "target" or key in args.methods or (key == "draft" and "two-model" in args.methods)}
     for key, path in files.items():
         if not os.path.exists(path):
-            raise SystemExit(f"{path} not found: run `python train_task.py --task {task} --out-dir {folder}` first")
+            raise SystemExit(f"{path} not found: run `python train_task.py --task {task} --out-dir {folder} --mode "
+                             f"{args.mode} --stream-targets {args.stream_targets}` first")
     models = {key: load_model(path, args.device) for key, path in files.items()}
-    vocab = CompactVocab.from_dict(torch.load(files["target"], weights_only=True)["vocabulary"])
-    examples = load_task(task, "test", args.data_dir)[:max(args.n_eval, args.prompts)]  # fixed: the first ones
-    max_new, eos = MAX_NEW_TOKENS[task], EOS
-    budget = models["target"].config.block_size - max_new + 1
-    prompts = [prompt_ids(vocab, ex, budget) for ex in examples]
-    decode = lambda ids: vocab.decode([t for t in ids if t != eos])
+    examples, prompts, max_new, text = task_setup(args, "test")
+    examples, prompts = (x[:max(args.n_eval, args.prompts)] for x in (examples, prompts))  # fixed: the first ones
     print(f"{task}: {args.n_eval} test examples for quality, {args.prompts} for speed, up to {max_new} new tokens, "
           f"{torch.get_num_threads()} thread(s), {args.device}")
     outputs, quality_of = {}, {}
     for key in ("target", "ss", "medusa") if args.n_eval > 0 else ():
         if key in models:
-            outputs[key] = [decode(generate_autoregressive(models[key], p, max_new, eos).tokens)
-                            for p in tqdm(prompts[:args.n_eval], desc=f"quality: {key}", leave=False)]
+            outputs[key] = [text(generate_autoregressive(models[key], p, max_new, eos).tokens, ex)
+                            for p, ex in tqdm(list(zip(prompts[:args.n_eval], examples)), desc=f"quality: {key}",
+                                              leave=False)]
             quality_of[key] = quality(task, outputs[key], [ex.references for ex in examples[:args.n_eval]])
-    print("quality:", {k: {m: round(v, 2) for m, v in q.items()} for k, q in quality_of.items()})
+            if task == "e2e":  # % of outputs that name the MR's restaurant / landmark (seen in training or not)
+                quality_of[key].update(realisation(outputs[key], examples, training_values(args)))
+    print("quality:", {k: {m: fmt(v) for m, v in q.items()} for k, q in quality_of.items()})
     rows = side_by_side(models, prompts[:args.prompts], max_new, eos, args.repeats, args.prune_threshold,
                         lookup="lookup" in args.methods)
     print_rows(rows)
@@ -586,7 +584,7 @@ def run_task(args):
         header += ["## Models\n", "| model | " + " | ".join(next(iter(quality_of.values()))) + " |",
                    "|---|" + "---|" * len(next(iter(quality_of.values())))]
         header += [f"| {dict(target='next-token LoRA', ss='SS (γ=4)', medusa='Medusa (4 heads)')[k]} | "
-                   + " | ".join(f"{v:.2f}" for v in q.values()) + " |" for k, q in quality_of.items()]
+                   + " | ".join(fmt(v) for v in q.values()) + " |" for k, q in quality_of.items()]
         header += ["\nSamples (first test examples):\n"] + [
             f"- `{ex.prompt[:160]}`\n" + "".join(f"  - {key}: `{outputs[key][i][:300]}`\n" for key in outputs)
             for i, ex in enumerate(examples[:min(3, args.n_eval)])]
@@ -595,11 +593,143 @@ def run_task(args):
                           config=vars(models["target"].config)))
 
 
+def realisation(outputs: list[str], examples: list, seen: dict[str, set[str]]) -> dict[str, float | None]:
+    """E2E: share of outputs that contain the MR's `name` / `near` value verbatim, for values seen in the
+    training MRs and for unseen ones apart (None where no example has such a value). Examples may be
+    delexicalised: their values are then in `slots`."""
+    from data import E2E_PLACEHOLDERS, mr_values
+    out = {}
+    for slot in ("name", "near"):
+        values = [ex.slots.get(E2E_PLACEHOLDERS[slot], mr_values(ex.prompt).get(slot)) for ex in examples]
+        for kind in ("seen", "unseen"):
+            hits = [value in text for text, value in zip(outputs, values)
+                    if value is not None and (value in seen[slot]) == (kind == "seen")]
+            out[f"{slot} {kind}"] = 100 * sum(hits) / len(hits) if hits else None
+    return out
+
+
+def drafter_path(args, method: str, task: str) -> str:
+    """The checkpoint of `method` ("ss", "medusa") for the recipe of --mode, --stream-targets, --tag (named as
+    train_task.recipe_name names it)."""
+    return os.path.join(args.task_dir, f"{task}_{method}_{args.mode}_{args.stream_targets}{args.tag}_pruned.pt")
+
+
+def e2e_ss_model(args) -> tuple[GPT, list[list[int]]] | None:
+    """The E2E SS model and the first --prompts test prompts, or None (said) when it is not on this machine."""
+    path = drafter_path(args, "ss", "e2e")
+    if not os.path.exists(path):
+        print(f"E2E skipped: {path} not found (train it with `python train_task.py --task e2e`, or run this "
+              "benchmark where the checkpoint is)")
+        return None
+    _, prompts, _, _ = task_setup(args, "test", "e2e")
+    return load_model(path, args.device), prompts[:args.prompts]
+
+
+def task_setup(args, split: str, task: str | None = None):
+    """The task's (default --task) vocabulary (from the next-token checkpoint), its `split` examples as the models
+    see them, their prompts, the decoding budget and a decoder from ids to text (E2E: relexicalised)."""
+    from data import EOS, MAX_NEW_TOKENS, CompactVocab, load_task, prompt_ids, relexicalise
+    task = task or args.task
+    ntp = os.path.join(args.task_dir, f"{task}_ntp.pt")
+    if not os.path.exists(ntp):
+        raise SystemExit(f"{ntp} not found: run `python train_task.py --task {task} --out-dir {args.task_dir}` first")
+    vocab = CompactVocab.from_dict(torch.load(ntp, weights_only=True)["vocabulary"])
+    examples = load_task(task, split, args.data_dir, delexicalised=True)
+    max_new = MAX_NEW_TOKENS[task]
+    budget = GPT.from_checkpoint(ntp).config.block_size - max_new + 1
+    prompts = [prompt_ids(vocab, ex, budget) for ex in examples]
+    text = lambda ids, ex: relexicalise(vocab.decode([t for t in ids if t != EOS]), ex.slots)
+    return examples, prompts, max_new, text
+
+
+def training_values(args) -> dict[str, set[str]]:
+    from data import load_task, mr_values
+    values = [mr_values(ex.prompt) for ex in load_task("e2e", "train", args.data_dir)]
+    return {slot: {v[slot] for v in values if slot in v} for slot in ("name", "near")}
+
+
+ABLATION_SETTINGS = [(1, None, "accepted"), (3, 16, "accepted"), (3, 16, "tree")]  # (k, tree cap, stream pass)
+
+
+def run_ablation(args):
+    """Training recipes side by side on one task: for each SS checkpoint <task>_<recipe>_pruned.pt (default: the
+    2 x 2 of shared/frozen mode x data/self stream targets) its quality, E2E name realisation, outputs equal to the
+    next-token model's, and decoding statistics (CR, tokens per call, per-depth acceptance, wall speedup)."""
+    from data import EOS
+    from generate import generate_autoregressive, generate_speculative
+    examples, prompts, max_new, text = task_setup(args, args.split)
+    n_eval = min(args.n_eval, len(examples))
+    paths = dict(ntp=os.path.join(args.task_dir, f"{args.task}_ntp.pt"),
+                 **{r: os.path.join(args.task_dir, f"{args.task}_{r}_pruned.pt") for r in args.recipes})
+    missing = [p for p in paths.values() if not os.path.exists(p)]
+    if missing:
+        raise SystemExit(f"{missing[0]} not found: train it (`make ablation` trains the default recipes)")
+    models = {name: load_model(path, args.device) for name, path in paths.items()}
+    seen = training_values(args) if args.task == "e2e" else None
+    print(f"{args.task} ({args.split}): {n_eval} examples for quality, {min(args.prompts, len(prompts))} for speed, "
+          f"{torch.get_num_threads()} thread(s), {args.device}")
+    rows, ntp_ids = {}, None
+    for name, model in models.items():
+        ids = [generate_autoregressive(model, p, max_new, EOS).tokens
+               for p in tqdm(prompts[:n_eval], desc=f"quality: {name}", leave=False)]
+        outputs = [text(t, ex) for t, ex in zip(ids, examples)]
+        ntp_ids = ntp_ids or ids
+        rows[name] = dict(quality=quality(args.task, outputs, [ex.references for ex in examples[:n_eval]]),
+                          realisation=realisation(outputs, examples, seen) if seen else {},
+                          same_as_ntp=sum(a == b for a, b in zip(ids, ntp_ids)), samples=outputs[:3])
+    decoders = {f"ar:{name}": ((lambda p, m=model: generate_autoregressive(m, p, max_new, EOS)), None)
+                for name, model in models.items()}
+    for recipe in args.recipes:
+        for k, cap, stream_pass in ABLATION_SETTINGS:
+            decoders[f"{recipe} k={k} cap={cap} {stream_pass}"] = (
+                lambda p, m=models[recipe], kw=dict(k=k, tree_cap=cap, stream_pass=stream_pass):
+                generate_speculative(m, p, max_new, eos_id=EOS, **kw), f"ar:{recipe}")
+    speed = compare(decoders, prompts[:args.prompts], args.repeats)
+    for recipe in args.recipes:
+        rows[recipe]["settings"] = {name.split(" ", 1)[1]: r for name, r in speed.items()
+                                    if name.startswith(recipe + " ")}
+    write_ablation(args, rows, n_eval, min(args.prompts, len(prompts)))
+
+
+def write_ablation(args, rows: dict, n_eval: int, n_speed: int):
+    out = os.path.join(args.results_dir, args.task)
+    os.makedirs(out, exist_ok=True)
+    name = "ablation" if args.split == "test" else f"ablation_{args.split}"
+    metrics = list(rows["ntp"]["quality"])
+    slots = list(rows["ntp"]["realisation"])
+    lines = [f"# {args.task}: training recipes side by side ({args.split} split)\n",
+             f"Command: `python bench.py ablation --task {args.task} --split {args.split} --recipes "
+             f"{' '.join(args.recipes)} --n-eval {args.n_eval} --prompts {args.prompts} --repeats {args.repeats}"
+             f"{' --device ' + args.device if args.device != 'cpu' else ''}`: {n_eval} examples for quality, the first "
+             f"{n_speed} for speed, greedy, batch 1, {torch.get_num_threads()} thread(s), {args.device}. Tokens per "
+             "call count the root/bonus token; acceptance at depth j is P(depth j accepted | depth j-1 accepted), "
+             "nodes cut by the cap counting as rejections.\n",
+             "| model | " + " | ".join(metrics + [f"{s} realised %" for s in slots]) + " | outputs = next-token model's |",
+             "|---|" + "---|" * (len(metrics) + len(slots) + 1)]
+    for model, r in rows.items():
+        lines.append(f"| {model} | " + " | ".join([f"{r['quality'][m]:.2f}" for m in metrics]
+                                                 + [fmt(r['realisation'][s], 1) for s in slots])
+                     + f" | {r['same_as_ntp']}/{n_eval} |")
+    lines += ["\n| recipe | setting | CR | tokens/call | acceptance at depth 1..γ | speedup |", "|---|---|---|---|---|---|"]
+    for recipe in args.recipes:
+        for setting_name, s in rows[recipe]["settings"].items():
+            lines.append(f"| {recipe} | {setting_name} | {s['cr_ratio']:.2f} | {s['tokens_per_call']:.2f} | "
+                         + " ".join(fmt(a) for a in s["acceptance"]) + f" | {s['speedup']:.2f}x |")
+    lines += ["\nSamples (first examples):\n"] + [f"- {model}: " + " / ".join(f"`{t[:200]}`" for t in r["samples"])
+                                                  for model, r in rows.items()]
+    with open(os.path.join(out, f"{name}.md"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+    with open(os.path.join(out, f"{name}.json"), "w") as f:
+        json.dump(dict(setup={k: v for k, v in vars(args).items()}, rows=rows), f, indent=1)
+    print("\n".join(lines))
+    print(f"wrote {out}/{name}.md, {name}.json")
+
+
 def run_draft_cost(args):
     """Cost of drafting at one node on a task's models: Medusa's heads vs SS's γ stream rows through the MSA
     blocks plus the shared LM head (after verification, as in stream_pass="accepted")."""
     folder, task = args.task_dir, args.task
-    ss, medusa = (load_model(os.path.join(folder, f"{task}_{name}_pruned.pt"), args.device) for name in ("ss", "medusa"))
+    ss, medusa = (load_model(drafter_path(args, name, task), args.device) for name in ("ss", "medusa"))
     cache = KVCache(ss.config, 1, 200, device=args.device)
     cache.length = 150  # a 150-token context, as in the middle of a decode
     h = torch.randn(1, ss.config.n_embd, device=args.device)
@@ -753,17 +883,10 @@ def run_batch(args):
     checkpoint is on this machine (else skipped with a message)."""
     model, data, prompts = load_toy(args)
     models = {"toy": (model, prompts, args.max_new_tokens, data.eos_id)}
-    e2e = os.path.join(args.task_dir, "e2e_ss_pruned.pt")
-    if os.path.exists(e2e):
-        from data import EOS, MAX_NEW_TOKENS, CompactVocab, load_task, prompt_ids
-        m = load_model(e2e, args.device)
-        vocab = CompactVocab.from_dict(torch.load(e2e, weights_only=True)["vocabulary"])
-        budget = m.config.block_size - MAX_NEW_TOKENS["e2e"] + 1
-        examples = load_task("e2e", "test", args.data_dir)[:args.prompts]
-        models["e2e"] = (m, [prompt_ids(vocab, ex, budget) for ex in examples], MAX_NEW_TOKENS["e2e"], EOS)
-    else:
-        print(f"E2E skipped: {e2e} not found (train it with `python train_task.py --task e2e`, or run "
-              f"`python bench.py batch --device cuda --prompts 32` where the checkpoint is)")
+    e2e = e2e_ss_model(args)
+    if e2e:
+        from data import EOS, MAX_NEW_TOKENS
+        models["e2e"] = (*e2e, MAX_NEW_TOKENS["e2e"], EOS)
     for name, (m, task_prompts, max_new, eos) in models.items():
         print(f"{name}: {len(task_prompts)} prompts, up to {max_new} new tokens, batch sizes {args.batch_sizes}, "
               f"{torch.get_num_threads()} thread(s), {args.device}, median of {args.repeats}")
@@ -785,13 +908,15 @@ def run_batch(args):
 # ---------------------------------------------------------------------------------------------------------
 
 TEMPERATURES = (0.0, 0.5, 0.7, 1.0)
+MAX_ENUMERATED_CELLS = 10 ** 7  # the distribution test enumerates V^3 cells (V^2 forwards): small vocabularies only
 RULES = ("recursive", "per_path_lossy", "typical_lossy")  # tree.ACCEPTANCE_RULES; only "recursive" is lossless
 
 
 def distribution_test(samples: list[tuple[int, ...]], exact: torch.Tensor, alpha: float = 1e-3) -> dict:
     """Samples of m-token sequences against their exact distribution `exact` (V,)*m: chi-square p-value (cells
-    with an expected count < 5 pooled into one), total-variation distance, and TV's sampling bound at level
-    alpha (Jensen: E TV <= 1/2 sum sqrt(p(1-p)/n); McDiarmid: + sqrt(ln(1/alpha)/2n))."""
+    with an expected count < 5 pooled into one; nan when that leaves fewer than 2 bins: too few samples),
+    total-variation distance, and TV's sampling bound at level alpha (Jensen: E TV <= 1/2 sum sqrt(p(1-p)/n);
+    McDiarmid: + sqrt(ln(1/alpha)/2n))."""
     from scipy import stats  # a test / bench dependency only
     n, p = len(samples), exact.flatten().double()
     flat = torch.tensor([sum(t * exact.size(0) ** (len(s) - 1 - i) for i, t in enumerate(s)) for s in samples])
@@ -800,10 +925,11 @@ def distribution_test(samples: list[tuple[int, ...]], exact: torch.Tensor, alpha
     observed, expected_pooled = torch.cat([counts[big], counts[~big].sum()[None]]), torch.cat([expected[big], expected[~big].sum()[None]])
     if expected_pooled[-1] == 0:  # nothing to pool
         observed, expected_pooled = observed[:-1], expected_pooled[:-1]
-    chi2 = stats.chisquare(observed.numpy(), expected_pooled.numpy())
+    chi2 = stats.chisquare(observed.numpy(), expected_pooled.numpy()) if len(observed) >= 2 else None
     tv = 0.5 * (counts / n - p).abs().sum().item()
     bound = 0.5 * (p * (1 - p) / n).sqrt().sum().item() + (torch.log(torch.tensor(1 / alpha)) / (2 * n)).sqrt().item()
-    return dict(n=n, chi2=float(chi2.statistic), p_value=float(chi2.pvalue), tv=tv, tv_bound=bound,
+    return dict(n=n, chi2=float("nan") if chi2 is None else float(chi2.statistic),
+                p_value=float("nan") if chi2 is None else float(chi2.pvalue), tv=tv, tv_bound=bound,
                 impossible=int(counts[p == 0].sum()), frequencies=counts / n)
 
 
@@ -820,15 +946,17 @@ def first_tokens_distribution(model: GPT, prompt: list[int], temperature: float,
 
 
 def sampling_sweep(model: GPT, prompts: list[list[int]], max_new: int, eos: int | None, gamma: int, k: int,
-                   tree_cap: int | None, seed: int, progress: bool = True) -> list[dict]:
-    """Tokens per call, CR and acceptance per depth for every temperature (and, at T > 0, every acceptance rule).
-    CR = calls of plain decoding of the same output (one per token) / calls of the method."""
+                   tree_cap: int | None, seed: int, progress: bool = True, top_k: int | None = None,
+                   top_p: float | None = None) -> list[dict]:
+    """Tokens per call, CR and acceptance per depth for every temperature (and, at T > 0, every acceptance rule),
+    top_k / top_p applied at T > 0. CR = calls of plain decoding of the same output (one per token) / calls of
+    the method."""
     rows = []
     for T in TEMPERATURES:
         for rule in RULES if T > 0 else RULES[:1]:
             g = torch.Generator().manual_seed(seed)
             rs = [generate_speculative(model, p, max_new, gamma=gamma, k=k, tree_cap=tree_cap, eos_id=eos,
-                                       temperature=T, generator=g, acceptance=rule)
+                                       temperature=T, top_k=top_k, top_p=top_p, generator=g, acceptance=rule)
                   for p in tqdm(prompts, desc=f"T={T} {rule}", leave=False, disable=not progress)]
             calls = [n for r in rs for n in r.accepted_lengths]
             attempted = [sum(r.depth_attempted[j] for r in rs) for j in range(gamma)]
@@ -839,8 +967,8 @@ def sampling_sweep(model: GPT, prompts: list[list[int]], max_new: int, eos: int 
     return rows
 
 
-def plot_sampling(rows: list[dict], tests: dict, exact: torch.Tensor, out: str, title: str):
-    """results/sampling/<title>_{acceptance,distribution}.png."""
+def plot_sampling(rows: list[dict], tests: dict | None, exact: torch.Tensor | None, out: str, title: str):
+    """results/sampling/<title>_acceptance.png, and <title>_distribution.png unless tests is None."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -860,7 +988,8 @@ def plot_sampling(rows: list[dict], tests: dict, exact: torch.Tensor, out: str, 
     for ax in (ax1, ax2):
         ax.grid(alpha=0.3)
     fig.tight_layout(), fig.savefig(os.path.join(out, f"{title}_acceptance.png"), dpi=120), plt.close(fig)
-
+    if tests is None:
+        return
     top = exact.flatten().argsort(descending=True)[:30]
     fig, ax = plt.subplots(figsize=(11, 3.8))
     ax.bar(range(len(top)), exact.flatten()[top], color="lightgray", label="target (exact, by enumeration)")
@@ -880,45 +1009,45 @@ def run_sampling(args):
     rejection and the two lossy rules), and the distribution test of the first 3 tokens (toy, E2E if present)."""
     model, data, prompts = load_toy(args)
     models = {"toy": (model, prompts, data.eos_id, [data.eos_id])}
-    e2e = os.path.join(args.task_dir, "e2e_ss_pruned.pt")
-    if os.path.exists(e2e):
-        from data import EOS, CompactVocab, load_task, prompt_ids
-        m = load_model(e2e, args.device)
-        vocab = CompactVocab.from_dict(torch.load(e2e, weights_only=True)["vocabulary"])
-        examples = load_task("e2e", "test", args.data_dir)[:args.prompts]
-        e2e_prompts = [prompt_ids(vocab, ex, m.config.block_size - args.max_new_tokens + 1) for ex in examples]
-        models["e2e"] = (m, e2e_prompts, EOS, e2e_prompts[0])
-    else:
-        print(f"E2E skipped: {e2e} not found (train it with `python train_task.py --task e2e`, or run "
-              "`python bench.py sampling` where the checkpoint is)")
+    e2e = e2e_ss_model(args)
+    if e2e:
+        from data import EOS
+        models["e2e"] = (*e2e, EOS, e2e[1][0])
     out = os.path.join(args.results_dir, "sampling")
     os.makedirs(out, exist_ok=True)
     results = {}
     for name, (m, task_prompts, eos, test_prompt) in models.items():
         gamma = min(args.sampling_gamma, m.config.n_drafts)
         print(f"{name}: {len(task_prompts)} prompts, up to {args.max_new_tokens} new tokens, γ={gamma}, "
-              f"k={args.sampling_k}, cap {args.sampling_cap}; tokens per call count the root/bonus token")
+              f"k={args.sampling_k}, cap {args.sampling_cap}, top-k {args.top_k}, top-p {args.top_p}; tokens per call "
+              "count the root/bonus token")
         rows = sampling_sweep(m, task_prompts, args.max_new_tokens, eos, gamma, args.sampling_k, args.sampling_cap,
-                              args.seed)
+                              args.seed, top_k=args.top_k, top_p=args.top_p)
         for r in rows:
             print(f"  T={r['temperature']:<4} {r['acceptance']:<15} tokens/call {r['tokens_per_call']:.2f}  CR "
                   f"{r['cr_ratio']:.2f}  acceptance " + " ".join(fmt(a) for a in r["depth_acceptance"]))
-        T = 1.0
-        exact = first_tokens_distribution(m, test_prompt, T)
+        results[name] = dict(gamma=gamma, k=args.sampling_k, tree_cap=args.sampling_cap, top_k=args.top_k,
+                             top_p=args.top_p, prompts=len(task_prompts), max_new_tokens=args.max_new_tokens, sweep=rows)
+        T, V = 1.0, m.config.vocab_size
+        if V ** 3 > MAX_ENUMERATED_CELLS:
+            print(f"  distribution test skipped: enumerating 3 tokens of a {V}-token vocabulary is {V ** 3:,} cells")
+            plot_sampling(rows, None, None, out, name)
+            continue
+        exact = first_tokens_distribution(m, test_prompt, T, args.top_k, args.top_p)
         tests = {}
         for rule in RULES:
             g = torch.Generator().manual_seed(args.seed)
             samples = [tuple(generate_speculative(m, test_prompt, 4, gamma=min(gamma, 2), k=args.sampling_k,
-                                                  temperature=T, generator=g, acceptance=rule).tokens[:3])
+                                                  temperature=T, top_k=args.top_k, top_p=args.top_p, generator=g,
+                                                  acceptance=rule).tokens[:3])
                        for _ in tqdm(range(args.dist_samples), desc=f"distribution test: {rule}", leave=False)]
             tests[rule] = distribution_test(samples, exact)
             print(f"  distribution of the first 3 tokens at T={T}, {rule}: TV {tests[rule]['tv']:.3f} (sampling "
                   f"bound {tests[rule]['tv_bound']:.3f}), chi-square p = {tests[rule]['p_value']:.3g}")
         plot_sampling(rows, tests, exact, out, name)
-        results[name] = dict(gamma=gamma, k=args.sampling_k, tree_cap=args.sampling_cap, prompts=len(task_prompts),
-                             max_new_tokens=args.max_new_tokens, sweep=rows, distribution_test=dict(
-                                 temperature=T, prompt=test_prompt, gamma=min(gamma, 2), k=args.sampling_k,
-                                 **{r: {k: v for k, v in t.items() if k != "frequencies"} for r, t in tests.items()}))
+        results[name]["distribution_test"] = dict(
+            temperature=T, prompt=test_prompt, gamma=min(gamma, 2), k=args.sampling_k,
+            **{r: {k: v for k, v in t.items() if k != "frequencies"} for r, t in tests.items()})
     with open(os.path.join(out, "results.json"), "w") as f:
         json.dump(results, f, indent=1)
     print(f"wrote {out}/results.json and plots")
@@ -927,7 +1056,7 @@ def run_sampling(args):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("what", choices=["speed", "toy", "params", "rows", "task", "baselines", "draftcost", "batch",
-                                    "sampling"],
+                                    "ablation", "sampling"],
                    help="which benchmark")
     p.add_argument("--toy-dir", default="checkpoints/toy", help="train_toy.py's --out-dir")
     p.add_argument("--toy-gamma", type=int, default=6, help="γ of the toy checkpoint to load")
@@ -947,7 +1076,16 @@ def main(argv=None):
     p.add_argument("--data-dir", default=None, help="`task`: data folder (else $SPECSTREAM_DATA, else ../shared/data)")
     p.add_argument("--results-dir", default="results", help="`task`, `baselines`: results go to RESULTS_DIR/<task>/ "
                                                             "(`baselines`: RESULTS_DIR/toy_baselines/)")
-    p.add_argument("--n-eval", type=int, default=200, help="`task`: test examples scored for quality")
+    p.add_argument("--n-eval", type=int, default=200, help="`task`, `ablation`: examples scored for quality")
+    p.add_argument("--mode", choices=["frozen", "shared"], default="frozen", help="`task`: the SS / Medusa recipe "
+                   "(train_task.py --mode)")
+    p.add_argument("--stream-targets", choices=["self", "data"], default="self",
+                   help="`task`: the SS / Medusa recipe (train_task.py --stream-targets)")
+    p.add_argument("--tag", default="", help="`task`: the SS / Medusa recipe (train_task.py --tag)")
+    p.add_argument("--recipes", nargs="+", default=["ss_shared_data", "ss_shared_self", "ss_frozen_data",
+                                                    "ss_frozen_self"],
+                   help="`ablation`: SS checkpoints <task>_<recipe>_pruned.pt compared with the next-token model")
+    p.add_argument("--split", choices=["test", "dev"], default="test", help="`ablation`: dev for model selection")
     p.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS),
                    help="`task`: decoders compared with the autoregressive baseline")
     p.add_argument("--gamma-params", type=int, default=4, help="`params`: γ of the accounting table")
@@ -958,10 +1096,12 @@ def main(argv=None):
     p.add_argument("--sampling-cap", type=int, default=16, help="`sampling`: node cap of the sweep's trees")
     p.add_argument("--dist-samples", type=int, default=2000,
                    help="`sampling`: samples per acceptance rule in the distribution test")
+    p.add_argument("--top-k", type=int, default=None, help="`sampling`: top-k of target and drafts (T > 0)")
+    p.add_argument("--top-p", type=float, default=None, help="`sampling`: top-p of target and drafts (T > 0)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     {"speed": run_speed, "toy": run_toy, "params": run_params, "rows": run_rows, "task": run_task,
-     "baselines": run_baselines, "draftcost": run_draft_cost, "batch": run_batch,
+     "baselines": run_baselines, "draftcost": run_draft_cost, "batch": run_batch, "ablation": run_ablation,
      "sampling": run_sampling}[args.what](args)
 
 

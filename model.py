@@ -33,6 +33,7 @@ class GPTConfig:
     lora_alpha: float = 16.0      # LoRA scale is lora_alpha / lora_rank
     stream_loss_weight: float = 0.1  # α_j of Eq. 5 (α_0 = 1)
     prune_rank: int = 0           # rank of the early-exit pruning adapter (0 = no adapter)
+    stream_adapter_rank: int = 0  # "frozen" mode: a low-rank adapter in the MSA blocks that only stream rows use
     n_medusa_heads: int = 0       # Medusa baseline: drafting heads on the last hidden state instead of streams
 
     def __post_init__(self):
@@ -54,6 +55,9 @@ class GPTConfig:
         check(self.stream_loss_weight >= 0, "stream_loss_weight", ">= 0")
         check(isinstance(self.prune_rank, int) and self.prune_rank >= 0, "prune_rank", "an integer >= 0")
         check(isinstance(self.n_medusa_heads, int) and self.n_medusa_heads >= 0, "n_medusa_heads", "an integer >= 0")
+        check(isinstance(self.stream_adapter_rank, int) and self.stream_adapter_rank >= 0
+              and (self.stream_adapter_rank == 0 or self.n_streams > 0), "stream_adapter_rank",
+              "an integer >= 0, and 0 when n_streams = 0")
         check(self.n_medusa_heads == 0 or self.n_streams == 0, "n_medusa_heads",
               "0 when n_streams > 0 (a model drafts with streams or with Medusa heads, not both)")
 
@@ -69,24 +73,37 @@ class GPTConfig:
 
 
 class LoRALinear(nn.Linear):
-    """nn.Linear plus an optional low-rank update W + (alpha/r) B A; B starts at zero, so a fresh adapter is a no-op."""
+    """nn.Linear plus an optional low-rank update W + (alpha/r) B A; B starts at zero, so a fresh adapter is a no-op.
 
-    def __init__(self, in_features: int, out_features: int, bias: bool, rank: int, alpha: float):
+    In MSA blocks of a "frozen"-mode model, a second low-rank update (stream_A, stream_B) applies to the stream
+    rows only: rows n_main.. of the input (the main rows come first, see `Block`). The main stream then computes
+    exactly what the frozen model computes, while the streams get trainable capacity of their own."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool, rank: int, alpha: float, stream_rank: int = 0):
         super().__init__(in_features, out_features, bias=bias)
         self.rank, self.scale, self.merged = rank, alpha / max(rank, 1), False
+        self.stream_rank, self.stream_scale = stream_rank, alpha / max(stream_rank, 1)
         if rank > 0:
             self.lora_A = nn.Parameter(torch.randn(rank, in_features) / math.sqrt(in_features))
             self.lora_B = nn.Parameter(torch.zeros(out_features, rank))
+        if stream_rank > 0:
+            self.stream_A = nn.Parameter(torch.randn(stream_rank, in_features) / math.sqrt(in_features))
+            self.stream_B = nn.Parameter(torch.zeros(out_features, stream_rank))
 
-    def forward(self, x):
+    def forward(self, x, n_main: int | None = None):
+        """x: (B, rows, in); with a stream adapter, rows n_main.. are stream rows (None: no stream rows)."""
         y = F.linear(x, self.weight, self.bias)
         if self.rank > 0 and not self.merged:
             y = y + F.linear(F.linear(x, self.lora_A) * self.scale, self.lora_B)  # scale at rank r: cheaper
+        if self.stream_rank > 0 and n_main is not None and x.size(1) > n_main:
+            s = x[:, n_main:]
+            y[:, n_main:] += F.linear(F.linear(s, self.stream_A) * self.stream_scale, self.stream_B)
         return y
 
     @torch.no_grad()
     def merge(self, merge: bool = True):
-        """Fold the low-rank update into the weight (merge=True) or take it back out (merge=False)."""
+        """Fold the low-rank update into the weight (merge=True) or take it back out (merge=False). The stream
+        adapter is never merged: the main rows must not see it."""
         if self.rank == 0 or self.merged == merge:
             return
         delta = (self.lora_B @ self.lora_A) * self.scale
@@ -191,11 +208,11 @@ class KVCache:
 class CausalSelfAttention(nn.Module):
     """Multi-head attention for the main stream and, in MSA blocks, for the γ streams (Eq. 1, Eq. 2)."""
 
-    def __init__(self, config: GPTConfig):
+    def __init__(self, config: GPTConfig, stream_rank: int = 0):
         super().__init__()
         r, a = config.lora_rank, config.lora_alpha
-        self.c_attn = LoRALinear(config.n_embd, 3 * config.n_embd, config.bias, r, a)
-        self.c_proj = LoRALinear(config.n_embd, config.n_embd, config.bias, r, a)
+        self.c_attn = LoRALinear(config.n_embd, 3 * config.n_embd, config.bias, r, a, stream_rank)
+        self.c_proj = LoRALinear(config.n_embd, config.n_embd, config.bias, r, a, stream_rank)
         self.attn_dropout = nn.Dropout(config.dropout)
         self.resid_dropout = nn.Dropout(config.dropout)
         self.n_head, self.n_embd, self.dropout = config.n_head, config.n_embd, config.dropout
@@ -211,7 +228,7 @@ class CausalSelfAttention(nn.Module):
         T, G = n_main, n_streams
         if mask is None and cache is not None and cache.length > 0:
             raise ValueError("a forward on top of a non-empty KV cache needs an explicit attention mask")
-        q, k, v = self.c_attn(h).split(C, dim=-1)  # one matmul for main and stream rows (shared weights)
+        q, k, v = self.c_attn(h, T).split(C, dim=-1)  # one matmul for main and stream rows (shared weights)
         qm, km, vm = (self.heads(t[:, :T]) for t in (q, k, v))  # (B, nh, T, hs)
         if cache is not None:
             km, vm = cache.write(layer, km, vm)  # (B, nh, L+T, hs): the cache, then the new rows
@@ -229,7 +246,7 @@ class CausalSelfAttention(nn.Module):
                 mask = mask[..., stream_rows, :]  # a stream sees exactly the main keys its own node sees
             ys = self.stream_attention(qs, ks, vs, km, vm, mask)  # (B, nh, T', γ, hs)
             y = torch.cat([y, ys.movedim(1, -2).flatten(-2).flatten(1, 2)], dim=1)  # (B, T + T'·γ, C)
-        return self.resid_dropout(self.c_proj(y))
+        return self.resid_dropout(self.c_proj(y, T))
 
 
     def stream_attention(self, qs, ks, vs, km, vm, mask):
@@ -256,33 +273,35 @@ class CausalSelfAttention(nn.Module):
 
 
 class MLP(nn.Module):
-    def __init__(self, config: GPTConfig):
+    def __init__(self, config: GPTConfig, stream_rank: int = 0):
         super().__init__()
         r, a = config.lora_rank, config.lora_alpha
-        self.c_fc = LoRALinear(config.n_embd, 4 * config.n_embd, config.bias, r, a)
-        self.c_proj = LoRALinear(4 * config.n_embd, config.n_embd, config.bias, r, a)
+        self.c_fc = LoRALinear(config.n_embd, 4 * config.n_embd, config.bias, r, a, stream_rank)
+        self.c_proj = LoRALinear(4 * config.n_embd, config.n_embd, config.bias, r, a, stream_rank)
         self.dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x):
-        return self.dropout(self.c_proj(F.gelu(self.c_fc(x), approximate="tanh")))
+    def forward(self, x, n_main: int | None = None):
+        """x: (B, rows, C); rows n_main.. are stream rows (they alone use the stream adapter, if any)."""
+        return self.dropout(self.c_proj(F.gelu(self.c_fc(x, n_main), approximate="tanh"), n_main))
 
 
 class Block(nn.Module):
-    """Pre-LayerNorm transformer block. Streams (if any) go through the very same weights as the main stream."""
+    """Pre-LayerNorm transformer block. Streams (if any) go through the very same weights as the main stream
+    (plus, in "frozen" mode, a stream-only adapter of rank `stream_rank` in MSA blocks)."""
 
-    def __init__(self, config: GPTConfig):
+    def __init__(self, config: GPTConfig, stream_rank: int = 0):
         super().__init__()
         self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)
-        self.attn = CausalSelfAttention(config)
+        self.attn = CausalSelfAttention(config, stream_rank)
         self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
-        self.mlp = MLP(config)
+        self.mlp = MLP(config, stream_rank)
 
     def forward(self, x, s=None, mask=None, cache=None, layer=0, stream_rows=None):
         """x: (B, T, C) main stream; s: (B, T', γ, C) streams of the rows `stream_rows` of x, or None."""
         T, G = x.size(1), 0 if s is None else s.size(2)
         h = x if s is None else torch.cat([x, s.flatten(1, 2)], dim=1)  # all rows through the same weights
         h = h + self.attn(self.ln_1(h), T, G, mask, cache, layer, stream_rows)
-        h = h + self.mlp(self.ln_2(h))
+        h = h + self.mlp(self.ln_2(h), T)
         return h[:, :T], None if s is None else h[:, T:].view_as(s)
 
 
@@ -344,7 +363,8 @@ class GPT(nn.Module):
             wte=nn.Embedding(config.vocab_size, config.n_embd),
             wpe=nn.Embedding(config.block_size, config.n_embd),
             drop=nn.Dropout(config.dropout),
-            h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
+            h=nn.ModuleList([Block(config, config.stream_adapter_rank if layer >= config.first_msa_layer else 0)
+                             for layer in range(config.n_layer)]),
             ln_f=nn.LayerNorm(config.n_embd, bias=config.bias),
         ))
         if config.n_streams > 0:  # P_j of Eq. 3, one learned vector per stream
@@ -490,18 +510,19 @@ class GPT(nn.Module):
             m.merge(merge)
 
     def freeze_base(self):
-        """Train only LoRA tensors, stream embeddings, Medusa heads and the pruning adapter; freeze the rest."""
+        """Train only LoRA tensors, stream-side parameters, Medusa heads and the pruning adapter; freeze the rest."""
         for name, p in self.named_parameters():
-            p.requires_grad = ("lora_" in name or name == "transformer.stream_emb" or name.startswith("medusa.")
+            p.requires_grad = ("lora_" in name or is_stream_param(name) or name.startswith("medusa.")
                                or name.startswith("prune_adapter."))
 
     def parameter_counts(self) -> dict[str, int]:
-        """Base, LoRA, stream-embedding and adapter parameters, and what 4 Medusa heads would cost here."""
-        c, counts = self.config, dict(base=0, lora=0, stream_emb=0, prune_adapter=0, medusa=0)
+        """Base, LoRA, stream-embedding, stream-adapter and pruning-adapter parameters, and what 4 Medusa heads
+        would cost here."""
+        c, counts = self.config, dict(base=0, lora=0, stream_emb=0, stream_adapter=0, prune_adapter=0, medusa=0)
         for name, p in self.named_parameters():  # tied wte/lm_head is counted once
             kind = ("lora" if "lora_" in name else "stream_emb" if name == "transformer.stream_emb"
-                    else "prune_adapter" if name.startswith("prune_adapter.") else "medusa"
-                    if name.startswith("medusa.") else "base")
+                    else "stream_adapter" if is_stream_param(name) else "prune_adapter"
+                    if name.startswith("prune_adapter.") else "medusa" if name.startswith("medusa.") else "base")
             counts[kind] += p.numel()
         counts["medusa_4_heads"] = medusa_head_params(c.n_embd, c.vocab_size, 4)
         return counts
@@ -574,13 +595,18 @@ class GPT(nn.Module):
         with torch.no_grad():
             for name, p in sd.items():
                 key = name.removeprefix("transformer.")
-                if "lora_" in name or name.startswith("prune_adapter.") or key == "stream_emb":
+                if "lora_" in name or name.startswith("prune_adapter.") or is_stream_param(name):
                     continue  # new parameters: keep their initialisation
                 src = hf_sd["wte.weight"] if name == "lm_head.weight" else hf_sd[key]
                 if key.endswith(("c_attn.weight", "c_proj.weight", "c_fc.weight")):
                     src = src.t()  # HF GPT-2 stores these as Conv1D: (in, out)
                 p.copy_(src)
         return model
+
+
+def is_stream_param(name: str) -> bool:
+    """Parameters only the streams use: the stream embeddings P_j and the stream-only adapter ("frozen" mode)."""
+    return name == "transformer.stream_emb" or ".stream_A" in name or ".stream_B" in name
 
 
 def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

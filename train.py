@@ -14,7 +14,7 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from model import GPT, cross_entropy, load_checkpoint, load_weights, save_atomic, stream_targets
+from model import GPT, cross_entropy, is_stream_param, load_checkpoint, load_weights, save_atomic, stream_targets
 
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # idx (B, T), targets (B, T), loss_mask (B, T) bool
 
@@ -24,7 +24,8 @@ class StageConfig:
     name: str                  # shown on the progress bar and stored in the checkpoint
     steps: int
     lr: float
-    loss: str = "eq5"          # "eq5": Eq. 5 (next token + streams); "early_exit": pruning adapter's next-token loss
+    loss: str = "eq5"          # "eq5": Eq. 5 (next token + streams, "shared" mode); "streams": Eq. 5 with α_0 = 0 on a
+                               # frozen model ("frozen" mode); "early_exit": pruning adapter's next-token loss
     weight_decay: float = 0.0
     warmup: int = 20
     grad_clip: float = 1.0
@@ -62,13 +63,17 @@ def early_exit_loss(model: GPT, idx: torch.Tensor, targets: torch.Tensor, loss_m
 
 
 def trainable_for(model: GPT, loss: str):
-    """Which parameters a stage trains: "early_exit" only the pruning adapter; "eq5" with LoRA the LoRA tensors,
-    stream embeddings and Medusa heads (the paper's fine-tuning); "eq5" without LoRA (pretraining) everything."""
+    """Which parameters a stage trains: "early_exit" only the pruning adapter; "streams" only what the drafters
+    alone use (stream embeddings and stream adapter, or Medusa heads): the main stream stays the frozen model's;
+    "eq5" with LoRA the LoRA tensors, stream parameters and Medusa heads (the paper's fine-tuning, "shared" mode);
+    "eq5" without LoRA (pretraining) everything."""
     for name, p in model.named_parameters():
         if loss == "early_exit":
             p.requires_grad = name.startswith("prune_adapter.")
+        elif loss == "streams":
+            p.requires_grad = is_stream_param(name) or name.startswith("medusa.")
         elif model.config.lora_rank > 0:
-            p.requires_grad = "lora_" in name or name == "transformer.stream_emb" or name.startswith("medusa.")
+            p.requires_grad = "lora_" in name or is_stream_param(name) or name.startswith("medusa.")
         else:
             p.requires_grad = True
     return [p for p in model.parameters() if p.requires_grad]
@@ -159,7 +164,8 @@ def train_stage(model: GPT, get_batch: Callable[[int], Batch], stage: StageConfi
             out = None
         else:
             out = model(idx, targets, loss_mask, rows)
-            loss = out.loss
+            # Eq. 5; "streams" (frozen mode): α_0 = 0, only the stream terms
+            loss = out.loss if stage.loss == "eq5" else model.config.stream_loss_weight * out.stream_losses.sum()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if world > 1:

@@ -21,13 +21,18 @@ Data comes from --data-dir, else $SPECSTREAM_DATA, else ../shared/data (see data
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import os
+import tempfile
 import time
 
 import torch
+from tqdm import tqdm
 
-from data import SPLITS, CompactVocab, TaskData, load_task
-from model import GPT, GPTConfig, load_checkpoint, load_weights
+from data import EOS, MAX_NEW_TOKENS, SPLITS, CompactVocab, TaskData, load_task, prompt_ids
+from generate import causal_mask
+from model import GPT, GPTConfig, KVCache, load_checkpoint, load_weights
 from train import StageConfig, seed_everything, train_stage
 
 BLOCK_SIZE = {"e2e": 160, "sql": 384, "dialogsum": 512}  # longest prompt + completion we train and decode
@@ -38,12 +43,11 @@ METHODS = ("ss", "medusa", "draft")
 
 def build_vocab(data_dir: str | None) -> CompactVocab:
     """One compact vocabulary for all tasks: the GPT-2 ids of every task's training text and of the *inputs*
-    (prompts, never references) of every split, plus specials. Test inputs hold names (E2E restaurants) that the
-    model must copy; a full GPT-2 vocabulary would cover them too, at a 50k-row LM head."""
+    (prompts, never references) of every split, plus specials, as the models see them (E2E delexicalised)."""
     texts = []
     for task, splits in SPLITS.items():
         for split in splits:
-            for ex in load_task(task, split, data_dir):
+            for ex in load_task(task, split, data_dir, delexicalised=True):
                 texts += [ex.prompt, ex.completion] if split == "train" else [ex.prompt]
     return CompactVocab.build(texts)
 
@@ -55,12 +59,13 @@ def model_config(args, vocab: CompactVocab, draft: bool = False, **extra) -> GPT
                      n_embd=n_embd, dropout=args.dropout, bias=True, **extra)
 
 
-def from_base(base: GPT, config: GPTConfig, device) -> GPT:
-    """A new model with the base weights; its LoRA, streams, Medusa heads and adapter keep their fresh init
-    (Medusa's LM heads start as copies of the base LM head)."""
+def from_base(source: GPT, config: GPTConfig, device) -> GPT:
+    """A new model with the weights of `source` (a base, or the next-token model for "frozen" mode); its own new
+    parts (LoRA, streams, stream adapter, Medusa heads, pruning adapter) keep their fresh init (Medusa's LM heads
+    start as copies of the LM head)."""
     model = GPT(config).to(device)
     own = model.state_dict()
-    own.update(base.state_dict())
+    own.update(source.state_dict())
     load_weights(model, own, "base checkpoint")
     if config.n_medusa_heads > 0:
         model.init_medusa_from_lm_head()
@@ -76,12 +81,79 @@ def scale_stream_embeddings(model: GPT, idx: torch.Tensor):
     model.transformer.stream_emb.normal_(0.0, h.pow(2).mean().sqrt().item())
 
 
+@torch.no_grad()
+def greedy_continuations(model: GPT, prompts: list[list[int]], max_new_tokens: int, eos: int,
+                         batch_size: int = 64) -> list[list[int]]:
+    """Greedy continuations (EOS included when reached) of many prompts of the same length, decoded together:
+    one KV cache with a row per prompt, so every row sits at the same positions. Rows that reached EOS ride
+    along until the last one does; their extra tokens are dropped."""
+    out = []
+    for start in range(0, len(prompts), batch_size):
+        idx = torch.tensor(prompts[start:start + batch_size], device=next(model.parameters()).device)
+        B, P = idx.shape
+        cache = KVCache(model.config, B, P + max_new_tokens, idx.device, next(model.parameters()).dtype)
+        logits, _ = model.forward_nodes(idx, torch.arange(P, device=idx.device), causal_mask(P, idx.device),
+                                        cache, n_streams=0)
+        cache.commit()
+        tokens = [logits[:, -1].argmax(-1)]
+        while len(tokens) < max_new_tokens and not (torch.stack(tokens, 1) == eos).any(1).all():
+            mask = torch.ones(1, cache.length + 1, dtype=torch.bool, device=idx.device)
+            logits, _ = model.forward_nodes(tokens[-1][:, None], torch.tensor([cache.length], device=idx.device),
+                                            mask, cache, n_streams=0)
+            cache.commit()
+            tokens.append(logits[:, -1].argmax(-1))
+        for row in torch.stack(tokens, 1).tolist():
+            out.append(row[:row.index(eos) + 1] if eos in row else row)
+    return out
+
+
+def self_targets(args, model: GPT, vocab: CompactVocab, examples: list, path: str, quiet: bool) -> TaskData:
+    """Self-distillation data: the next-token model's own greedy continuation of every distinct training prompt
+    (the streams learn to predict what the main stream will say at decode time, not the varied references).
+
+    Generated once and cached at `path`, a JSON file: {"format": 1, "model_sha256": hash of the generating
+    checkpoint's weights, "max_new_tokens": N, "prompts": [[ids]], "continuations": [[ids]]} (compact-vocabulary
+    ids; prompts end with SEP, continuations with EOS unless cut at N). Written after every group of prompts of
+    one length, atomically: an interrupted run resumes where it stopped; a changed model starts over."""
+    max_new = MAX_NEW_TOKENS[args.task]
+    budget = min(BLOCK_SIZE[args.task] - 1, model.config.block_size - max_new)  # prompt + SEP ids that fit
+    prompts = sorted({tuple(prompt_ids(vocab, ex, budget)) for ex in examples}, key=lambda p: (len(p), p))
+    digest = hashlib.sha256(b"".join(t.detach().cpu().numpy().tobytes() for t in model.state_dict().values())).hexdigest()
+    cache = dict(format=1, model_sha256=digest, max_new_tokens=max_new, prompts=[], continuations=[])
+    if os.path.exists(path):
+        with open(path) as f:
+            saved = json.load(f)
+        if saved.get("model_sha256") == digest and saved.get("max_new_tokens") == max_new:
+            cache = saved
+    done = {tuple(p) for p in cache["prompts"]}
+    todo = [p for p in prompts if p not in done]
+    bar = tqdm(total=len(prompts), initial=len(prompts) - len(todo), desc=f"{args.task}: self-distillation targets",
+               disable=quiet, dynamic_ncols=True)
+    model.eval()
+    for length in sorted({len(p) for p in todo}):
+        group = [list(p) for p in todo if len(p) == length]
+        cache["prompts"] += group
+        cache["continuations"] += greedy_continuations(model, group, max_new, EOS)
+        write_json_atomic(cache, path)
+        bar.update(len(group))
+    bar.close()
+    return TaskData.from_sequences(vocab, list(zip(cache["prompts"], cache["continuations"])), BLOCK_SIZE[args.task])
+
+
+def write_json_atomic(obj, path: str):
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".json")
+    with os.fdopen(fd, "w") as f:
+        json.dump(obj, f)
+    os.replace(tmp, path)
+
+
 def pretrain(args, vocab: CompactVocab, name: str, config: GPTConfig, steps: int, quiet: bool) -> GPT:
     """Pretrain (or load) a GPT on the union of the tasks' training text, loss on every token."""
     path = os.path.join(args.out_dir, f"{name}.pt")
     if os.path.exists(path) and load_checkpoint(path).get("vocabulary") != vocab.to_dict():
         raise ValueError(f"{path} was trained with another vocabulary (other data?): delete it or use --out-dir")
-    union = TaskData(vocab, [ex for task in SPLITS for ex in load_task(task, "train", args.data_dir)],
+    union = TaskData(vocab, [ex for task in SPLITS for ex in load_task(task, "train", args.data_dir, True)],
                      PRETRAIN_BLOCK)
 
     def batch(step):
@@ -94,6 +166,11 @@ def pretrain(args, vocab: CompactVocab, name: str, config: GPTConfig, steps: int
     return model
 
 
+def recipe_name(method: str, args) -> str:
+    """Checkpoint name of a drafter: method, mode, stream targets (and --tag), e.g. "ss_frozen_self"."""
+    return f"{method}_{args.mode}_{args.stream_targets}{args.tag}"
+
+
 def train_task(args, quiet: bool = False) -> dict[str, str]:
     """Run (or resume) the stages of args.methods for args.task; returns the checkpoint paths."""
     seed_everything(args.seed)
@@ -102,34 +179,47 @@ def train_task(args, quiet: bool = False) -> dict[str, str]:
     os.makedirs(args.out_dir, exist_ok=True)
     vocab = build_vocab(args.data_dir)
     base = pretrain(args, vocab, "base", model_config(args, vocab), args.pretrain_steps, quiet)
-    data = TaskData(vocab, load_task(args.task, "train", args.data_dir), BLOCK_SIZE[args.task])
+    examples = load_task(args.task, "train", args.data_dir, True)
+    data = TaskData(vocab, examples, BLOCK_SIZE[args.task])
     batch_size = args.batch_size or BATCH_SIZE[args.task]
-    batch = lambda seed: (lambda step: data.batch(step, batch_size, seed=seed))
+    batch = lambda data, seed: (lambda step: data.batch(step, batch_size, seed=seed))
     extra = dict(vocabulary=vocab.to_dict(), task=args.task)
     paths = {}
 
-    def stage(name: str, model: GPT, title: str, steps: int, seed: int, lr: float = args.ft_lr, **options):
+    def stage(name: str, model: GPT, title: str, steps: int, seed: int, lr: float = args.ft_lr, data=data, **options):
         """One stage, checkpointed as <task>_<name>.pt; `seed` offsets args.seed (batches and dropout)."""
         paths[name] = os.path.join(args.out_dir, f"{args.task}_{name}.pt")
         config = StageConfig(f"{args.task}: {title}", steps, lr, seed=args.seed + seed, **options)
-        train_stage(model, batch(args.seed + seed), config, paths[name], extra, quiet)
+        train_stage(model, batch(data, args.seed + seed), config, paths[name], extra, quiet)
 
-    lora = dict(lora_rank=args.lora_rank, n_msa_layers=args.n_msa_layers, prune_rank=8)
-    stage("ntp", from_base(base, model_config(args, vocab, lora_rank=args.lora_rank), args.device),
-          "next-token LoRA", args.ft_steps, 1)
+    ntp = from_base(base, model_config(args, vocab, lora_rank=args.lora_rank), args.device)
+    stage("ntp", ntp, "next-token LoRA", args.ft_steps, 1)
+    drafters = [m for m in args.method if m != "draft"]
+    if drafters and args.stream_targets == "self":
+        data = self_targets(args, ntp, vocab, examples, os.path.join(args.out_dir, f"{args.task}_self_targets.json"),
+                            quiet)
     for method in args.method:
-        if method == "draft":
+        if method == "draft":  # not distilled: trained on the references, like the next-token model
             draft_base = pretrain(args, vocab, "draft_base", model_config(args, vocab, draft=True),
                                   args.draft_pretrain_steps, quiet)
             stage("draft", draft_base, "draft model (full fine-tuning)", args.ft_steps, 4, lr=args.lr)
             continue
         drafter = dict(n_streams=args.gamma) if method == "ss" else dict(n_medusa_heads=args.gamma)
-        model = from_base(base, model_config(args, vocab, **lora, **drafter), args.device)
+        if args.mode == "frozen":  # the next-token model, frozen; only stream-side parameters / heads train
+            if method == "ss":
+                drafter["stream_adapter_rank"] = args.stream_adapter_rank
+            source, loss = ntp, "streams"
+        else:  # "shared": LoRA shared by the main stream and the drafters, trained from the base (paper v1)
+            source, loss = base, "eq5"
+        config = model_config(args, vocab, lora_rank=args.lora_rank, n_msa_layers=args.n_msa_layers, prune_rank=8,
+                              **drafter)
+        model = from_base(source, config, args.device)
         if method == "ss":  # (a resumed or finished stage then loads its own P_j over these)
             scale_stream_embeddings(model, data.batch(0, batch_size, seed=args.seed)[0].to(args.device))
-        seed = 2 if method == "ss" else 5  # seed offsets: ntp 1, ss 2-3, draft 4, medusa 5-6
-        stage(method, model, f"{method} (γ={args.gamma})", args.ft_steps, seed, stream_fraction=args.stream_fraction)
-        stage(f"{method}_pruned", model, f"{method} pruning adapter", args.prune_steps, seed + 1, loss="early_exit")
+        name, seed = recipe_name(method, args), 2 if method == "ss" else 5  # seeds: ntp 1, ss 2-3, draft 4, medusa 5-6
+        stage(name, model, f"{name} (γ={args.gamma})", args.ft_steps, seed, lr=args.drafter_lr or args.ft_lr,
+              data=data, loss=loss, stream_fraction=args.stream_fraction)
+        stage(f"{name}_pruned", model, f"{name} pruning adapter", args.prune_steps, seed + 1, loss="early_exit")
     return paths
 
 
@@ -149,6 +239,16 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--draft-heads", type=int, default=2)
     p.add_argument("--draft-embd", type=int, default=128)
     p.add_argument("--dropout", type=float, default=0.1)
+    p.add_argument("--mode", choices=["frozen", "shared"], default="frozen",
+                   help="frozen: the next-token model is frozen, only stream embeddings + a stream-only adapter (or "
+                        "Medusa heads) train, α0 = 0, output = the next-token model's; shared: LoRA shared by the "
+                        "main stream and the drafters, Eq. 5 with α0 = 1 (paper v1)")
+    p.add_argument("--stream-targets", choices=["self", "data"], default="self",
+                   help="self: the drafters learn the next-token model's own greedy continuations (cached in "
+                        "--out-dir); data: the references")
+    p.add_argument("--stream-adapter-rank", type=int, default=32, help="frozen mode: rank of the stream-only adapter")
+    p.add_argument("--drafter-lr", type=float, default=0.0, help="learning rate of SS / Medusa (0 = --ft-lr)")
+    p.add_argument("--tag", default="", help="suffix of the SS / Medusa checkpoint names (sweeps)")
     p.add_argument("--gamma", type=int, default=4, help="γ, speculative streams (and Medusa heads)")
     p.add_argument("--n-msa-layers", type=int, default=2, help="N_s, top blocks with multi-stream attention")
     p.add_argument("--lora-rank", type=int, default=32)

@@ -29,7 +29,7 @@ TOKENIZER_FILES = os.environ.get("TIKTOKEN_CACHE_DIR") or (str(data.TIKTOKEN_CAC
 needs_tokenizer = pytest.mark.skipif(TOKENIZER_FILES is None or not os.path.isdir(TOKENIZER_FILES),
                                      reason="the GPT-2 tokenizer files are not on this machine (../shared/tiktoken_cache"
                                             " or $TIKTOKEN_CACHE_DIR), and tests never download")
-COUNTS = {"e2e": {"train": 4672, "test": 630}, "sql": {"train": 4347, "dev": 486, "test": 447},
+COUNTS = {"e2e": {"train": 4245, "dev": 51, "test": 630}, "sql": {"train": 4347, "dev": 486, "test": 447},
           "dialogsum": {"train": 500, "test": 500}}
 
 
@@ -65,7 +65,7 @@ def test_e2e_references_grouped(real):
                                 "Blue Spice is a coffee shop in city centre."]
     alimentum = [ex for ex in train if ex.prompt == train[0].prompt]
     assert len(alimentum) == 6 and all(ex.references == [a.completion for a in alimentum] for ex in alimentum)
-    assert len({ex.prompt for ex in train}) == 547
+    assert len({ex.prompt for ex in train}) == 547 - 51  # the dev split holds out 51 whole MRs
 
 
 @needs_data
@@ -143,7 +143,7 @@ def test_bad_data(tmp_path):
     with pytest.raises(ValueError, match="unknown task"):
         load_task("geo", "train", tmp_path)
     with pytest.raises(ValueError, match="no split 'dev'"):
-        load_task("e2e", "dev", tmp_path)
+        load_task("dialogsum", "dev", tmp_path)
 
 
 def test_sql_filling(tmp_path):

@@ -163,24 +163,27 @@ def test_train_task_quick_and_bench_task(tmp_path):
     import train_task
     out = tmp_path / "ckpt"
     paths = train_task.train_task(train_task.parse(["--task", "e2e", "--quick", "--out-dir", str(out)]), quiet=True)
-    assert sorted(os.listdir(out)) == ["base.pt", "draft_base.pt", "e2e_draft.pt", "e2e_medusa.pt",
-                                       "e2e_medusa_pruned.pt", "e2e_ntp.pt", "e2e_ss.pt", "e2e_ss_pruned.pt"]
-    assert GPT.from_checkpoint(paths["ss_pruned"]).config.n_streams == 4
-    assert GPT.from_checkpoint(paths["medusa_pruned"]).config.n_medusa_heads == 4
+    assert sorted(os.listdir(out)) == ["base.pt", "draft_base.pt", "e2e_draft.pt", "e2e_medusa_frozen_self.pt",
+                                       "e2e_medusa_frozen_self_pruned.pt", "e2e_ntp.pt", "e2e_self_targets.json",
+                                       "e2e_ss_frozen_self.pt", "e2e_ss_frozen_self_pruned.pt"]
+    assert GPT.from_checkpoint(paths["ss_frozen_self_pruned"]).config.n_streams == 4
+    assert GPT.from_checkpoint(paths["medusa_frozen_self_pruned"]).config.n_medusa_heads == 4
     assert GPT.from_checkpoint(paths["draft"]).config.n_layer == 1
     bench.main(["task", "--task", "e2e", "--task-dir", str(out), "--results-dir", str(tmp_path / "res"),
                 "--n-eval", "3", "--prompts", "2", "--repeats", "1"])
     import json
     results = json.loads((tmp_path / "res" / "e2e" / "results.json").read_text())
     assert set(results["quality"]) == {"target", "ss", "medusa"}
-    assert set(results["quality"]["target"]) == {"bleu", "rougeL"}
+    assert set(results["quality"]["target"]) == {"bleu", "rougeL", "name seen", "name unseen", "near seen",
+                                                 "near unseen"}
     assert {r["method"] for r in results["rows"]} == {"autoregressive", "ss", "medusa", "two-model", "prompt lookup"}
     assert (tmp_path / "res" / "e2e" / "results.md").exists()
     # the SS-only path (DialogSum in `make tasks`)
-    train_task.train_task(train_task.parse(["--task", "dialogsum", "--quick", "--method", "ss", "--out-dir", str(out)]),
-                          quiet=True)
+    recipe = ["--mode", "shared", "--stream-targets", "data"]  # (the paper's v1 recipe; and no slow self-targets)
+    train_task.train_task(train_task.parse(["--task", "dialogsum", "--quick", "--method", "ss", "--out-dir", str(out)]
+                                           + recipe), quiet=True)
     bench.main(["task", "--task", "dialogsum", "--task-dir", str(out), "--results-dir", str(tmp_path / "res"),
-                "--n-eval", "2", "--prompts", "1", "--repeats", "1", "--methods", "ss"])
+                "--n-eval", "2", "--prompts", "1", "--repeats", "1", "--methods", "ss"] + recipe)
     results = json.loads((tmp_path / "res" / "dialogsum" / "results.json").read_text())
     assert {r["method"] for r in results["rows"]} == {"autoregressive", "ss"}
     assert set(results["quality"]["ss"]) == {"rouge1", "rouge2", "rougeL"}
@@ -218,7 +221,8 @@ def test_bench_draftcost_on_quick_models(tmp_path, capsys):
     import bench
     import train_task
     out = tmp_path / "ckpt"
+    recipe = ["--stream-targets", "data"]  # self-targets of 4,347 SQL questions would take minutes here
     train_task.train_task(train_task.parse(["--task", "sql", "--quick", "--method", "ss", "medusa",
-                                            "--out-dir", str(out)]), quiet=True)
-    bench.main(["draftcost", "--task", "sql", "--task-dir", str(out)])
+                                            "--out-dir", str(out)] + recipe), quiet=True)
+    bench.main(["draftcost", "--task", "sql", "--task-dir", str(out)] + recipe)
     assert "Medusa heads" in capsys.readouterr().out
