@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test tasks train-tasks bench-tasks toy-baselines clean
+.PHONY: setup demo test tasks train-tasks bench-tasks ablation sweep toy-baselines clean
 
 setup: $(STAMP)
 
@@ -32,6 +32,26 @@ bench-tasks: $(STAMP)
 	$(PY) bench.py task --task dialogsum --methods ss
 
 tasks: train-tasks bench-tasks
+
+# Issue 11's 2 x 2 on E2E: shared / frozen mode x data / self stream targets (train_task.py --mode, --stream-targets),
+# side by side on the test split (quality, name realisation, CR, tokens per call, acceptance, wall speedup).
+# `train-tasks` trains the frozen/self recipe; this adds the three others (the base and next-token model are reused).
+ablation: $(STAMP)
+	$(PY) train_task.py --task e2e --threads $(THREADS)
+	for recipe in "frozen data" "shared data" "shared self"; do set -- $$recipe; \
+		$(PY) train_task.py --task e2e --method ss --mode $$1 --stream-targets $$2 --threads $(THREADS) || exit 1; done
+	$(PY) bench.py ablation --task e2e
+
+# Model selection on the E2E dev split (51 held-out MRs, never the test file): the frozen/self recipe with other
+# stream-adapter ranks, learning rate and N_s, against the default one.
+sweep: $(STAMP)
+	$(PY) train_task.py --task e2e --method ss --threads $(THREADS)
+	$(PY) train_task.py --task e2e --method ss --stream-adapter-rank 8 --tag _r8 --threads $(THREADS)
+	$(PY) train_task.py --task e2e --method ss --stream-adapter-rank 64 --tag _r64 --threads $(THREADS)
+	$(PY) train_task.py --task e2e --method ss --drafter-lr 1e-2 --tag _lr1e-2 --threads $(THREADS)
+	$(PY) train_task.py --task e2e --method ss --n-msa-layers 3 --tag _ns3 --threads $(THREADS)
+	$(PY) bench.py ablation --task e2e --split dev --n-eval 51 --prompts 51 --repeats 1 --recipes ss_frozen_self \
+		ss_frozen_self_r8 ss_frozen_self_r64 ss_frozen_self_lr1e-2 ss_frozen_self_ns3
 
 # The same side by side on the toy task: SS (γ=4), Medusa (4 heads) and a draft model on the toy base.
 toy-baselines: $(STAMP)
