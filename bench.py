@@ -751,31 +751,33 @@ def run_draft_cost(args):
 
 
 def run_params(args):
-    """Parameter accounting: base, LoRA, stream embeddings, pruning adapter, and 4 Medusa heads on the same config."""
-    from model import GPTConfig, medusa_head_params
+    """Parameter accounting: base, LoRA, stream embeddings, the frozen mode's stream adapter, pruning adapter, and 4
+    Medusa heads on the same config. Every model is built (on PyTorch's "meta" device for the large ones: shapes
+    without memory) and counted by GPT.parameter_counts, the one source of the formulas."""
+    from model import GPTConfig
     configs = {  # (d, V, layers, heads, context): toy, GPT-2 124M and the paper's model sizes
         "toy (train_toy.py defaults)": (128, 81, 4, 4, 128),
         "GPT-2 124M": (768, 50257, 12, 12, 1024),
         "OPT-1.3b-sized": (2048, 50272, 24, 32, 2048),
         "7B-sized (d, V of OpenLlama-7b; GPT-2 layout)": (4096, 32000, 32, 32, 2048),
     }
+    r = args.stream_adapter_params
     lines = [f"γ = {args.gamma_params} streams on N_s = 2 MSA blocks, LoRA r = 32 on attention and MLP, rank-8 pruning "
-             "adapter\n",
-             "| config | base | LoRA (r=32) | stream embeddings | pruning adapter | SS extra (streams + adapter) "
-             "| 4 Medusa heads | Medusa / SS |", "|---|---|---|---|---|---|---|---|"]
+             f"adapter; frozen mode adds a rank-{r} stream-only adapter on the MSA blocks' projections\n",
+             "| config | base | LoRA (r=32) | stream embeddings | pruning adapter | stream adapter (frozen mode) "
+             "| SS extra, shared / frozen mode | 4 Medusa heads | Medusa / SS, shared / frozen |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for name, (d, V, L, H, ctx) in configs.items():
-        if d <= 768:  # small enough to build and count for real
-            cfg = GPTConfig(vocab_size=V, block_size=ctx, n_layer=L, n_head=H, n_embd=d, n_streams=args.gamma_params,
-                            n_msa_layers=2, lora_rank=32, prune_rank=8)
+        cfg = GPTConfig(vocab_size=V, block_size=ctx, n_layer=L, n_head=H, n_embd=d, n_streams=args.gamma_params,
+                        n_msa_layers=2, lora_rank=32, prune_rank=8, stream_adapter_rank=r)
+        with torch.device("meta"):
             c = GPT(cfg).parameter_counts()
-        else:  # same formulas, counted analytically (GPT-2 layout: 12 d^2 + 13 d per block)
-            lora = L * 32 * ((d + 3 * d) + (d + d) + (d + 4 * d) + (4 * d + d))
-            c = dict(base=V * d + ctx * d + L * (12 * d * d + 13 * d) + 2 * d, lora=lora,
-                     stream_emb=args.gamma_params * d, prune_adapter=2 * 8 * d,
-                     medusa_4_heads=medusa_head_params(d, V, 4))
-        extra = c["stream_emb"] + c["prune_adapter"]
+        shared = c["stream_emb"] + c["prune_adapter"]
+        frozen = shared + c["stream_adapter"]
+        medusa = c["medusa_4_heads"]
         lines.append(f"| {name} | {c['base']:,} | {c['lora']:,} | {c['stream_emb']:,} | {c['prune_adapter']:,} | "
-                     f"{extra:,} | {c['medusa_4_heads']:,} | {c['medusa_4_heads'] / extra:,.0f}x |")
+                     f"{c['stream_adapter']:,} | {shared:,} / {frozen:,} | {medusa:,} | "
+                     f"{medusa / shared:,.0f}x / {medusa / frozen:,.0f}x |")
     print("\n".join(lines))
     os.makedirs(args.results_dir, exist_ok=True)
     with open(os.path.join(args.results_dir, "params.md"), "w") as f:
@@ -1089,6 +1091,8 @@ def main(argv=None):
     p.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS),
                    help="`task`: decoders compared with the autoregressive baseline")
     p.add_argument("--gamma-params", type=int, default=4, help="`params`: γ of the accounting table")
+    p.add_argument("--stream-adapter-params", type=int, default=32,
+                   help="`params`: rank of the frozen mode's stream adapter in the accounting table")
     p.add_argument("--separate", type=int, nargs="*", default=[2, 4], help="`toy`: γ of separately trained models")
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 2, 4, 8, 16], help="`batch`: batch sizes")
     p.add_argument("--sampling-gamma", type=int, default=4, help="`sampling`: γ of the temperature sweep")
