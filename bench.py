@@ -374,7 +374,7 @@ def extra_parameters(models: dict[str, GPT]) -> dict[str, int]:
     out = dict(autoregressive=0, **{"prompt lookup": 0})
     if "ss" in models:
         c = models["ss"].parameter_counts()
-        out["ss"] = c["stream_emb"] + c["prune_adapter"]
+        out["ss"] = c["stream_emb"] + c["stream_adapter"] + c["prune_adapter"]
     if "medusa" in models:
         c = models["medusa"].parameter_counts()
         out["medusa"] = c["medusa"] + c["prune_adapter"]
@@ -421,7 +421,7 @@ def comparison_markdown(rows: list[dict], extra: dict[str, int], quality: dict[s
                          f"{q(quality_of[method]) if quality else ''}{extra.get(method, 0):,} |")
     lines += ["\nEach method's best setting by wall time; quality is that of the model each method decodes (its output "
               "equals that model's greedy output, checked on every timed prompt). Extra parameters: what the method adds "
-              "to its target besides the LoRA every fine-tuned model has (SS: stream embeddings + pruning adapter; "
+              "to its target besides the LoRA every fine-tuned model has (SS: stream embeddings, stream adapter in frozen mode, pruning adapter; "
               "Medusa: heads + pruning adapter; two-model: the whole draft model).\n",
               "## Against a draft model (layout of the paper's Table 2)\n",
               "| method | setting | target calls | draft calls | tokens per target call | speedup | extra parameters |",
