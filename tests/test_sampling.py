@@ -8,8 +8,8 @@ an expected count < 5 pooled) at a fixed seed, and by the total-variation distan
   - one tree step, with exact target / draft tables (fast: 20,000 samples in the main setting, 4,000 in each
     other): depth-2 trees (γ = 2), k = 2-3 sampled siblings, several temperatures, top-k and top-p, a capped
     and a pruned tree;
-  - end to end, generate_speculative on a tiny random model against the model's own enumerated distribution
-    (1,500 samples: a decode call costs milliseconds).
+  - end to end, generate_speculative on a tiny random model against the model's own enumerated distribution,
+    with a full tree and with a capped and pruned one (1,000 samples each: a decode call costs milliseconds).
 Power: the same test rejects two deliberately wrong rules: resampling from p instead of the residual, and not
 updating q between siblings drawn without replacement. (Siblings drawn *with* replacement and q not updated
 would be lossless again, SpecInfer's original rule; it is the mix that is wrong.) The LOSSY rules of the
@@ -128,13 +128,14 @@ def tiny(_one_thread):
     return random_model(seed=3, vocab_size=V, n_layer=2, n_msa_layers=1, n_embd=16, n_streams=2, block_size=16)
 
 
-def test_speculative_sampling_end_to_end(tiny):
-    """generate_speculative (γ = 2, k = 2, the depth-2 tree verified in one call) vs the model's own
-    enumerated distribution, temperature, top-k and top-p on."""
-    T, top_k, top_p, n = 0.8, 6, 0.95, 1500
+@pytest.mark.parametrize("tree", [dict(), dict(tree_cap=5, prune_threshold=0.1)], ids=["full", "capped+pruned"])
+def test_speculative_sampling_end_to_end(tiny, tree):
+    """generate_speculative (γ = 2, k = 2: a depth-2 tree verified in one call; full, or capped and pruned) vs the
+    model's own enumerated distribution, temperature, top-k and top-p on."""
+    T, top_k, top_p, n = 0.8, 6, 0.95, 1000
     g = torch.Generator().manual_seed(0)
     samples = [tuple(generate_speculative(tiny, PROMPT, 4, gamma=2, k=2, temperature=T, top_k=top_k, top_p=top_p,
-                                          generator=g).tokens[:3]) for _ in range(n)]
+                                          generator=g, **tree).tokens[:3]) for _ in range(n)]
     r = distribution_test(samples, first_tokens_distribution(tiny, PROMPT, T, top_k, top_p))
     assert r["p_value"] > ALPHA and r["tv"] < r["tv_bound"], r
 
@@ -175,3 +176,10 @@ def test_bad_sampling_options_are_refused(tiny):
             generate_speculative(tiny, PROMPT, 4, gamma=2, **bad)
     with pytest.raises(ValueError, match="temperature"):
         generate_autoregressive(tiny, PROMPT, 4, temperature=-0.5)
+
+
+def test_distribution_test_needs_two_bins():
+    """Too few samples for any cell to expect 5: no chi-square (nan, which fails `p_value > ALPHA`), not p = 0."""
+    exact = torch.full((V, V, V), 1.0 / V ** 3, dtype=torch.float64)
+    r = distribution_test([(0, 0, 0)] * 10, exact)
+    assert r["p_value"] != r["p_value"] and not r["p_value"] > ALPHA
