@@ -1,0 +1,131 @@
+"""`python generate.py`: one prompt decoded from a checkpoint (toy and --quick task models), its output equal to
+greedy AR, the --show tree with the accepted path marked, and the errors a user can make."""
+import os
+
+import pytest
+import torch
+
+import generate
+from generate import generate_autoregressive, generate_speculative
+from model import GPT
+from train_toy import ToyData, parser, train_pipeline
+
+
+@pytest.fixture(scope="module")
+def toy_dir(tmp_path_factory):
+    """A tiny toy run (a few steps of each stage): base.pt, ss_gamma2.pt, ss_gamma2_pruned.pt."""
+    out = tmp_path_factory.mktemp("toy")
+    argv = ["--n-stories", "100", "--n-layer", "2", "--n-embd", "16", "--n-head", "2", "--block-size", "64",
+            "--train-block", "16", "--batch-size", "4", "--gamma", "2", "--n-msa-layers", "1", "--lora-rank", "2",
+            "--pretrain-steps", "6", "--ss-steps", "6", "--prune-steps", "3", "--out-dir", str(out)]
+    train_pipeline(parser().parse_args(argv), quiet=True)
+    return out
+
+
+def toy_greedy(toy_dir, words: str, max_new: int) -> tuple[GPT, ToyData, list[int], list[int]]:
+    """The model, the toy vocabulary, the prompt ids and the greedy AR output, computed without the CLI."""
+    model = GPT.from_checkpoint(str(toy_dir / "ss_gamma2_pruned.pt")).eval()
+    model.merge_lora()
+    data = ToyData(10)
+    prompt = [data.eos_id] + data.encode(words.split())
+    return model, data, prompt, generate_autoregressive(model, prompt, max_new, eos_id=data.eos_id).tokens
+
+
+def line(out: str, label: str) -> str:
+    return next(l for l in out.splitlines() if l.startswith(label)).split(":", 1)[1].strip()
+
+
+def test_toy_prompt_output_equals_greedy(toy_dir, capsys):
+    _, data, _, greedy = toy_greedy(toy_dir, "the fox", 12)
+    assert generate.main(["--model", str(toy_dir), "--prompt", "the fox", "--max-new-tokens", "12"]) == 0
+    out = capsys.readouterr().out
+    assert "ss_gamma2_pruned.pt" in line(out, "model")  # the folder's SS checkpoint
+    expected = data.decode([t for t in greedy if t != data.eos_id])
+    assert line(out, "output") == expected and line(out, "greedy AR") == expected
+    assert line(out, "equal to greedy AR") == "yes"
+    assert "tokens per call" in out and "CR" in out
+
+
+def test_show_marks_the_accepted_path(toy_dir, capsys):
+    model, data, prompt, _ = toy_greedy(toy_dir, "the dog runs", 15)
+    options = dict(k=2, tree_cap=5, prune_threshold=0.05, stream_pass="accepted")
+    trace = generate_speculative(model, prompt, 15, eos_id=data.eos_id, trace=True, **options).trace
+    assert generate.main(["--model", str(toy_dir / "ss_gamma2_pruned.pt"), "--prompt", "the dog runs",
+                          "--max-new-tokens", "15", "--show", "--k", "2", "--tree-cap", "5", "--prune-threshold",
+                          "0.05", "--stream-pass", "accepted"]) == 0
+    calls = capsys.readouterr().out.split("\ncall ")[1:]
+    assert len(calls) == len(trace)
+    for text, step in zip(calls, trace):
+        nodes = [l for l in text.splitlines() if "(depth " in l]
+        assert len(nodes) == len(step.drafted)  # every drafted node, pruned ones marked "x"
+        starred = [l.split("'")[1] for l in nodes if l.lstrip().startswith("*")]
+        assert starred == [data.words[t] for t in step.tree.tokens[step.path].tolist()]
+        assert sum(l.lstrip().startswith("x") for l in nodes) == len(step.drafted) - len(step.tree)
+        assert "\033[" not in text  # no colour when stdout is not a terminal
+
+
+def test_exit_status_1_when_the_outputs_differ(toy_dir, capsys, monkeypatch):
+    real = generate.generate_autoregressive
+
+    def wrong(*args, **kwargs):
+        result = real(*args, **kwargs)
+        result.tokens = [t + 1 for t in result.tokens]
+        return result
+
+    monkeypatch.setattr(generate, "generate_autoregressive", wrong)
+    assert generate.main(["--model", str(toy_dir), "--prompt", "the fox", "--max-new-tokens", "8"]) == 1
+    assert line(capsys.readouterr().out, "equal to greedy AR").startswith("NO")
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--model", "{dir}/missing.pt", "--prompt", "the"], "does not exist"),
+    (["--model", "{dir}/base.pt", "--prompt", "the"], "without streams"),
+    (["--model", "{dir}/ss_gamma2.pt", "--prompt", "the"], "no vocabulary"),
+    (["--model", "{dir}", "--prompt", "the zebra"], "unknown word(s) ['zebra']"),
+    (["--model", "{dir}", "--mr", "name[Aromi]"], "--mr is for E2E"),
+    (["--model", "{dir}", "--prompt", "the", "--max-new-tokens", "500"], "block_size"),
+    (["--model", "{dir}", "--prompt", "the", "--k", "0"], "k=0"),
+])
+def test_errors_name_the_problem(toy_dir, argv, message):
+    with pytest.raises(SystemExit) as e:
+        generate.main([a.format(dir=toy_dir) for a in argv])
+    assert message in str(e.value)
+
+
+def test_folder_without_ss_checkpoint(tmp_path):
+    with pytest.raises(SystemExit, match="holds no Speculative Streaming checkpoint"):
+        generate.main(["--model", str(tmp_path), "--prompt", "the"])
+
+
+def test_help(capsys):
+    with pytest.raises(SystemExit) as e:
+        generate.main(["--help"])
+    assert e.value.code == 0 and "--prune-threshold" in capsys.readouterr().out
+
+
+def test_e2e_quick_model_mr_is_delexicalised_and_output_equals_greedy(tmp_path, capsys):
+    data = pytest.importorskip("data")
+    try:
+        data.resolve_data_dir()
+    except FileNotFoundError as e:
+        pytest.skip(f"no real-task data here: {e}")
+    import train_task
+    out = tmp_path / "tasks"
+    train_task.train_task(train_task.parse(["--task", "e2e", "--quick", "--method", "ss", "--stream-targets", "data",
+                                            "--out-dir", str(out)]), quiet=True)
+    mr = "name[Zanzibar Blue], eatType[pub], near[Quayside Arches]"
+    assert generate.main(["--model", str(out), "--mr", mr, "--max-new-tokens", "12", "--k", "2"]) == 0
+    printed = capsys.readouterr().out
+    path = out / "e2e_ss_frozen_data_pruned.pt"
+    assert str(path) in line(printed, "model")
+    ckpt = torch.load(path, weights_only=True)
+    vocab = data.CompactVocab.from_dict(ckpt["vocabulary"])
+    model = GPT.from_checkpoint(str(path)).eval()
+    model.merge_lora()
+    ex = data.delexicalise(data.Example(mr, "", []))
+    assert "Zanzibar" not in ex.prompt and ex.slots  # the model sees placeholders only
+    prompt = data.prompt_ids(vocab, ex, model.config.block_size - 12 + 1)
+    greedy = generate_autoregressive(model, prompt, 12, eos_id=data.EOS).tokens
+    expected = data.relexicalise(vocab.decode([t for t in greedy if t != data.EOS]), ex.slots).strip()
+    assert line(printed, "output") == expected and line(printed, "equal to greedy AR") == "yes"
+    assert os.path.basename(str(path)) in line(printed, "model")
