@@ -33,7 +33,7 @@ from tqdm import tqdm
 from data import EOS, MAX_NEW_TOKENS, SPLITS, CompactVocab, TaskData, load_task, prompt_ids
 from generate import causal_mask
 from model import GPT, GPTConfig, KVCache, load_checkpoint, load_weights
-from train import StageConfig, seed_everything, train_stage
+from train import StageConfig, rank_and_world, seed_everything, train_stage
 
 BLOCK_SIZE = {"e2e": 160, "sql": 384, "dialogsum": 512}  # longest prompt + completion we train and decode
 BATCH_SIZE = {"e2e": 16, "sql": 8, "dialogsum": 8}  # sequences per step: about the same tokens per step
@@ -114,7 +114,8 @@ def self_targets(args, model: GPT, vocab: CompactVocab, examples: list, path: st
     Generated once and cached at `path`, a JSON file: {"format": 1, "model_sha256": hash of the generating
     checkpoint's weights, "max_new_tokens": N, "prompts": [[ids]], "continuations": [[ids]]} (compact-vocabulary
     ids; prompts end with SEP, continuations with EOS unless cut at N). Written after every group of prompts of
-    one length, atomically: an interrupted run resumes where it stopped; a changed model starts over."""
+    one length, atomically: an interrupted run resumes where it stopped; a changed model starts over. Under
+    torchrun, rank 0 generates and the other ranks read its file."""
     max_new = MAX_NEW_TOKENS[args.task]
     budget = min(BLOCK_SIZE[args.task] - 1, model.config.block_size - max_new)  # prompt + SEP ids that fit
     prompts = sorted({tuple(prompt_ids(vocab, ex, budget)) for ex in examples}, key=lambda p: (len(p), p))
@@ -127,16 +128,22 @@ def self_targets(args, model: GPT, vocab: CompactVocab, examples: list, path: st
             cache = saved
     done = {tuple(p) for p in cache["prompts"]}
     todo = [p for p in prompts if p not in done]
-    bar = tqdm(total=len(prompts), initial=len(prompts) - len(todo), desc=f"{args.task}: self-distillation targets",
-               disable=quiet, dynamic_ncols=True)
-    model.eval()
-    for length in sorted({len(p) for p in todo}):
-        group = [list(p) for p in todo if len(p) == length]
-        cache["prompts"] += group
-        cache["continuations"] += greedy_continuations(model, group, max_new, EOS)
-        write_json_atomic(cache, path)
-        bar.update(len(group))
-    bar.close()
+    rank, world = rank_and_world()
+    if rank == 0:
+        bar = tqdm(total=len(prompts), initial=len(prompts) - len(todo),
+                   desc=f"{args.task}: self-distillation targets", disable=quiet, dynamic_ncols=True)
+        model.eval()
+        for length in sorted({len(p) for p in todo}):
+            group = [list(p) for p in todo if len(p) == length]
+            cache["prompts"] += group
+            cache["continuations"] += greedy_continuations(model, group, max_new, EOS)
+            write_json_atomic(cache, path)
+            bar.update(len(group))
+        bar.close()
+    if world > 1:
+        torch.distributed.barrier()
+        with open(path) as f:
+            cache = json.load(f)
     return TaskData.from_sequences(vocab, list(zip(cache["prompts"], cache["continuations"])), BLOCK_SIZE[args.task])
 
 
