@@ -324,6 +324,251 @@ def run_rows(args):
 
 
 # ---------------------------------------------------------------------------------------------------------
+# Profile of one decode call (issue 12): where the time of an AR step and of an SS call goes
+# ---------------------------------------------------------------------------------------------------------
+
+class Laps:
+    """Explicit timers: `lap(part)` adds the time since the previous lap to `part` (synchronising a GPU first)."""
+
+    def __init__(self, device: str):
+        self.sync = torch.cuda.synchronize if str(device).startswith("cuda") else (lambda: None)
+        self.parts: dict[str, float] = {}
+
+    def start(self):
+        self.sync()
+        self.t = self.t0 = time.perf_counter()
+
+    def lap(self, part: str):
+        self.sync()
+        now = time.perf_counter()
+        self.parts[part] = self.parts.get(part, 0.0) + now - self.t
+        self.t = now
+
+    def total(self) -> float:
+        return self.t - self.t0
+
+
+def profiled_ar_step(model: GPT, cache: KVCache, token: int, result: GenerationResult, laps: Laps) -> int:
+    """One step of generate_autoregressive's loop, with a timer around each part."""
+    from generate import commit_tokens
+    device = cache.k[0].device
+    laps.start()
+    idx = torch.tensor([[token]], device=device)
+    laps.lap("Python bookkeeping")
+    mask = torch.ones(1, 1, dtype=torch.bool, device=device).expand(1, cache.length + 1)
+    pos = torch.tensor([cache.length], device=device)
+    laps.lap("mask building")
+    x = model.embed(idx, pos)
+    laps.lap("embed")
+    h = model.lower(x, mask, cache)
+    laps.lap("lower blocks")
+    main, _ = model.upper(h, mask, cache, n_streams=0)
+    laps.lap("MSA blocks, main rows only")
+    token = int(model.lm_head(main)[0, -1].argmax())
+    laps.lap("verification LM head + argmax")
+    cache.commit()
+    laps.lap("cache compaction")
+    commit_tokens(result, [token], 10 ** 9, None)
+    laps.lap("Python bookkeeping")
+    return token
+
+
+def profiled_ss_call(model: GPT, cache: KVCache, root: int, main: torch.Tensor, streams: torch.Tensor, k: int,
+                     tree_cap: int | None, prune_threshold: float | None, stream_pass: str, result: GenerationResult,
+                     laps: Laps) -> dict:
+    """One iteration of generate_speculative's greedy loop (draft, tree forward, prune, verify, commit, next
+    streams), in its order, with a timer around each part. Returns what the bare forward of the same rows needs."""
+    import tree as tree_ops
+    from generate import commit_tokens, draft_topk
+    from torch.nn import functional as F
+    gamma = streams.size(0)
+    laps.start()
+    topk = draft_topk(model, main, streams, gamma, k)
+    laps.lap("drafting LM head + top-k")
+    drafted = tree_ops.draft_tree(root, *topk, cap=tree_cap)
+    laps.lap("tree building")
+    tree, L = drafted, cache.length
+    mask, pos = tree_ops.tree_attention_mask(tree, L), tree_ops.position_ids(tree, L)
+    laps.lap("mask building")
+    x = model.embed(tree.tokens[None], pos)
+    laps.lap("embed")
+    h = model.lower(x, mask, cache)
+    laps.lap("lower blocks")
+    bare = dict(tokens=drafted.tokens[None], pos=pos, mask=mask, survivors=None, kept_mask=mask)
+    if prune_threshold is not None and len(tree) > 1:
+        exit_probs = F.softmax(model.early_exit_logits(h[0]).float(), dim=-1)
+        laps.lap("pruning head")
+        survivors = tree_ops.prune_tree(tree, exit_probs, prune_threshold)
+        laps.lap("tree building")
+        if len(survivors) < len(tree):
+            cache.select_pending(survivors, range(model.config.first_msa_layer))
+            laps.lap("cache compaction")
+            tree, h = tree_ops.subtree(tree, survivors), h[:, survivors]
+            laps.lap("tree building")
+            mask = tree_ops.tree_attention_mask(tree, L)
+            laps.lap("mask building")
+            bare.update(survivors=survivors, kept_mask=mask)
+    main_rows, tree_streams = model.upper(h, mask, cache, n_streams=gamma if stream_pass == "tree" else 0)
+    laps.lap("MSA blocks, tree rows + γ streams per node" if stream_pass == "tree" else "MSA blocks, main rows only")
+    main_argmax = model.lm_head(main_rows[0]).argmax(dim=-1).tolist()
+    laps.lap("verification LM head + argmax")
+    path = tree_ops.verify_greedy(tree, main_argmax)
+    new_root = main_argmax[path[-1]]
+    laps.lap("Python bookkeeping")
+    cache.commit(path)
+    laps.lap("cache compaction")
+    accepted_depth = len(path) - 1
+    for j in range(1, int(drafted.depths.max()) + 1):
+        result.depth_attempted[j - 1] += accepted_depth >= j - 1
+        result.depth_accepted[j - 1] += accepted_depth >= j
+    result.tree_sizes.append(len(drafted))
+    result.pruned_tree_sizes.append(len(tree))
+    main_state = main_rows[0, path[-1]]  # (the next call's drafting starts from these two)
+    laps.lap("Python bookkeeping")
+    if stream_pass == "tree":
+        stream_states = tree_streams[0, path[-1]]
+    else:
+        stream_states = model.streams_at(h[:, path[-1]], cache, gamma)[0]
+        laps.lap("MSA blocks, γ stream rows of the accepted node")
+    commit_tokens(result, tree.tokens[path[1:]].tolist() + [new_root], 10 ** 9, None)
+    laps.lap("Python bookkeeping")
+    return dict(bare, last=path[-1], n_drafted=len(drafted), n_kept=len(tree), accepted=len(path))
+
+
+def bare_rows(model: GPT, cache: KVCache, rows: dict, gamma: int, stream_pass: str, pruning: bool):
+    """The arithmetic of one SS call without its bookkeeping: the drafted rows through embed + lower blocks (and the
+    early-exit head when pruning), the kept rows through the MSA blocks (with γ streams each, or the γ stream
+    rows of one node after), the LM head on the kept rows and on the γ stream rows. Masks are given."""
+    h = model.lower(model.embed(rows["tokens"], rows["pos"]), rows["mask"], cache)
+    if pruning:
+        model.early_exit_logits(h[0])
+    if rows["survivors"] is not None:
+        h = h[:, rows["survivors"]]
+    main, streams = model.upper(h, rows["kept_mask"], cache, n_streams=gamma if stream_pass == "tree" else 0)
+    model.lm_head(main[0])
+    if stream_pass == "accepted":
+        streams = model.streams_at(h[:, rows["last"]], cache, gamma)[:, None]
+    model.lm_head(streams[0, rows["last"] if stream_pass == "tree" else 0])
+
+
+def profile_model(model: GPT, prompt: list[int], eos_id: int | None, max_new: int, device: str, reps: int,
+                  prune_threshold: float) -> dict:
+    """Median times (s) of the parts of one AR step and of one SS call (k = 1; k = 3, cap 16, pruning; both stream
+    passes), and of the bare forward of the same rows, from one state: `prompt` decoded to the middle of its
+    greedy output. Every repetition restarts from that state (the cache is cut back to it)."""
+    from generate import causal_mask
+    gamma = model.config.n_streams
+    ar = generate_autoregressive(model, prompt, max_new, eos_id=eos_id)
+    context = prompt + ar.tokens[:len(ar.tokens) // 2]
+    token = ar.tokens[len(ar.tokens) // 2]
+    P, full = len(context), sum(3 ** d for d in range(gamma + 1))
+    cache = KVCache(model.config, 1, P + min(full, 16) + 1, device=device)
+    with torch.inference_mode():  # the state: the context prefilled, as generate_speculative's prefill does
+        idx, mask = torch.tensor([context], device=device), causal_mask(P, device)
+        h = model.lower(model.embed(idx, torch.arange(P, device=device)), mask, cache)
+        main, streams = model.upper(h, mask, cache, torch.tensor([P - 1], device=device), gamma)
+        cache.commit()
+        state = (int(model.lm_head(main[0, -1]).argmax()), main[0, -1], streams[0, 0])
+
+    def ar_step(laps: Laps, result: GenerationResult) -> dict:
+        profiled_ar_step(model, cache, token, result, laps)
+        return dict(n_drafted=1, n_kept=1, accepted=1)
+
+    def ar_bare(info: dict):
+        mask = torch.ones(1, P + 1, dtype=torch.bool, device=device)
+        x = model.embed(torch.tensor([[token]], device=device), torch.tensor([P], device=device))
+        model.lm_head(model.upper(model.lower(x, mask, cache), mask, cache, n_streams=0)[0])
+
+    def ss_call(k: int, cap: int | None, prune: float | None, stream_pass: str):
+        step = lambda laps, result: profiled_ss_call(model, cache, *state, k, cap, prune, stream_pass, result, laps)
+        return step, lambda info: bare_rows(model, cache, info, gamma, stream_pass, prune is not None)
+
+    settings = {"AR step": (ar_step, ar_bare)}
+    for k, cap, prune in ((1, None, None), (3, 16, prune_threshold)):
+        for stream_pass in PASSES:
+            name = f"SS k={k}" + (f", cap {cap}, prune {prune}" if cap else "") + f", {stream_pass} pass"
+            settings[name] = ss_call(k, cap, prune, stream_pass)
+    parts, totals, bares, info = ({name: [] for name in settings} for _ in range(4))
+    with torch.inference_mode():
+        for rep in tqdm(range(reps + reps // 10), desc="profile", leave=False):  # the first tenth is warm-up
+            for name, (step, bare) in settings.items():  # interleaved: load on the machine hits every setting alike
+                laps, bare_laps = Laps(device), Laps(device)
+                info[name] = step(laps, GenerationResult(depth_attempted=[0] * gamma, depth_accepted=[0] * gamma))
+                cache.length, cache.pending = P, 0  # back to the state
+                bare_laps.start()
+                bare(info[name])
+                bare_laps.lap("bare")
+                cache.length, cache.pending = P, 0
+                if rep >= reps // 10:
+                    parts[name].append(laps.parts)
+                    totals[name].append(laps.total())
+                    bares[name].append(bare_laps.total())
+    columns = {}
+    for name in settings:
+        medians = {part: statistics.median(p[part] for p in parts[name]) for part in parts[name][0]}
+        columns[name] = dict(parts=medians, total=statistics.median(totals[name]), bare=statistics.median(bares[name]),
+                             **{key: info[name][key] for key in ("n_drafted", "n_kept", "accepted")})
+    return dict(columns=columns, cache_len=P, gamma=gamma, device=str(device))
+
+
+PROFILE_PARTS = ["embed", "lower blocks", "pruning head", "MSA blocks, main rows only",
+                 "MSA blocks, tree rows + γ streams per node", "MSA blocks, γ stream rows of the accepted node",
+                 "verification LM head + argmax", "drafting LM head + top-k", "tree building", "mask building",
+                 "cache compaction", "Python bookkeeping"]
+
+
+def write_profile(profile: dict, path: str, title: str, command: str):
+    cols = profile["columns"]
+    ar = cols["AR step"]["total"]
+    lines = [f"# Profile of one decode call: {title}", "", f"    {command}", "",
+             f"One state: a test prompt decoded greedily to the middle of its output (cache of {profile['cache_len']} "
+             f"tokens), γ = {profile['gamma']}; each call repeated from that state, median per part over the calls "
+             f"(so the parts need not add up to the median total exactly). {torch.get_num_threads()} thread(s), "
+             f"device {profile['device']}. Times in ms (share of the call).", "",
+             "| part | " + " | ".join(cols) + " |", "|---|" + "---:|" * len(cols)]
+    for part in PROFILE_PARTS:
+        if any(part in c["parts"] for c in cols.values()):
+            lines.append(f"| {part} | " + " | ".join(
+                f"{c['parts'][part] * 1e3:.3f} ({100 * c['parts'][part] / c['total']:.0f}%)" if part in c["parts"]
+                else "-" for c in cols.values()) + " |")
+    rows = [("**whole call**", lambda c: f"**{c['total'] * 1e3:.3f}**"),
+            ("bare forward of the same rows", lambda c: f"{c['bare'] * 1e3:.3f}"),
+            ("call / bare forward", lambda c: f"{c['total'] / c['bare']:.2f}x"),
+            ("call / AR step", lambda c: f"{c['total'] / ar:.2f}x"),
+            ("tree nodes drafted / after pruning", lambda c: f"{c['n_drafted']} / {c['n_kept']}"),
+            ("tokens committed at this state (root included)", lambda c: f"{c['accepted']}")]
+    lines += [f"| {name} | " + " | ".join(cell(c) for c in cols.values()) + " |" for name, cell in rows]
+    lines += ["", "The bare forward runs the same rows through the same model functions with the masks given: the "
+              "drafted rows through embed and the lower blocks (and the early-exit head when pruning), the kept rows "
+              "through the MSA blocks (with γ streams on every node in the tree pass; the γ stream rows of the "
+              "accepted node after verification in the accepted pass), the LM head on the kept rows and on the γ "
+              "stream rows. call / bare - 1 is the share of bookkeeping that is not arithmetic."]
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    print("\n".join(lines[6:]))
+    print(f"wrote {path}")
+
+
+def run_profile(args):
+    """`python bench.py profile` (--task's SS model, e.g. E2E) or `--toy`: where one decode call's time goes."""
+    import sys
+    command = "python bench.py " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("bench.py") else "python bench.py profile"
+    if args.toy:
+        model, data, prompts = load_toy(args)
+        prompt, eos, max_new, name, title = prompts[0], data.eos_id, args.max_new_tokens, "toy", "toy model"
+    else:
+        path = drafter_path(args, "ss", args.task)
+        if not os.path.exists(path):
+            raise SystemExit(f"{path} not found: train it with `python train_task.py --task {args.task}` (or profile "
+                             f"the toy model with --toy)")
+        _, prompts, max_new, _ = task_setup(args, "test")
+        model, prompt, eos, name, title = load_model(path, args.device), prompts[0], 0, args.task, f"{args.task} SS model"
+    profile = profile_model(model, prompt, eos, max_new, args.device, args.profile_calls, args.prune_threshold)
+    write_profile(profile, os.path.join(args.results_dir, name, "profile.md"), title, command)
+
+
+# ---------------------------------------------------------------------------------------------------------
 # Side by side: Speculative Streaming, Medusa, two-model speculative decoding and prompt lookup (issue 7)
 # ---------------------------------------------------------------------------------------------------------
 
@@ -1058,7 +1303,7 @@ def run_sampling(args):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("what", choices=["speed", "toy", "params", "rows", "task", "baselines", "draftcost", "batch",
-                                    "ablation", "sampling"],
+                                    "ablation", "sampling", "profile"],
                    help="which benchmark")
     p.add_argument("--toy-dir", default="checkpoints/toy", help="train_toy.py's --out-dir")
     p.add_argument("--toy-gamma", type=int, default=6, help="γ of the toy checkpoint to load")
@@ -1102,11 +1347,13 @@ def main(argv=None):
                    help="`sampling`: samples per acceptance rule in the distribution test")
     p.add_argument("--top-k", type=int, default=None, help="`sampling`: top-k of target and drafts (T > 0)")
     p.add_argument("--top-p", type=float, default=None, help="`sampling`: top-p of target and drafts (T > 0)")
+    p.add_argument("--toy", action="store_true", help="`profile`: the toy model instead of --task's SS model")
+    p.add_argument("--profile-calls", type=int, default=200, help="`profile`: timed calls (median; + 10%% warm-up)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     {"speed": run_speed, "toy": run_toy, "params": run_params, "rows": run_rows, "task": run_task,
      "baselines": run_baselines, "draftcost": run_draft_cost, "batch": run_batch, "ablation": run_ablation,
-     "sampling": run_sampling}[args.what](args)
+     "sampling": run_sampling, "profile": run_profile}[args.what](args)
 
 
 if __name__ == "__main__":
