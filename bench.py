@@ -12,6 +12,8 @@ over the KV-cached greedy loop. Never a test: run it yourself and read the table
                                    # writes results/batch/
     python bench.py sampling       # T > 0: tokens/call and acceptance vs temperature (lossless recursive rule and
                                    # the two lossy ones), distribution test drawn; writes results/sampling/
+    python bench.py profile --toy  # one AR step and one SS call timed part by part, against a bare forward of the
+                                   # same rows; writes results/toy/profile.md (without --toy: --task's SS model)
     python bench.py toy            # the γ study: acceptance vs γ, speedup and CR vs γ per k, speedup vs tree
                                    # size with and without pruning; writes results/toy/ (JSON, Markdown, PNGs)
 
