@@ -92,6 +92,16 @@ def test_errors_name_the_problem(toy_dir, argv, message):
     assert message in str(e.value)
 
 
+def test_folder_picks_the_newest_ss_checkpoint(toy_dir, tmp_path, capsys):
+    import shutil
+    for name, mtime in (("ss_gamma2_pruned.pt", 2_000_000_000), ("ss_old_pruned.pt", 1_000_000_000)):
+        shutil.copy(toy_dir / "ss_gamma2_pruned.pt", tmp_path / name)
+        os.utime(tmp_path / name, (mtime, mtime))
+    shutil.copy(toy_dir / "base.pt", tmp_path / "base.pt")  # not an SS checkpoint: never picked
+    assert generate.find_checkpoint(str(tmp_path)) == str(tmp_path / "ss_gamma2_pruned.pt")
+    assert "2 SS checkpoints" in capsys.readouterr().out
+
+
 def test_folder_without_ss_checkpoint(tmp_path):
     with pytest.raises(SystemExit, match="holds no Speculative Streaming checkpoint"):
         generate.main(["--model", str(tmp_path), "--prompt", "the"])
