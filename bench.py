@@ -425,7 +425,9 @@ def profiled_ss_call(model: GPT, cache: KVCache, root: int, main: torch.Tensor, 
         result.depth_accepted[j - 1] += accepted_depth >= j
     result.tree_sizes.append(len(drafted))
     result.pruned_tree_sizes.append(len(tree))
-    main_state = main_rows[0, path[-1]]  # (the next call's drafting starts from these two)
+    # the next call would draft from these two; they are computed (and timed) here as in the loop, then dropped:
+    # every profiled call restarts from the same state
+    main_state = main_rows[0, path[-1]]
     laps.lap("Python bookkeeping")
     if stream_pass == "tree":
         stream_states = tree_streams[0, path[-1]]
