@@ -105,6 +105,18 @@ def commit_tokens(result: GenerationResult, new: list[int], max_new_tokens: int,
     return len(result.tokens) >= max_new_tokens or (eos_id is not None and new[-1:] == [eos_id])
 
 
+def record_call(result: GenerationResult, drafted_depth: int, accepted_depth: int, drafted_nodes: int,
+                verified_nodes: int) -> None:
+    """Count one decode call and its per-depth acceptance (METHOD.md §6, §9): depth j is attempted iff the tree
+    was drafted to depth j and depth j-1 was accepted, so capped or pruned nodes count as rejections."""
+    result.forward_calls += 1
+    for j in range(1, drafted_depth + 1):
+        result.depth_attempted[j - 1] += accepted_depth >= j - 1
+        result.depth_accepted[j - 1] += accepted_depth >= j
+    result.tree_sizes.append(drafted_nodes)
+    result.pruned_tree_sizes.append(verified_nodes)
+
+
 def new_cache(model: GPT, prompt: torch.Tensor, max_new_tokens: int, max_pending: int = 1) -> KVCache:
     """A cache with room for the prompt, the output and the pending entries of one forward (a whole tree)."""
     p = next(model.parameters())
@@ -125,6 +137,49 @@ def check_sampling(temperature: float, top_k: int | None, top_p: float | None, a
         raise ValueError(f"top_p={top_p!r} must be None or a number in (0, 1]")
     if acceptance not in ACCEPTANCE_RULES:
         raise ValueError(f"acceptance={acceptance!r} must be one of {ACCEPTANCE_RULES} (only 'recursive' is lossless)")
+
+
+def check_count(name: str, value, minimum: int = 1):
+    """Validate an integer option (a count) of a decoding function."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise ValueError(f"{name}={value!r} must be an integer >= {minimum}")
+
+
+def check_draft_model(target: GPT, draft: GPT):
+    """Validate the draft model of two-model speculative decoding: the target's vocabulary."""
+    if draft.config.vocab_size != target.config.vocab_size:
+        raise ValueError(f"the draft model's vocabulary ({draft.config.vocab_size} tokens) differs from the "
+                         f"target's ({target.config.vocab_size}): both must use the same tokenizer")
+
+
+def check_speculative(model: GPT, gamma: int | None, k: int, tree_cap: int | None, prune_threshold: float | None,
+                      stream_pass: str, batched: bool = False) -> int:
+    """Validate the tree options shared by generate_speculative and (batched=True, streams only)
+    generate_speculative_batch; returns γ (None: all of the model's drafters)."""
+    cfg = model.config
+    drafters = cfg.n_streams if batched else cfg.n_drafts
+    if drafters == 0:
+        raise ValueError("batched speculative decoding drafts with streams and the model has none (n_streams=0): "
+                         "use generate_autoregressive_batch, or generate_speculative for a Medusa model" if batched else
+                         "the model has no streams (n_streams=0) and no Medusa heads: use generate_autoregressive "
+                         "or train streams")
+    gamma = drafters if gamma is None else gamma
+    if not isinstance(gamma, int) or isinstance(gamma, bool) or not 1 <= gamma <= drafters:
+        raise ValueError(f"gamma={gamma!r} must be an integer in 1..{drafters} (the model's "
+                         f"{'n_streams' if batched or cfg.n_medusa_heads == 0 else 'n_medusa_heads'})")
+    if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= cfg.vocab_size:
+        raise ValueError(f"k={k!r} must be an integer in 1..vocab_size={cfg.vocab_size}")
+    if stream_pass not in ("tree", "accepted"):
+        raise ValueError(f"stream_pass={stream_pass!r} must be 'tree' (the paper's single pass) or 'accepted'")
+    if tree_cap is not None and (not isinstance(tree_cap, int) or isinstance(tree_cap, bool) or tree_cap < 1):
+        raise ValueError(f"tree_cap={tree_cap!r} must be None or an integer >= 1")
+    if prune_threshold is not None:
+        if not 0.0 <= prune_threshold < 1.0:
+            raise ValueError(f"prune_threshold={prune_threshold!r} must be in [0, 1)")
+        if cfg.prune_rank == 0:
+            raise ValueError("prune_threshold needs a pruning adapter: build the model with prune_rank > 0 and "
+                             "train it (see train_toy.py)")
+    return gamma
 
 
 def pick_token(logits: torch.Tensor, temperature: float, top_k: int | None, top_p: float | None,
@@ -166,6 +221,74 @@ def generate_autoregressive(model: GPT, prompt_ids, max_new_tokens: int, eos_id:
     return result
 
 
+@dataclass(frozen=True)
+class SpecSettings:
+    """The checked options of one generate_speculative call."""
+    gamma: int                        # drafted depth: streams (or Medusa heads) used
+    k: int                            # candidates per drafter
+    tree_cap: int | None
+    prune_threshold: float | None
+    stream_pass: str                  # "tree" or "accepted"
+    medusa: bool                      # the model drafts with Medusa heads, not streams
+    temperature: float
+    top_k: int | None
+    top_p: float | None
+    generator: torch.Generator | None
+    acceptance: str
+
+
+@dataclass
+class Drafter:
+    """What the next tree is drafted from: the root and the last accepted node's final states."""
+    root: int                         # the main stream's token after the last accepted node
+    main: torch.Tensor                # (C,) its main-stream state (Medusa's heads draft from it)
+    streams: torch.Tensor | None      # (γ, C) its stream states (None for Medusa)
+
+
+@dataclass
+class Draft:
+    """A drafted tree and what it was drafted from."""
+    tree: Tree
+    topk: tuple                       # greedy: (tokens, probs) (depth, k); sampled: (draws, rank probs) (depth, k')
+    q: torch.Tensor | None            # sampled: the drafters' distributions (depth, V), on the CPU
+
+
+@dataclass
+class TreePass:
+    """The forward of one decode call over a drafted tree: lower blocks, pruning, MSA blocks, main logits."""
+    kept: list[int]                   # indices of the drafted nodes that survived pruning
+    tree: Tree                        # the surviving tree (n nodes)
+    cache_len: int                    # committed cache entries before the call
+    mask: torch.Tensor                # (n, cache_len + n) tree attention mask of `tree`
+    positions: torch.Tensor           # (n_drafted,) position ids of the drafted nodes
+    exit_probs: torch.Tensor | None   # (n_drafted, V) early-exit distributions, when pruning ran
+    h: torch.Tensor                   # (1, n, C) states at the input of block N-N_s
+    main: torch.Tensor                # (1, n, C) final main-stream states
+    streams: torch.Tensor | None      # (1, n, γ, C) final stream states (stream_pass="tree")
+    logits: torch.Tensor              # (n, V) main logits
+    main_argmax: list[int]            # (n,)
+
+
+@dataclass
+class SpecStep:
+    """One decode call of generate_speculative: the draft, the forward, the accepted path and the next drafter."""
+    draft: Draft
+    fwd: TreePass
+    path: list[int]                   # accepted path, indices into fwd.tree, root first
+    next: Drafter
+
+    @property
+    def tokens(self) -> list[int]:
+        """The accepted drafts and the new root (before EOS / max_new_tokens truncation)."""
+        return self.fwd.tree.tokens[self.path[1:]].tolist() + [self.next.root]
+
+    def trace(self, committed: list[int]) -> StepTrace:
+        """This call as a StepTrace."""
+        f = self.fwd
+        return StepTrace(self.draft.tree, f.kept, f.tree, f.cache_len, f.mask, f.main_argmax, self.path, committed,
+                         f.positions, self.draft.topk, f.exit_probs, f.logits)
+
+
 def draft_topk(model: GPT, main_state: torch.Tensor, stream_states: torch.Tensor | None, depth: int,
                k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Top-k tokens and probabilities of drafters 1..depth at one node: its streams (stream_states: (γ, C)) or,
@@ -185,6 +308,88 @@ def draft_sampled(model: GPT, main_state: torch.Tensor, stream_states: torch.Ten
     q = sampling_probs(model.draft_logits(states)[:depth].cpu(), temperature, top_k, top_p)
     tree, drawn, rank_probs = draft_tree_sampled(root, q, k, generator, cap, main_state.device)
     return tree, (drawn, rank_probs), q
+
+
+def speculative_prefill(model: GPT, prompt: torch.Tensor, cache: KVCache, s: SpecSettings,
+                        trace: bool) -> tuple[Drafter, StepTrace | None]:
+    """The prompt (1, P) through the main stream into the cache, streams only at its last position; returns the
+    first drafter (its root is the first token) and, with trace, call 0 of a golden trace."""
+    P, device = prompt.size(1), prompt.device
+    mask = causal_mask(P, device)
+    h = model.lower(model.embed(prompt, torch.arange(P, device=device)), mask, cache)
+    main, streams = model.upper(h, mask, cache, torch.tensor([P - 1], device=device), 0 if s.medusa else s.gamma)
+    cache.commit()
+    root = pick_token(model.lm_head(main[0, -1]), s.temperature, s.top_k, s.top_p, s.generator)
+    prefill_trace = None
+    if trace:  # the prompt as a chain "tree" (a 1-ary draft), main logits everywhere
+        chain = draft_tree(int(prompt[0, 0]), prompt[0, 1:, None], torch.ones(P - 1, 1, device=device))
+        logits = model.lm_head(main[0])  # (P, V)
+        prefill_trace = StepTrace(chain, list(range(P)), chain, 0, mask, logits.argmax(-1).tolist(),
+                                  list(range(P)), [root], chain.depths, main_logits=logits)
+    return Drafter(root, main[0, -1], None if streams is None else streams[0, 0]), prefill_trace
+
+
+def draft(model: GPT, drafter: Drafter, depth: int, s: SpecSettings) -> Draft:
+    """Draft a tree to `depth`: depth j from stream (head) j of the last accepted node; top-k (greedy) or draws."""
+    if s.temperature == 0:
+        topk = draft_topk(model, drafter.main, drafter.streams, depth, s.k)
+        return Draft(draft_tree(drafter.root, *topk, cap=s.tree_cap), topk, None)
+    tree, topk, q = draft_sampled(model, drafter.main, drafter.streams, drafter.root, depth, s.k, s.tree_cap, s.temperature, s.top_k,
+                                  s.top_p, s.generator)
+    return Draft(tree, topk, q)
+
+
+def forward_tree(model: GPT, drafted: Tree, cache: KVCache, s: SpecSettings) -> TreePass:
+    """One forward over the drafted tree on top of the cache: lower blocks, pruning (drops pruned nodes' lower-layer
+    entries), MSA blocks on the survivors (streams on every node with stream_pass="tree", Eq. 2), main logits."""
+    tree, L = drafted, cache.length
+    mask, pos = tree_attention_mask(tree, L), position_ids(tree, L)
+    h = model.lower(model.embed(tree.tokens[None], pos), mask, cache)  # (1, n, C)
+    kept, exit_probs = list(range(len(tree))), None
+    if s.prune_threshold is not None and len(tree) > 1:
+        exit_probs = F.softmax(model.early_exit_logits(h[0]).float(), dim=-1)  # (n, V)
+        survivors = prune_tree(tree, exit_probs, s.prune_threshold)
+        if len(survivors) < len(tree):  # drop pruned nodes' lower-layer keys/values too
+            cache.select_pending(survivors, range(model.config.first_msa_layer))
+            tree, h, kept = subtree(tree, survivors), h[:, survivors], survivors.tolist()
+            mask = tree_attention_mask(tree, L)
+    n_streams = s.gamma if s.stream_pass == "tree" and not s.medusa else 0
+    main, streams = model.upper(h, mask, cache, n_streams=n_streams)
+    logits = model.lm_head(main[0])  # (n, V): verification needs only the main stream
+    return TreePass(kept, tree, L, mask, pos, exit_probs, h, main, streams, logits, logits.argmax(dim=-1).tolist())
+
+
+def verify(fwd: TreePass, drafted: Draft, s: SpecSettings) -> tuple[list[int], int]:
+    """The accepted path (indices into fwd.tree, root first) and the new root: greedy hard matching at temperature
+    0, else tree.verify_sampled (only pruning's survivors may be accepted)."""
+    if s.temperature == 0:
+        path = verify_greedy(fwd.tree, fwd.main_argmax)
+        return path, fwd.main_argmax[path[-1]]
+    allowed = None if fwd.exit_probs is None else fwd.exit_probs[fwd.kept] >= s.prune_threshold  # (n,)
+    return verify_sampled(fwd.tree, sampling_probs(fwd.logits.cpu(), s.temperature, s.top_k, s.top_p), drafted.q,
+                          drafted.topk[0], s.generator, s.acceptance, None if allowed is None else allowed.cpu())
+
+
+def commit(model: GPT, cache: KVCache, fwd: TreePass, path: list[int], root: int, s: SpecSettings) -> Drafter:
+    """Compact the cache to the accepted path and return the next drafter: the last accepted node's states (with
+    stream_pass="accepted", its streams run now through the MSA blocks, a γ-row sub-pass)."""
+    cache.commit(path)
+    last = path[-1]
+    if s.medusa:
+        streams = None
+    elif s.stream_pass == "tree":
+        streams = fwd.streams[0, last]  # (γ, C)
+    else:
+        streams = model.streams_at(fwd.h[:, last], cache, s.gamma)[0]  # (γ, C)
+    return Drafter(root, fwd.main[0, last], streams)
+
+
+def speculative_step(model: GPT, cache: KVCache, drafter: Drafter, depth: int, s: SpecSettings) -> SpecStep:
+    """One decode call: draft a tree to `depth`, forward it, verify it, commit the accepted path."""
+    drafted = draft(model, drafter, depth, s)
+    fwd = forward_tree(model, drafted.tree, cache, s)
+    path, root = verify(fwd, drafted, s)
+    return SpecStep(drafted, fwd, path, commit(model, cache, fwd, path, root, s))
 
 
 @torch.inference_mode()
@@ -211,107 +416,29 @@ def generate_speculative(model: GPT, prompt_ids, max_new_tokens: int, gamma: int
 
     A Medusa model (config.n_medusa_heads > 0) decodes with the same loop: its heads, applied to the last
     accepted node's final hidden state, propose the tree (stream_pass does not apply)."""
-    cfg = model.config
-    gamma = cfg.n_drafts if gamma is None else gamma
-    medusa = cfg.n_medusa_heads > 0
-    if cfg.n_drafts == 0:
-        raise ValueError("the model has no streams (n_streams=0) and no Medusa heads: use generate_autoregressive "
-                         "or train streams")
-    if not isinstance(gamma, int) or isinstance(gamma, bool) or not 1 <= gamma <= cfg.n_drafts:
-        raise ValueError(f"gamma={gamma!r} must be an integer in 1..{cfg.n_drafts} (the model's "
-                         f"{'n_medusa_heads' if medusa else 'n_streams'})")
-    if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= cfg.vocab_size:
-        raise ValueError(f"k={k!r} must be an integer in 1..vocab_size={cfg.vocab_size}")
-    if stream_pass not in ("tree", "accepted"):
-        raise ValueError(f"stream_pass={stream_pass!r} must be 'tree' (the paper's single pass) or 'accepted'")
-    if tree_cap is not None and (not isinstance(tree_cap, int) or tree_cap < 1):
-        raise ValueError(f"tree_cap={tree_cap!r} must be None or an integer >= 1")
-    if prune_threshold is not None:
-        if not 0.0 <= prune_threshold < 1.0:
-            raise ValueError(f"prune_threshold={prune_threshold!r} must be in [0, 1)")
-        if cfg.prune_rank == 0:
-            raise ValueError("prune_threshold needs a pruning adapter: build the model with prune_rank > 0 and "
-                             "train it (see train_toy.py)")
+    gamma = check_speculative(model, gamma, k, tree_cap, prune_threshold, stream_pass)
     check_sampling(temperature, top_k, top_p, acceptance)
     prompt = check_prompt(model, prompt_ids, max_new_tokens)
+    s = SpecSettings(gamma, k, tree_cap, prune_threshold, stream_pass, model.config.n_medusa_heads > 0, temperature,
+                     top_k, top_p, generator, acceptance)
     result, start = GenerationResult(trace=[] if trace else None), time.perf_counter()
     result.depth_attempted, result.depth_accepted = [0] * gamma, [0] * gamma
     if max_new_tokens == 0:
         return result
-    P, device = prompt.size(1), prompt.device
     full_size = sum(k ** d for d in range(gamma + 1))
     cache = new_cache(model, prompt, max_new_tokens, full_size if tree_cap is None else min(tree_cap, full_size))
-    lower_layers = range(cfg.first_msa_layer)
-
-    # prefill: main stream over the prompt, streams only at its last position
-    n_streams = 0 if medusa else gamma
-    mask = causal_mask(P, device)
-    h = model.lower(model.embed(prompt, torch.arange(P, device=device)), mask, cache)
-    main, streams = model.upper(h, mask, cache, torch.tensor([P - 1], device=device), n_streams)
-    cache.commit()
+    drafter, result.prefill_trace = speculative_prefill(model, prompt, cache, s, trace)
     result.forward_calls = 1
-    root = pick_token(model.lm_head(main[0, -1]), temperature, top_k, top_p, generator)
-    if trace:  # call 0 of a golden trace: the prompt as a chain "tree" (a 1-ary draft), main logits everywhere
-        chain = draft_tree(int(prompt[0, 0]), prompt[0, 1:, None], torch.ones(P - 1, 1, device=device))
-        logits = model.lm_head(main[0])  # (P, V)
-        result.prefill_trace = StepTrace(chain, list(range(P)), chain, 0, mask, logits.argmax(-1).tolist(),
-                                         list(range(P)), [root], chain.depths, main_logits=logits)
-    main, streams = main[0, -1], None if streams is None else streams[0, 0]  # the root's (C,) and (γ, C)
-    done = commit_tokens(result, [root], max_new_tokens, eos_id)
-
+    done = commit_tokens(result, [drafter.root], max_new_tokens, eos_id)
     while not done:
-        # draft: depth j from stream (head) j of the last accepted node; never draft past max_new_tokens
-        depth = min(gamma, max_new_tokens - len(result.tokens) - 1)
-        if temperature == 0:
-            topk = draft_topk(model, main, streams, depth, k)
-            drafted = draft_tree(root, *topk, cap=tree_cap)
-        else:  # topk = (the draws in draw order, rank probabilities), q = the drafters' distributions
-            drafted, topk, q = draft_sampled(model, main, streams, root, depth, k, tree_cap, temperature, top_k,
-                                             top_p, generator)
-        tree, L = drafted, cache.length
-        mask, pos = tree_attention_mask(tree, L), position_ids(tree, L)
-        h = model.lower(model.embed(tree.tokens[None], pos), mask, cache)  # (1, n, C)
-        kept, exit_probs = list(range(len(tree))), None
-        if prune_threshold is not None and len(tree) > 1:
-            exit_probs = F.softmax(model.early_exit_logits(h[0]).float(), dim=-1)  # (n, V)
-            survivors = prune_tree(tree, exit_probs, prune_threshold)
-            if len(survivors) < len(tree):  # drop pruned nodes' lower-layer keys/values too
-                cache.select_pending(survivors, lower_layers)
-                tree, h, kept = subtree(tree, survivors), h[:, survivors], survivors.tolist()
-                mask = tree_attention_mask(tree, L)
-        # MSA layers; with stream_pass="tree", γ streams on every surviving node (Eq. 2)
-        main, streams = model.upper(h, mask, cache, n_streams=n_streams if stream_pass == "tree" else 0)
-        logits = model.lm_head(main[0])  # (n, V): verification needs only the main stream
-        main_argmax = logits.argmax(dim=-1).tolist()
-        result.forward_calls += 1
-
-        if temperature == 0:
-            path = verify_greedy(tree, main_argmax)  # root first
-            root = main_argmax[path[-1]]
-        else:
-            allowed = None if exit_probs is None else exit_probs[kept] >= prune_threshold  # pruning's survivors
-            path, root = verify_sampled(tree, sampling_probs(logits.cpu(), temperature, top_k, top_p), q, topk[0],
-                                        generator, acceptance, None if allowed is None else allowed.cpu())
-        cache.commit(path)
-        accepted_depth = len(path) - 1
-        drafted_depth = int(drafted.depths.max())
-        for j in range(1, drafted_depth + 1):
-            result.depth_attempted[j - 1] += accepted_depth >= j - 1
-            result.depth_accepted[j - 1] += accepted_depth >= j
-        result.tree_sizes.append(len(drafted))
-        result.pruned_tree_sizes.append(len(tree))
-
-        main = main[0, path[-1]]
-        if medusa:
-            streams = None
-        elif stream_pass == "tree":
-            streams = streams[0, path[-1]]
-        else:
-            streams = model.streams_at(h[:, path[-1]], cache, gamma)[0]
-        done = commit_tokens(result, tree.tokens[path[1:]].tolist() + [root], max_new_tokens, eos_id)
+        depth = min(gamma, max_new_tokens - len(result.tokens) - 1)  # never draft past max_new_tokens
+        step = speculative_step(model, cache, drafter, depth, s)
+        record_call(result, int(step.draft.tree.depths.max()), len(step.path) - 1, len(step.draft.tree),
+                    len(step.fwd.tree))
+        done = commit_tokens(result, step.tokens, max_new_tokens, eos_id)
         if trace:
-            result.trace.append(StepTrace(drafted, kept, tree, L, mask, main_argmax, path,
-                                          result.step_tokens[-1], pos, topk, exit_probs, logits))
+            result.trace.append(step.trace(result.step_tokens[-1]))
+        drafter = step.next
     result.wall_time = time.perf_counter() - start
     return result
 
@@ -319,11 +446,6 @@ def generate_speculative(model: GPT, prompt_ids, max_new_tokens: int, gamma: int
 # ------------------------------------------------------------------------------------------------------------
 # baselines: prompt-lookup decoding and two-model speculative decoding (greedy, chain drafts)
 # ------------------------------------------------------------------------------------------------------------
-
-def check_count(name: str, value, minimum: int = 1):
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise ValueError(f"{name}={value!r} must be an integer >= {minimum}")
-
 
 def forward_chain(model: GPT, tokens: list[int], cache: KVCache) -> torch.Tensor:
     """Forward a chain of T new tokens causally on top of the committed cache (main stream only).
@@ -340,16 +462,11 @@ def verify_chain(model: GPT, cache: KVCache, root: int, draft: list[int], result
     """One target call over [root, d1..dm]: accept the longest prefix of drafts equal to the argmax at the node
     before, commit their cache entries (root included), update the stats. Returns accepted drafts + new root."""
     argmax = forward_chain(model, [root] + draft, cache).argmax(dim=-1).tolist()  # (m+1,)
-    result.forward_calls += 1
     a = 0
     while a < len(draft) and draft[a] == argmax[a]:
         a += 1
     cache.commit(list(range(a + 1)))  # the accepted chain is already in place: no copy
-    for j in range(1, len(draft) + 1):  # depth j attempted iff depth j-1 accepted
-        result.depth_attempted[j - 1] += a >= j - 1
-        result.depth_accepted[j - 1] += a >= j
-    result.tree_sizes.append(len(draft) + 1)
-    result.pruned_tree_sizes.append(len(draft) + 1)
+    record_call(result, len(draft), a, len(draft) + 1, len(draft) + 1)
     return draft[:a] + [argmax[a]]
 
 
@@ -406,9 +523,7 @@ def generate_two_model(target: GPT, draft: GPT, prompt_ids, max_new_tokens: int,
     Output == greedy autoregressive output of the target. forward_calls counts target calls (prefill included),
     draft_calls draft calls. The draft's prompt prefill is merged into its first call."""
     check_count("gamma", gamma)
-    if draft.config.vocab_size != target.config.vocab_size:
-        raise ValueError(f"the draft model's vocabulary ({draft.config.vocab_size} tokens) differs from the "
-                         f"target's ({target.config.vocab_size}): both must use the same tokenizer")
+    check_draft_model(target, draft)
     prompt = check_prompt(target, prompt_ids, max_new_tokens)
     check_prompt(draft, prompt_ids, max_new_tokens)
     result, start = GenerationResult(), time.perf_counter()
@@ -568,20 +683,7 @@ def generate_speculative_batch(model: GPT, prompts, max_new_tokens: int, gamma: 
     and drafts its next one; rows accept different numbers of tokens. Row b's result equals
     generate_speculative(model, prompts[b], ...) with the same options (see the layout notes above)."""
     cfg = model.config
-    gamma = cfg.n_streams if gamma is None else gamma
-    if cfg.n_streams == 0:
-        raise ValueError("batched speculative decoding drafts with streams and the model has none (n_streams=0): "
-                         "use generate_autoregressive_batch, or generate_speculative for a Medusa model")
-    if not isinstance(gamma, int) or isinstance(gamma, bool) or not 1 <= gamma <= cfg.n_streams:
-        raise ValueError(f"gamma={gamma!r} must be an integer in 1..{cfg.n_streams} (the model's n_streams)")
-    check_count("k", k)
-    if tree_cap is not None:
-        check_count("tree_cap", tree_cap)
-    if stream_pass not in ("tree", "accepted"):
-        raise ValueError(f"stream_pass={stream_pass!r} must be 'tree' (the paper's single pass) or 'accepted'")
-    if prune_threshold is not None and (cfg.prune_rank == 0 or not 0.0 <= prune_threshold < 1.0):
-        raise ValueError(f"prune_threshold={prune_threshold!r} must be in [0, 1) and needs a trained pruning "
-                         f"adapter (prune_rank > 0; the model has {cfg.prune_rank})")
+    gamma = check_speculative(model, gamma, k, tree_cap, prune_threshold, stream_pass, batched=True)
     prompts = check_prompts(model, prompts, max_new_tokens)
     results, start = [GenerationResult() for _ in prompts], time.perf_counter()
     for r in results:
@@ -631,15 +733,9 @@ def generate_speculative_batch(model: GPT, prompts, max_new_tokens: int, gamma: 
             streams = streams_at_rows(model, h[rows, last], cache, gamma)
         done = []
         for i, (r, tree, path) in enumerate(zip(active, trees, paths)):
-            result, accepted_depth = results[r], len(path) - 1
-            result.forward_calls += 1
-            for j in range(1, int(drafted[i].depths.max()) + 1):
-                result.depth_attempted[j - 1] += accepted_depth >= j - 1
-                result.depth_accepted[j - 1] += accepted_depth >= j
-            result.tree_sizes.append(len(drafted[i]))
-            result.pruned_tree_sizes.append(len(tree))
+            record_call(results[r], int(drafted[i].depths.max()), len(path) - 1, len(drafted[i]), len(tree))
             roots[i] = main_argmax[i][path[-1]]
-            done.append(commit_tokens(result, tree.tokens[path[1:]].tolist() + [roots[i]], max_new_tokens, eos_id))
+            done.append(commit_tokens(results[r], tree.tokens[path[1:]].tolist() + [roots[i]], max_new_tokens, eos_id))
         active, roots, streams = retire_finished(done, active, results, cache, start, roots, streams)
     return results
 
