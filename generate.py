@@ -883,6 +883,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.max_new_tokens is None:
         from data import MAX_NEW_TOKENS
         args.max_new_tokens = MAX_NEW_TOKENS.get(codec.task, 60)
+    if not 0 <= args.max_new_tokens < cfg.block_size:
+        raise SystemExit(f"error: --max-new-tokens={args.max_new_tokens} must be in 0..{cfg.block_size - 1}: the model's "
+                         f"block_size={cfg.block_size} holds the prompt and the output together")
     prompt = codec.encode(args.prompt if args.mr is None else args.mr, args.mr is not None or codec.task == "e2e",
                           cfg.block_size - args.max_new_tokens + 1)
     options = dict(gamma=args.gamma, k=args.k, tree_cap=args.tree_cap, prune_threshold=args.prune_threshold,

@@ -84,6 +84,7 @@ def test_exit_status_1_when_the_outputs_differ(toy_dir, capsys, monkeypatch):
     (["--model", "{dir}", "--prompt", "the zebra"], "unknown word(s) ['zebra']"),
     (["--model", "{dir}", "--mr", "name[Aromi]"], "--mr is for E2E"),
     (["--model", "{dir}", "--prompt", "the", "--max-new-tokens", "500"], "block_size"),
+    (["--model", "{dir}", "--prompt", "the fox jumps", "--max-new-tokens", "62"], "block_size=64"),
     (["--model", "{dir}", "--prompt", "the", "--k", "0"], "k=0"),
 ])
 def test_errors_name_the_problem(toy_dir, argv, message):
