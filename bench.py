@@ -460,7 +460,7 @@ def profile_model(model: GPT, prompt: list[int], eos_id: int | None, max_new: in
     """Median times (s) of the parts of one AR step and of one SS call (k = 1; k = 3, cap 16, pruning; both stream
     passes), and of the bare forward of the same rows, from one state: `prompt` decoded to the middle of its
     greedy output. Every repetition restarts from that state (the cache is cut back to it)."""
-    from generate import causal_mask
+    from generate import Drafter, SpecSettings, causal_mask, commit_tokens, record_call, speculative_step
     gamma = model.config.n_streams
     ar = generate_autoregressive(model, prompt, max_new, eos_id=eos_id)
     context = prompt + ar.tokens[:len(ar.tokens) // 2]
@@ -485,32 +485,49 @@ def profile_model(model: GPT, prompt: list[int], eos_id: int | None, max_new: in
 
     def ss_call(k: int, cap: int | None, prune: float | None, stream_pass: str):
         step = lambda laps, result: profiled_ss_call(model, cache, *state, k, cap, prune, stream_pass, result, laps)
-        return step, lambda info: bare_rows(model, cache, info, gamma, stream_pass, prune is not None)
+        bare = lambda info: bare_rows(model, cache, info, gamma, stream_pass, prune is not None)
+        settings = SpecSettings(gamma, k, cap, prune, stream_pass, False, 0.0, None, None, None, "recursive")
 
-    settings = {"AR step": (ar_step, ar_bare)}
+        def loop(result: GenerationResult):  # the body of generate_speculative's loop, as it runs there
+            call = speculative_step(model, cache, Drafter(*state), gamma, settings)
+            record_call(result, int(call.draft.tree.depths.max()), len(call.path) - 1, len(call.draft.tree),
+                        len(call.fwd.tree))
+            commit_tokens(result, call.tokens, 10 ** 9, None)
+        return step, bare, loop
+
+    def timed(fn) -> float:
+        laps = Laps(device)
+        laps.start()
+        fn()
+        laps.lap("all")
+        cache.length, cache.pending = P, 0  # back to the state
+        return laps.total()
+
+    new_result = lambda: GenerationResult(depth_attempted=[0] * gamma, depth_accepted=[0] * gamma)
+    settings = {"AR step": (ar_step, ar_bare, None)}
     for k, cap, prune in ((1, None, None), (3, 16, prune_threshold)):
         for stream_pass in PASSES:
             name = f"SS k={k}" + (f", cap {cap}, prune {prune}" if cap else "") + f", {stream_pass} pass"
             settings[name] = ss_call(k, cap, prune, stream_pass)
-    parts, totals, bares, info = ({name: [] for name in settings} for _ in range(4))
+    parts, totals, bares, loops, info = ({name: [] for name in settings} for _ in range(5))
     with torch.inference_mode():
         for rep in tqdm(range(reps + reps // 10), desc="profile", leave=False):  # the first tenth is warm-up
-            for name, (step, bare) in settings.items():  # interleaved: load on the machine hits every setting alike
-                laps, bare_laps = Laps(device), Laps(device)
-                info[name] = step(laps, GenerationResult(depth_attempted=[0] * gamma, depth_accepted=[0] * gamma))
+            for name, (step, bare, loop) in settings.items():  # interleaved: load on the machine hits all alike
+                laps = Laps(device)
+                info[name] = step(laps, new_result())
                 cache.length, cache.pending = P, 0  # back to the state
-                bare_laps.start()
-                bare(info[name])
-                bare_laps.lap("bare")
-                cache.length, cache.pending = P, 0
+                bare_time = timed(lambda: bare(info[name]))
+                loop_time = None if loop is None else timed(lambda: loop(new_result()))
                 if rep >= reps // 10:
                     parts[name].append(laps.parts)
                     totals[name].append(laps.total())
-                    bares[name].append(bare_laps.total())
+                    bares[name].append(bare_time)
+                    loops[name].append(loop_time)
     columns = {}
     for name in settings:
         medians = {part: statistics.median(p[part] for p in parts[name]) for part in parts[name][0]}
         columns[name] = dict(parts=medians, total=statistics.median(totals[name]), bare=statistics.median(bares[name]),
+                             loop=None if loops[name][0] is None else statistics.median(loops[name]),
                              **{key: info[name][key] for key in ("n_drafted", "n_kept", "accepted")})
     return dict(columns=columns, cache_len=P, gamma=gamma, device=str(device))
 
@@ -536,6 +553,8 @@ def write_profile(profile: dict, path: str, title: str, command: str):
                 f"{c['parts'][part] * 1e3:.3f} ({100 * c['parts'][part] / c['total']:.0f}%)" if part in c["parts"]
                 else "-" for c in cols.values()) + " |")
     rows = [("**whole call**", lambda c: f"**{c['total'] * 1e3:.3f}**"),
+            ("the same call as generate.py's loop runs it (speculative_step, record_call, commit_tokens)",
+             lambda c: "-" if c["loop"] is None else f"{c['loop'] * 1e3:.3f}"),
             ("bare forward of the same rows", lambda c: f"{c['bare'] * 1e3:.3f}"),
             ("call / bare forward", lambda c: f"{c['total'] / c['bare']:.2f}x"),
             ("call / AR step", lambda c: f"{c['total'] / ar:.2f}x"),
@@ -546,7 +565,9 @@ def write_profile(profile: dict, path: str, title: str, command: str):
               "drafted rows through embed and the lower blocks (and the early-exit head when pruning), the kept rows "
               "through the MSA blocks (with γ streams on every node in the tree pass; the γ stream rows of the "
               "accepted node after verification in the accepted pass), the LM head on the kept rows and on the γ "
-              "stream rows. call / bare - 1 is the share of bookkeeping that is not arithmetic."]
+              "stream rows. call / bare - 1 is the share of bookkeeping that is not arithmetic. The row \"as generate.py's "
+              "loop runs it\" times the real loop body whole, from the same state: the timed copy above is faithful "
+              "when the two agree."]
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "w") as f:
         f.write("\n".join(lines) + "\n")

@@ -152,6 +152,7 @@ def test_bench_profile_times_every_part_of_one_call(toy_dir, tmp_path):
                                         "SS k=3, cap 16, prune 0.05, tree pass", "SS k=3, cap 16, prune 0.05, accepted pass"]
     for name, column in profile["columns"].items():
         assert set(column["parts"]) <= set(bench.PROFILE_PARTS) and column["bare"] > 0
+        assert (column["loop"] is None) == (name == "AR step")  # generate.py's own loop body, timed whole
         assert ("drafting LM head + top-k" in column["parts"]) == name.startswith("SS")
         assert ("MSA blocks, γ stream rows of the accepted node" in column["parts"]) == name.endswith("accepted pass")
     bench.main(["profile", "--toy", "--toy-dir", str(toy_dir), "--toy-gamma", "2", "--n-stories", "100",
