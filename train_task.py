@@ -31,8 +31,8 @@ import torch
 from tqdm import tqdm
 
 from data import EOS, MAX_NEW_TOKENS, SPLITS, CompactVocab, TaskData, load_task, prompt_ids
-from generate import causal_mask
-from model import GPT, GPTConfig, KVCache, load_checkpoint, load_weights
+from generate import generate_autoregressive_batch
+from model import GPT, GPTConfig, load_checkpoint, load_weights
 from train import StageConfig, rank_and_world, seed_everything, train_stage
 
 BLOCK_SIZE = {"e2e": 160, "sql": 384, "dialogsum": 512}  # longest prompt + completion we train and decode
@@ -81,30 +81,12 @@ def scale_stream_embeddings(model: GPT, idx: torch.Tensor):
     model.transformer.stream_emb.normal_(0.0, h.pow(2).mean().sqrt().item())
 
 
-@torch.no_grad()
 def greedy_continuations(model: GPT, prompts: list[list[int]], max_new_tokens: int, eos: int,
                          batch_size: int = 64) -> list[list[int]]:
-    """Greedy continuations (EOS included when reached) of many prompts of the same length, decoded together:
-    one KV cache with a row per prompt, so every row sits at the same positions. Rows that reached EOS ride
-    along until the last one does; their extra tokens are dropped."""
-    out = []
-    for start in range(0, len(prompts), batch_size):
-        idx = torch.tensor(prompts[start:start + batch_size], device=next(model.parameters()).device)
-        B, P = idx.shape
-        cache = KVCache(model.config, B, P + max_new_tokens, idx.device, next(model.parameters()).dtype)
-        logits, _ = model.forward_nodes(idx, torch.arange(P, device=idx.device), causal_mask(P, idx.device),
-                                        cache, n_streams=0)
-        cache.commit()
-        tokens = [logits[:, -1].argmax(-1)]
-        while len(tokens) < max_new_tokens and not (torch.stack(tokens, 1) == eos).any(1).all():
-            mask = torch.ones(1, cache.length + 1, dtype=torch.bool, device=idx.device)
-            logits, _ = model.forward_nodes(tokens[-1][:, None], torch.tensor([cache.length], device=idx.device),
-                                            mask, cache, n_streams=0)
-            cache.commit()
-            tokens.append(logits[:, -1].argmax(-1))
-        for row in torch.stack(tokens, 1).tolist():
-            out.append(row[:row.index(eos) + 1] if eos in row else row)
-    return out
+    """Greedy continuations (EOS included when reached) of many prompts, `batch_size` rows at a time; each row
+    equals its prompt decoded alone (generate_autoregressive_batch)."""
+    return [r.tokens for start in range(0, len(prompts), batch_size)
+            for r in generate_autoregressive_batch(model, prompts[start:start + batch_size], max_new_tokens, eos)]
 
 
 def self_targets(args, model: GPT, vocab: CompactVocab, examples: list, path: str, quiet: bool) -> TaskData:
