@@ -54,10 +54,10 @@ sweep: $(STAMP)
 	$(PY) train_task.py --task e2e --method ss --threads $(THREADS)
 	$(PY) train_task.py --task e2e --method ss --stream-adapter-rank 8 --tag _r8 --threads $(THREADS)
 	$(PY) train_task.py --task e2e --method ss --stream-adapter-rank 64 --tag _r64 --threads $(THREADS)
-	$(PY) train_task.py --task e2e --method ss --drafter-lr 1e-2 --tag _lr1e-2 --threads $(THREADS)
+	$(PY) train_task.py --task e2e --method ss --drafter-lr 5e-3 --tag _lr5e-3 --threads $(THREADS)
 	$(PY) train_task.py --task e2e --method ss --n-msa-layers 3 --tag _ns3 --threads $(THREADS)
 	$(PY) bench.py ablation --task e2e --split dev --n-eval 51 --prompts 51 --repeats 1 --recipes ss_frozen_self \
-		ss_frozen_self_r8 ss_frozen_self_r64 ss_frozen_self_lr1e-2 ss_frozen_self_ns3
+		ss_frozen_self_r8 ss_frozen_self_r64 ss_frozen_self_lr5e-3 ss_frozen_self_ns3
 
 # The same side by side on the toy task: SS (γ=4), Medusa (4 heads) and a draft model on the toy base.
 toy-baselines: $(STAMP)

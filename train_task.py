@@ -24,6 +24,7 @@ import argparse
 import hashlib
 import json
 import os
+import random
 import tempfile
 import time
 
@@ -36,6 +37,7 @@ from model import GPT, GPTConfig, load_checkpoint, load_weights
 from train import StageConfig, rank_and_world, seed_everything, train_stage
 
 BLOCK_SIZE = {"e2e": 160, "sql": 384, "dialogsum": 512}  # longest prompt + completion we train and decode
+SELF_TARGET_CHUNK = 64  # prompts decoded together (and saved together) when generating self-distillation targets
 BATCH_SIZE = {"e2e": 16, "sql": 8, "dialogsum": 8}  # sequences per step: about the same tokens per step
 PRETRAIN_BLOCK = 512  # pretraining windows: long dialogues are cut from the left, over-long SQL is left out
 METHODS = ("ss", "medusa", "draft")
@@ -89,18 +91,25 @@ def greedy_continuations(model: GPT, prompts: list[list[int]], max_new_tokens: i
             for r in generate_autoregressive_batch(model, prompts[start:start + batch_size], max_new_tokens, eos)]
 
 
-def self_targets(args, model: GPT, vocab: CompactVocab, examples: list, path: str, quiet: bool) -> TaskData:
+def self_targets(args, model: GPT, vocab: CompactVocab, examples: list, limit: int, path: str,
+                 quiet: bool) -> TaskData:
     """Self-distillation data: the next-token model's own greedy continuation of every distinct training prompt
     (the streams learn to predict what the main stream will say at decode time, not the varied references).
 
+    At most `limit` prompts (a seeded random subset): the drafter stage draws ft_steps x batch sequences, and
+    decoding more prompts than that costs time the stage cannot use (DialogSum has 12k training dialogues).
+
     Generated once and cached at `path`, a JSON file: {"format": 1, "model_sha256": hash of the generating
     checkpoint's weights, "max_new_tokens": N, "prompts": [[ids]], "continuations": [[ids]]} (compact-vocabulary
-    ids; prompts end with SEP, continuations with EOS unless cut at N). Written after every group of prompts of
-    one length, atomically: an interrupted run resumes where it stopped; a changed model starts over. Under
-    torchrun, rank 0 generates and the other ranks read its file."""
+    ids; prompts end with SEP, continuations with EOS unless cut at N). Prompts are decoded SELF_TARGET_CHUNK at a
+    time, sorted by length (right-padded); the file is written after each chunk, atomically: an interrupted run resumes where
+    it stopped; a changed model starts over. Under torchrun, rank 0 generates and the other ranks read it."""
     max_new = MAX_NEW_TOKENS[args.task]
     budget = min(BLOCK_SIZE[args.task] - 1, model.config.block_size - max_new)  # prompt + SEP ids that fit
-    prompts = sorted({tuple(prompt_ids(vocab, ex, budget)) for ex in examples}, key=lambda p: (len(p), p))
+    prompts = sorted({tuple(prompt_ids(vocab, ex, budget)) for ex in examples})
+    if len(prompts) > limit:
+        prompts = random.Random(args.seed).sample(prompts, limit)
+    prompts.sort(key=lambda p: (len(p), p))
     digest = hashlib.sha256(b"".join(t.detach().cpu().numpy().tobytes() for t in model.state_dict().values())).hexdigest()
     cache = dict(format=1, model_sha256=digest, max_new_tokens=max_new, prompts=[], continuations=[])
     if os.path.exists(path):
@@ -115,8 +124,8 @@ def self_targets(args, model: GPT, vocab: CompactVocab, examples: list, path: st
         bar = tqdm(total=len(prompts), initial=len(prompts) - len(todo),
                    desc=f"{args.task}: self-distillation targets", disable=quiet, dynamic_ncols=True)
         model.eval()
-        for length in sorted({len(p) for p in todo}):
-            group = [list(p) for p in todo if len(p) == length]
+        for start in range(0, len(todo), SELF_TARGET_CHUNK):
+            group = [list(p) for p in todo[start:start + SELF_TARGET_CHUNK]]
             cache["prompts"] += group
             cache["continuations"] += greedy_continuations(model, group, max_new, EOS)
             write_json_atomic(cache, path)
@@ -126,7 +135,9 @@ def self_targets(args, model: GPT, vocab: CompactVocab, examples: list, path: st
         torch.distributed.barrier()
         with open(path) as f:
             cache = json.load(f)
-    return TaskData.from_sequences(vocab, list(zip(cache["prompts"], cache["continuations"])), BLOCK_SIZE[args.task])
+    chosen = set(prompts)
+    pairs = [(p, c) for p, c in zip(cache["prompts"], cache["continuations"]) if tuple(p) in chosen]
+    return TaskData.from_sequences(vocab, pairs, BLOCK_SIZE[args.task])
 
 
 def write_json_atomic(obj, path: str):
@@ -185,8 +196,9 @@ def train_task(args, quiet: bool = False) -> dict[str, str]:
     stage("ntp", ntp, "next-token LoRA", args.ft_steps, 1)
     drafters = [m for m in args.method if m != "draft"]
     if drafters and args.stream_targets == "self":
-        data = self_targets(args, ntp, vocab, examples, os.path.join(args.out_dir, f"{args.task}_self_targets.json"),
-                            quiet)
+        limit = args.self_target_prompts or args.ft_steps * batch_size
+        data = self_targets(args, ntp, vocab, examples, limit,
+                            os.path.join(args.out_dir, f"{args.task}_self_targets.json"), quiet)
     for method in args.method:
         if method == "draft":  # not distilled: trained on the references, like the next-token model
             draft_base = pretrain(args, vocab, "draft_base", model_config(args, vocab, draft=True),
@@ -206,7 +218,8 @@ def train_task(args, quiet: bool = False) -> dict[str, str]:
         if method == "ss":  # (a resumed or finished stage then loads its own P_j over these)
             scale_stream_embeddings(model, data.batch(0, batch_size, seed=args.seed)[0].to(args.device))
         name, seed = recipe_name(method, args), 2 if method == "ss" else 5  # seeds: ntp 1, ss 2-3, draft 4, medusa 5-6
-        stage(name, model, f"{name} (γ={args.gamma})", args.ft_steps, seed, lr=args.drafter_lr or args.ft_lr,
+        lr = args.drafter_lr if args.mode == "frozen" else args.ft_lr  # shared mode trains LoRA: the LoRA rate
+        stage(name, model, f"{name} (γ={args.gamma})", args.ft_steps, seed, lr=lr,
               data=data, loss=loss, stream_fraction=args.stream_fraction)
         stage(f"{name}_pruned", model, f"{name} pruning adapter", args.prune_steps, seed + 1, loss="early_exit")
     return paths
@@ -235,8 +248,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--stream-targets", choices=["self", "data"], default="self",
                    help="self: the drafters learn the next-token model's own greedy continuations (cached in "
                         "--out-dir); data: the references")
+    p.add_argument("--self-target-prompts", type=int, default=0,
+                   help="--stream-targets self: training prompts to distil (0 = ft-steps x batch size)")
     p.add_argument("--stream-adapter-rank", type=int, default=32, help="frozen mode: rank of the stream-only adapter")
-    p.add_argument("--drafter-lr", type=float, default=0.0, help="learning rate of SS / Medusa (0 = --ft-lr)")
+    p.add_argument("--drafter-lr", type=float, default=1e-2,
+                   help="frozen mode: learning rate of the stream-side parameters / Medusa heads (chosen on the E2E "
+                        "dev split, results/e2e/ablation_dev.md); shared mode uses --ft-lr")
     p.add_argument("--tag", default="", help="suffix of the SS / Medusa checkpoint names (sweeps)")
     p.add_argument("--gamma", type=int, default=4, help="γ, speculative streams (and Medusa heads)")
     p.add_argument("--n-msa-layers", type=int, default=2, help="N_s, top blocks with multi-stream attention")

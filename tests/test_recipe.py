@@ -141,9 +141,10 @@ def test_self_targets_are_cached_resumed_and_renewed(tmp_path, monkeypatch):
 
     monkeypatch.setattr(train_task, "greedy_continuations", counting)
     monkeypatch.setattr(train_task, "MAX_NEW_TOKENS", {"e2e": 12})  # the tiny model's block is 64 positions
+    monkeypatch.setattr(train_task, "SELF_TARGET_CHUNK", 3)
     path = str(tmp_path / "self.json")
-    data = train_task.self_targets(args, ntp, FakeVocab(), examples, path, quiet=True)
-    assert calls == [1, 2, 1]  # one group per prompt length ("zz", then "abc" and "abd", then "bcdef")
+    data = train_task.self_targets(args, ntp, FakeVocab(), examples, 10, path, quiet=True)
+    assert calls == [3, 1]  # 3 prompts at a time, shortest first ("zz", "abc", "abd"; then "bcdef")
     saved = json.loads(open(path).read())
     assert saved["format"] == 1 and len(saved["prompts"]) == 4 and all(p[-1] == SEP for p in saved["prompts"])
     for prompt, continuation in zip(saved["prompts"], saved["continuations"]):
@@ -151,17 +152,19 @@ def test_self_targets_are_cached_resumed_and_renewed(tmp_path, monkeypatch):
     ids, n = data.encoded[0]
     assert ids[n] == SEP and ids[:n + 1] == saved["prompts"][0]
     calls.clear()
-    train_task.self_targets(args, ntp, FakeVocab(), examples, path, quiet=True)
+    train_task.self_targets(args, ntp, FakeVocab(), examples, 10, path, quiet=True)
     assert calls == []  # everything cached
-    with open(path, "w") as f:  # an interrupted run: only the first group is there
+    with open(path, "w") as f:  # an interrupted run: only the first prompt is there
         json.dump(dict(saved, prompts=saved["prompts"][:1], continuations=saved["continuations"][:1]), f)
-    train_task.self_targets(args, ntp, FakeVocab(), examples, path, quiet=True)
-    assert sum(calls) == 3
+    train_task.self_targets(args, ntp, FakeVocab(), examples, 10, path, quiet=True)
+    assert calls == [3]
+    calls.clear()
+    few = train_task.self_targets(args, ntp, FakeVocab(), examples, 2, path, quiet=True)  # a subset: all cached
+    assert calls == [] and len(few.encoded) == 2
     with torch.no_grad():  # another model: everything again
         ntp.lm_head.weight.mul_(1.5)
-    calls.clear()
-    train_task.self_targets(args, ntp, FakeVocab(), examples, path, quiet=True)
-    assert sum(calls) == 4
+    train_task.self_targets(args, ntp, FakeVocab(), examples, 10, path, quiet=True)
+    assert calls == [3, 1]
 
 
 def test_task_data_from_sequences_learns_the_completion_only():
