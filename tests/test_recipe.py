@@ -209,10 +209,10 @@ def test_e2e_dev_split_holds_out_whole_mrs():
 
 
 def test_realisation_counts_seen_and_unseen_names():
-    import bench
+    import report
     examples = [delexicalise(Example(f"name[{n}], near[{m}]", "", [])) for n, m in
                 (("Aromi", "Tesco"), ("Zizzi", "Tesco"), ("Zizzi", "Café Rouge"), ("Aromi", "Tesco"))]
     outputs = ["Aromi is near Tesco.", "A place near Tesco.", "Zizzi is near Café Rouge.", "Near Tesco."]
     seen = dict(name={"Aromi"}, near={"Tesco"})
-    assert bench.realisation(outputs, examples, seen) == {"name seen": 50.0, "name unseen": 50.0,
-                                                          "near seen": 100.0, "near unseen": 100.0}
+    assert report.realisation(outputs, examples, seen) == {"name seen": 50.0, "name unseen": 50.0,
+                                                           "near seen": 100.0, "near unseen": 100.0}

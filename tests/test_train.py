@@ -190,13 +190,13 @@ def test_train_task_quick_and_bench_task(tmp_path):
 
 
 def test_quality_metrics():
-    import bench
+    import report
     refs = [["the cat sat on the mat", "a cat sat on a mat"], ["select * from t"]]
-    assert bench.quality("sql", ["SELECT *  from T", "x"], [["select * from t"], ["y"]]) == dict(exact_match=50.0)
-    perfect = bench.quality("e2e", ["the cat sat on the mat"], refs[:1])
+    assert report.quality("sql", ["SELECT *  from T", "x"], [["select * from t"], ["y"]]) == dict(exact_match=50.0)
+    perfect = report.quality("e2e", ["the cat sat on the mat"], refs[:1])
     assert perfect["bleu"] > 99 and perfect["rougeL"] > 99
-    assert bench.quality("e2e", ["dogs run"], refs[:1])["rougeL"] == 0
-    d = bench.quality("dialogsum", ["a cat sat on a mat"], refs[:1])
+    assert report.quality("e2e", ["dogs run"], refs[:1])["rougeL"] == 0
+    d = report.quality("dialogsum", ["a cat sat on a mat"], refs[:1])
     assert set(d) == {"rouge1", "rouge2", "rougeL"} and d["rouge1"] > 99  # best over the references
 
 
