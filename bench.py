@@ -121,18 +121,25 @@ def measure(model: GPT, prompts: list[list[int]], max_new_tokens: int, eos_id: i
     )
 
 
-def load_toy(args):
-    from train_toy import ToyData
+def toy_model(args) -> GPT:
+    """The toy checkpoint of --toy-dir and --toy-gamma (train_toy.py writes it), LoRA merged."""
     path = os.path.join(args.toy_dir, f"ss_gamma{args.toy_gamma}_pruned.pt")
     if not os.path.exists(path):
         raise SystemExit(f"{path} not found: run `python train_toy.py --out-dir {args.toy_dir}` first (or make demo)")
-    model = GPT.from_checkpoint(path).to(args.device).eval()
-    model.merge_lora()  # inference: fold LoRA into the weights (the same for AR and SS)
+    return load_model(path, args.device)
+
+
+def load_toy(args):
+    """The toy model, its stories (--n-stories, --seed as given to train_toy.py) and --prompts held-out prompts."""
+    from train_toy import ToyData
+    model = toy_model(args)
     data = ToyData(args.n_stories, args.seed)
     return model, data, data.prompts(args.prompts)
 
 
 def run_speed(args):
+    """A few (γ, k, tree cap, pruning) settings on the toy model: tokens per call, CR, wall-time speedup of both
+    stream passes over the KV-cached greedy loop, tree sizes."""
     model, data, prompts = load_toy(args)
     settings = [dict(k=1), dict(k=2, tree_cap=8), dict(k=2, tree_cap=16), dict(k=2, tree_cap=16, prune_threshold=0.05),
                 dict(k=3, tree_cap=24, prune_threshold=0.05)]
@@ -157,9 +164,7 @@ def separately_trained(args, gamma: int) -> GPT:
         train_pipeline(parser().parse_args(["--out-dir", args.toy_dir, "--gamma", str(gamma),
                                             "--seed", str(args.seed), "--n-stories", str(args.n_stories),
                                             "--device", args.device]))
-    model = GPT.from_checkpoint(path).to(args.device).eval()
-    model.merge_lora()
-    return model
+    return load_model(path, args.device)
 
 
 def run_toy(args):
@@ -209,7 +214,7 @@ def run_rows(args):
     """Cost of one forward over n tree nodes (a chain) on top of a 40-token cache, relative to one node: the
     wall-time speedup is at most CR divided by this ratio (plus the streams' extra rows)."""
     import tree as tree_ops
-    model, data, prompts = load_toy(args)
+    model = toy_model(args)
     cache_len, reps = 40, 200
     print(f"toy model, {torch.get_num_threads()} thread(s): one forward of n nodes over a {cache_len}-token cache "
           f"(main stream only / with γ={model.config.n_streams} streams on every node)")
@@ -497,7 +502,7 @@ def run_profile(args):
         if not os.path.exists(path):
             raise SystemExit(f"{path} not found: train it with `python train_task.py --task {args.task}` (or profile "
                              f"the toy model with --toy)")
-        _, prompts, max_new, _ = task_setup(args, "test")
+        _, prompts, max_new, _ = task_setup(args, args.task, "test")
         model, prompt, eos, name, title = load_model(path, args.device), prompts[0], 0, args.task, f"{args.task} SS model"
     profile = profile_model(model, prompt, eos, max_new, args.device, args.profile_calls, args.prune_threshold)
     write_profile(profile, os.path.join(args.results_dir, name, "profile.md"), title, command)
@@ -607,7 +612,7 @@ def run_task(args):
             raise SystemExit(f"{path} not found: run `python train_task.py --task {task} --out-dir {folder} --mode "
                              f"{args.mode} --stream-targets {args.stream_targets}` first")
     models = {key: load_model(path, args.device) for key, path in files.items()}
-    examples, prompts, max_new, text = task_setup(args, "test")
+    examples, prompts, max_new, text = task_setup(args, args.task, "test")
     examples, prompts = (x[:max(args.n_eval, args.prompts)] for x in (examples, prompts))  # fixed: the first ones
     print(f"{task}: {args.n_eval} test examples for quality, {args.prompts} for speed, up to {max_new} new tokens, "
           f"{torch.get_num_threads()} thread(s), {args.device}")
@@ -658,15 +663,14 @@ def e2e_ss_model(args) -> tuple[GPT, list[list[int]]] | None:
         print(f"E2E skipped: {path} not found (train it with `python train_task.py --task e2e`, or run this "
               "benchmark where the checkpoint is)")
         return None
-    _, prompts, _, _ = task_setup(args, "test", "e2e")
+    _, prompts, _, _ = task_setup(args, "e2e", "test")
     return load_model(path, args.device), prompts[:args.prompts]
 
 
-def task_setup(args, split: str, task: str | None = None):
-    """The task's (default --task) vocabulary (from the next-token checkpoint), its `split` examples as the models
-    see them, their prompts, the decoding budget and a decoder from ids to text (E2E: relexicalised)."""
+def task_setup(args, task: str, split: str):
+    """`task`'s vocabulary (from the next-token checkpoint in --task-dir), its `split` examples as the models see
+    them, their prompts, the decoding budget and a decoder from ids to text (E2E: relexicalised)."""
     from data import EOS, MAX_NEW_TOKENS, CompactVocab, load_task, prompt_ids, relexicalise
-    task = task or args.task
     ntp = os.path.join(args.task_dir, f"{task}_ntp.pt")
     if not os.path.exists(ntp):
         raise SystemExit(f"{ntp} not found: run `python train_task.py --task {task} --out-dir {args.task_dir}` first")
@@ -694,7 +698,7 @@ def run_ablation(args):
     next-token model's, and decoding statistics (CR, tokens per call, per-depth acceptance, wall speedup)."""
     from data import EOS
     from generate import generate_autoregressive, generate_speculative
-    examples, prompts, max_new, text = task_setup(args, args.split)
+    examples, prompts, max_new, text = task_setup(args, args.task, args.split)
     n_eval = min(args.n_eval, len(examples))
     paths = dict(ntp=os.path.join(args.task_dir, f"{args.task}_ntp.pt"),
                  **{r: os.path.join(args.task_dir, f"{args.task}_{r}_pruned.pt") for r in args.recipes})
@@ -985,56 +989,90 @@ def run_sampling(args):
     print(f"wrote {out}/results.json and plots")
 
 
-def main(argv=None):
+# Flags that several subcommands use, each defined once; parser() gives every subcommand the ones it reads.
+SHARED_FLAGS = {
+    "--toy-dir": dict(default="checkpoints/toy", help="train_toy.py's --out-dir"),
+    "--toy-gamma": dict(type=int, default=6, help="γ of the toy checkpoint to load"),
+    "--n-stories": dict(type=int, default=4000, help="as given to train_toy.py"),
+    "--seed": dict(type=int, default=0, help="as given to train_toy.py"),
+    "--prompts": dict(type=int, default=20, help="number of held-out prompts"),
+    "--max-new-tokens": dict(type=int, default=60,
+                             help="new tokens per prompt at most (toy model; `sampling`: E2E too)"),
+    "--repeats": dict(type=int, default=3, help="timed repetitions (median)"),
+    "--prune-threshold": dict(type=float, default=0.1, help="pruning threshold of the pruned settings"),
+    "--device": dict(default="cpu", help="cpu or cuda (timings then synchronise the GPU)"),
+    "--task": dict(choices=["e2e", "sql", "dialogsum"], default="e2e", help="which real task"),
+    "--task-dir": dict(default="checkpoints/tasks", help="train_task.py's --out-dir"),
+    "--mode": dict(choices=["frozen", "shared"], default="frozen", help="the SS / Medusa recipe (train_task.py --mode)"),
+    "--stream-targets": dict(choices=["self", "data"], default="self",
+                             help="the SS / Medusa recipe (train_task.py --stream-targets)"),
+    "--tag": dict(default="", help="the SS / Medusa recipe (train_task.py --tag)"),
+    "--data-dir": dict(default=None, help="real-task data folder (else $SPECSTREAM_DATA, else ../shared/data)"),
+    "--n-eval": dict(type=int, default=200, help="examples scored for quality"),
+    "--results-dir": dict(default="results", help="results go to RESULTS_DIR/<benchmark's folder>/"),
+}
+TOY = ("--toy-dir", "--toy-gamma", "--n-stories", "--seed")  # the toy checkpoint and its stories
+RECIPE = ("--task-dir", "--mode", "--stream-targets", "--tag")  # which SS / Medusa checkpoint of a task
+
+
+def parser() -> argparse.ArgumentParser:
+    """`bench.py SUBCOMMAND [flags]`: one subcommand per benchmark, each with the flags it reads."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("what", choices=["speed", "toy", "params", "rows", "task", "baselines", "draftcost", "batch",
-                                    "ablation", "sampling", "profile"],
-                   help="which benchmark")
-    p.add_argument("--toy-dir", default="checkpoints/toy", help="train_toy.py's --out-dir")
-    p.add_argument("--toy-gamma", type=int, default=6, help="γ of the toy checkpoint to load")
-    p.add_argument("--n-stories", type=int, default=4000, help="as given to train_toy.py")
-    p.add_argument("--seed", type=int, default=0, help="as given to train_toy.py")
-    p.add_argument("--prompts", type=int, default=20, help="number of held-out prompts")
-    p.add_argument("--max-new-tokens", type=int, default=60)
-    p.add_argument("--repeats", type=int, default=3, help="timed repetitions (median)")
-    p.add_argument("--threads", type=int, default=1, help="torch threads, fixed for the whole run")
-    p.add_argument("--device", default="cpu", help="cpu or cuda (timings then synchronise the GPU)")
-    p.add_argument("--out", default="results/toy", help="output folder of `toy`")
-    p.add_argument("--tree-cap", type=int, default=64, help="`toy`: node cap of the trees in the γ x k grid")
-    p.add_argument("--prune-threshold", type=float, default=0.1,
-                   help="`toy`: pruning threshold of the tree-size sweep; `task`, `baselines`: of the pruned settings")
-    p.add_argument("--task", choices=["e2e", "sql", "dialogsum"], default="e2e", help="`task`: which real task")
-    p.add_argument("--task-dir", default="checkpoints/tasks", help="`task`: train_task.py's --out-dir")
-    p.add_argument("--data-dir", default=None, help="`task`: data folder (else $SPECSTREAM_DATA, else ../shared/data)")
-    p.add_argument("--results-dir", default="results", help="`task`, `baselines`: results go to RESULTS_DIR/<task>/ "
-                                                            "(`baselines`: RESULTS_DIR/toy_baselines/)")
-    p.add_argument("--n-eval", type=int, default=200, help="`task`, `ablation`: examples scored for quality")
-    p.add_argument("--mode", choices=["frozen", "shared"], default="frozen", help="`task`: the SS / Medusa recipe "
-                   "(train_task.py --mode)")
-    p.add_argument("--stream-targets", choices=["self", "data"], default="self",
-                   help="`task`: the SS / Medusa recipe (train_task.py --stream-targets)")
-    p.add_argument("--tag", default="", help="`task`: the SS / Medusa recipe (train_task.py --tag)")
-    p.add_argument("--recipes", nargs="+", default=["ss_shared_data", "ss_shared_self", "ss_frozen_data",
+    commands = p.add_subparsers(dest="what", required=True,
+                                help="which benchmark (see above); `bench.py SUBCOMMAND --help` lists its flags")
+
+    def command(name: str, run: Callable, *shared: str) -> argparse.ArgumentParser:
+        c = commands.add_parser(name, description=run.__doc__)
+        for flag in shared:
+            c.add_argument(flag, **SHARED_FLAGS[flag])
+        c.add_argument("--threads", type=int, default=1, help="torch threads, fixed for the whole run")
+        return c
+
+    command("speed", run_speed, *TOY, "--prompts", "--max-new-tokens", "--repeats", "--device")
+    c = command("toy", run_toy, *TOY, "--prompts", "--max-new-tokens", "--repeats", "--prune-threshold", "--device")
+    c.add_argument("--out", default="results/toy", help="output folder")
+    c.add_argument("--tree-cap", type=int, default=64, help="node cap of the trees in the γ x k grid")
+    c.add_argument("--separate", type=int, nargs="*", default=[2, 4], help="γ of separately trained models")
+    c = command("params", run_params, "--results-dir")
+    c.add_argument("--gamma-params", type=int, default=4, help="γ of the accounting table")
+    c.add_argument("--stream-adapter-params", type=int, default=32,
+                   help="rank of the frozen mode's stream adapter in the accounting table")
+    command("rows", run_rows, "--toy-dir", "--toy-gamma", "--device")
+    c = command("task", run_task, "--task", *RECIPE, "--data-dir", "--results-dir", "--n-eval", "--prompts",
+                "--repeats", "--prune-threshold", "--device")
+    c.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS),
+                   help="decoders compared with the autoregressive baseline")
+    command("baselines", run_baselines, "--toy-dir", "--n-stories", "--seed", "--prompts", "--max-new-tokens",
+            "--repeats", "--prune-threshold", "--results-dir", "--device")
+    command("draftcost", run_draft_cost, "--task", *RECIPE, "--device")
+    c = command("batch", run_batch, *TOY, "--prompts", "--max-new-tokens", "--repeats", *RECIPE, "--data-dir",
+                "--results-dir", "--device")
+    c.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 2, 4, 8, 16], help="batch sizes")
+    c = command("ablation", run_ablation, "--task", "--task-dir", "--data-dir", "--results-dir", "--n-eval",
+                "--prompts", "--repeats", "--device")
+    c.add_argument("--recipes", nargs="+", default=["ss_shared_data", "ss_shared_self", "ss_frozen_data",
                                                     "ss_frozen_self"],
-                   help="`ablation`: SS checkpoints <task>_<recipe>_pruned.pt compared with the next-token model")
-    p.add_argument("--split", choices=["test", "dev"], default="test", help="`ablation`: dev for model selection")
-    p.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS),
-                   help="`task`: decoders compared with the autoregressive baseline")
-    p.add_argument("--gamma-params", type=int, default=4, help="`params`: γ of the accounting table")
-    p.add_argument("--stream-adapter-params", type=int, default=32,
-                   help="`params`: rank of the frozen mode's stream adapter in the accounting table")
-    p.add_argument("--separate", type=int, nargs="*", default=[2, 4], help="`toy`: γ of separately trained models")
-    p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 2, 4, 8, 16], help="`batch`: batch sizes")
-    p.add_argument("--sampling-gamma", type=int, default=4, help="`sampling`: γ of the temperature sweep")
-    p.add_argument("--sampling-k", type=int, default=2, help="`sampling`: sampled siblings per node")
-    p.add_argument("--sampling-cap", type=int, default=16, help="`sampling`: node cap of the sweep's trees")
-    p.add_argument("--dist-samples", type=int, default=2000,
-                   help="`sampling`: samples per acceptance rule in the distribution test")
-    p.add_argument("--top-k", type=int, default=None, help="`sampling`: top-k of target and drafts (T > 0)")
-    p.add_argument("--top-p", type=float, default=None, help="`sampling`: top-p of target and drafts (T > 0)")
-    p.add_argument("--toy", action="store_true", help="`profile`: the toy model instead of --task's SS model")
-    p.add_argument("--profile-calls", type=int, default=200, help="`profile`: timed calls (median; + 10%% warm-up)")
-    args = p.parse_args(argv)
+                   help="SS checkpoints <task>_<recipe>_pruned.pt compared with the next-token model")
+    c.add_argument("--split", choices=["test", "dev"], default="test", help="dev for model selection")
+    c = command("sampling", run_sampling, *TOY, "--prompts", "--max-new-tokens", *RECIPE, "--data-dir",
+                "--results-dir", "--device")
+    c.add_argument("--sampling-gamma", type=int, default=4, help="γ of the temperature sweep")
+    c.add_argument("--sampling-k", type=int, default=2, help="sampled siblings per node")
+    c.add_argument("--sampling-cap", type=int, default=16, help="node cap of the sweep's trees")
+    c.add_argument("--dist-samples", type=int, default=2000,
+                   help="samples per acceptance rule in the distribution test")
+    c.add_argument("--top-k", type=int, default=None, help="top-k of target and drafts (T > 0)")
+    c.add_argument("--top-p", type=float, default=None, help="top-p of target and drafts (T > 0)")
+    c = command("profile", run_profile, *TOY, "--max-new-tokens", "--task", *RECIPE, "--data-dir", "--results-dir",
+                "--prune-threshold", "--device")
+    c.add_argument("--toy", action="store_true", help="the toy model instead of --task's SS model")
+    c.add_argument("--profile-calls", type=int, default=200, help="timed calls (median; + 10%% warm-up)")
+    c.set_defaults(prompts=1)  # the profile decodes the first held-out prompt
+    return p
+
+
+def main(argv: list[str] | None = None):
+    args = parser().parse_args(argv)
     torch.set_num_threads(args.threads)
     {"speed": run_speed, "toy": run_toy, "params": run_params, "rows": run_rows, "task": run_task,
      "baselines": run_baselines, "draftcost": run_draft_cost, "batch": run_batch, "ablation": run_ablation,

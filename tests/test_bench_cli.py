@@ -1,0 +1,110 @@
+"""bench.py's command line: every `bench.py` command written in the Makefile, the README, the notebooks, the
+exercises and the results' "Command:" lines parses with today's subcommands; each subcommand has exactly the flags
+its benchmark reads; report.py stands below bench.py. No benchmark is run (a few seconds in all)."""
+import ast
+import inspect
+import pathlib
+import re
+import shlex
+
+import pytest
+
+import bench
+import report
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+def makefile_commands() -> list[str]:
+    """The arguments of every `$(PY) bench.py ...` recipe line (backslash continuations joined)."""
+    text = (ROOT / "Makefile").read_text().replace("\\\n", " ")
+    return [" ".join(m.group(1).split()) for m in re.finditer(r"^\t.*\bbench\.py (.*)$", text, re.M)]
+
+
+def document_commands(path: pathlib.Path) -> list[str]:
+    """The arguments of `bench.py ...` in inline code (which may wrap onto the next line, behind a `# ` in a
+    notebook source) and of `python bench.py ...` on code lines (no backtick on the line); <placeholders> become
+    X."""
+    text = re.sub(r"\n#? *", " ", path.read_text()) if path.suffix == ".py" else path.read_text()
+    found = [m.group(1) for m in re.finditer(r"`(?:python3? )?bench\.py ([^`]+)`", text)]
+    found += [m.group(1) for m in re.finditer(r"^[^`\n]*\bpython3? bench\.py ([^`\n]*)$", path.read_text(), re.M)]
+    return [re.sub(r"<[^>]*>", "X", " ".join(c.split())) for c in found]
+
+
+DOCUMENTS = sorted([ROOT / "README.md", ROOT / "VALIDATING.md", *ROOT.glob("notebooks/*.py"),
+                    *ROOT.glob("notebooks/*.md"), *ROOT.glob("exercises/**/*.py"), *ROOT.glob("exercises/**/*.md"),
+                    *ROOT.glob("results/**/*.md")])
+COMMANDS = [("Makefile", c) for c in makefile_commands()] + [
+    (str(path.relative_to(ROOT)), c) for path in DOCUMENTS if path.exists() for c in document_commands(path)]
+
+
+def test_the_commands_are_found():
+    """The extraction itself: every Makefile bench.py line, and the README's commands, are collected."""
+    recipes = [line for line in (ROOT / "Makefile").read_text().splitlines() if "$(PY) bench.py" in line]
+    assert len(makefile_commands()) == len(recipes) >= 7
+    readme = [c for where, c in COMMANDS if where == "README.md"]
+    assert len(readme) >= 15 and "batch --prompts 32 --repeats 5" in readme  # one wraps onto the next line
+
+
+@pytest.mark.parametrize("where,command", COMMANDS, ids=[f"{w}: {c}" for w, c in COMMANDS])
+def test_written_command_parses(where, command):
+    args = bench.parser().parse_args(shlex.split(command))
+    assert args.what == shlex.split(command)[0]
+
+
+def reads(function_name: str, seen: set[str]) -> set[str]:
+    """The `args.X` attributes that a bench / report function reads, with those of the bench / report functions
+    it passes `args` to (a superset: a branch that is never taken counts too)."""
+    if function_name in seen:
+        return set()
+    seen.add(function_name)
+    module = bench if hasattr(bench, function_name) and inspect.isfunction(getattr(bench, function_name)) else report
+    function = getattr(module, function_name, None)
+    if not inspect.isfunction(function) or function.__module__ not in ("bench", "report"):
+        return set()
+    out = set()
+    for node in ast.walk(ast.parse(inspect.getsource(function))):
+        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "args":
+            out.add(node.attr)
+        elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
+              and any(isinstance(a, ast.Name) and a.id == "args" for a in node.args)):
+            out |= reads(node.func.id, seen)
+    return out
+
+
+SUBCOMMANDS = list(bench.parser()._subparsers._group_actions[0].choices)
+
+
+def test_every_benchmark_has_its_subcommand():
+    assert SUBCOMMANDS == ["speed", "toy", "params", "rows", "task", "baselines", "draftcost", "batch", "ablation",
+                           "sampling", "profile"]
+
+
+@pytest.mark.parametrize("name", SUBCOMMANDS)
+def test_each_subcommand_has_exactly_the_flags_it_reads(name, capsys):
+    args = vars(bench.parser().parse_args([name]))
+    runner = {"draftcost": "run_draft_cost"}.get(name, f"run_{name}")
+    used = reads(runner, set())
+    assert used <= set(args), f"`bench.py {name}` lacks {sorted(used - set(args))}, which {runner} reads"
+    unused = set(args) - used - {"what", "threads"}
+    assert not unused, f"`bench.py {name}` has flags its benchmark never reads: {sorted(unused)}"
+    with pytest.raises(SystemExit):
+        bench.parser().parse_args([name, "--help"])
+    described = " ".join(inspect.getdoc(getattr(bench, runner)).split()[:8])
+    assert described in " ".join(capsys.readouterr().out.split())  # --help describes the benchmark
+
+
+def test_report_never_imports_bench():
+    imported = {alias.name for node in ast.walk(ast.parse(inspect.getsource(report)))
+                if isinstance(node, ast.Import) for alias in node.names}
+    imported |= {node.module for node in ast.walk(ast.parse(inspect.getsource(report)))
+                 if isinstance(node, ast.ImportFrom)}
+    assert "bench" not in imported
+
+
+def test_each_function_is_defined_once():
+    """Moved, not copied: no function or constant of report.py is defined again in bench.py."""
+    top = lambda module: {getattr(node, "name", None) or getattr(node.targets[0], "id", None)
+                          for node in ast.parse(inspect.getsource(module)).body
+                          if isinstance(node, (ast.FunctionDef, ast.ClassDef, ast.Assign))}
+    assert not top(bench) & top(report)
