@@ -89,9 +89,13 @@ class LoRALinear(nn.Linear):
         if stream_rank > 0:
             self.stream_A = nn.Parameter(torch.randn(stream_rank, in_features) / math.sqrt(in_features))
             self.stream_B = nn.Parameter(torch.zeros(out_features, stream_rank))
+        self.register_buffer("weight_t", None, persistent=False)  # set by `merge`
+        self.register_buffer("stream_weight_t", None, persistent=False)
 
     def forward(self, x, n_main: int | None = None):
         """x: (B, rows, in); with a stream adapter, rows n_main.. are stream rows (None: no stream rows)."""
+        if self.weight_t is not None and not torch.is_grad_enabled():
+            return self.forward_merged(x, n_main)
         y = F.linear(x, self.weight, self.bias)
         if self.rank > 0 and not self.merged:
             y = y + F.linear(F.linear(x, self.lora_A) * self.scale, self.lora_B)  # scale at rank r: cheaper
@@ -100,15 +104,39 @@ class LoRALinear(nn.Linear):
             y[:, n_main:] += F.linear(F.linear(s, self.stream_A) * self.stream_scale, self.stream_B)
         return y
 
+    def forward_merged(self, x, n_main: int | None = None):
+        """Inference after `merge`: plain matmuls, main rows with W + BA, stream rows with W + BA + B_s A_s."""
+        if self.stream_weight_t is None or n_main is None or x.size(1) <= n_main:
+            return linear_t(x, self.weight_t, self.bias)
+        if n_main == 0:  # stream rows only (GPT.streams_at)
+            return linear_t(x, self.stream_weight_t, self.bias)
+        return torch.cat([linear_t(x[:, :n_main], self.weight_t, self.bias),
+                          linear_t(x[:, n_main:], self.stream_weight_t, self.bias)], dim=1)
+
     @torch.no_grad()
     def merge(self, merge: bool = True):
-        """Fold the low-rank update into the weight (merge=True) or take it back out (merge=False). The stream
-        adapter is never merged: the main rows must not see it."""
-        if self.rank == 0 or self.merged == merge:
+        """Inference (merge=True): fold the low-rank update into the weight, and keep the weight transposed and
+        contiguous (W^T), which small-row matmuls read much faster on a CPU, plus, with a stream adapter, a second
+        copy (W + BA + B_s A_s)^T for the stream rows (the main rows never see the stream adapter). Used when
+        gradients are off. merge=False takes it all back out (do it before training again)."""
+        if self.merged == merge:
             return
-        delta = (self.lora_B @ self.lora_A) * self.scale
-        self.weight += delta if merge else -delta
+        if self.rank > 0:
+            delta = (self.lora_B @ self.lora_A) * self.scale
+            self.weight += delta if merge else -delta
         self.merged = merge
+        self.weight_t = self.weight.t().contiguous() if merge else None
+        self.stream_weight_t = None
+        if merge and self.stream_rank > 0:
+            stream_delta = (self.stream_B @ self.stream_A) * self.stream_scale
+            self.stream_weight_t = (self.weight + stream_delta).t().contiguous()
+
+
+def linear_t(x: torch.Tensor, weight_t: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """x @ weight_t + bias: x (..., in), weight_t (in, out) contiguous -> (..., out)."""
+    y = x.reshape(-1, x.size(-1))
+    y = torch.mm(y, weight_t) if bias is None else torch.addmm(bias, y, weight_t)
+    return y.view(*x.shape[:-1], weight_t.size(1))
 
 
 class KVCache:
@@ -369,7 +397,7 @@ class GPT(nn.Module):
         ))
         if config.n_streams > 0:  # P_j of Eq. 3, one learned vector per stream
             self.transformer.stream_emb = nn.Parameter(torch.zeros(config.n_streams, config.n_embd))
-        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.lm_head = LoRALinear(config.n_embd, config.vocab_size, False, 0, 1.0)  # no adapter: merge_lora only transposes it
         self.transformer.wte.weight = self.lm_head.weight  # weight tying
         if config.prune_rank > 0:
             self.prune_adapter = PruneAdapter(config)
@@ -506,8 +534,11 @@ class GPT(nn.Module):
         return [m for m in self.modules() if isinstance(m, LoRALinear) and m.rank > 0]
 
     def merge_lora(self, merge: bool = True):
-        for m in self.lora_layers():
-            m.merge(merge)
+        """Inference: fold LoRA into the weights and give every projection and the LM head the inference layout
+        (LoRALinear.merge); merge=False undoes it (checkpoints always hold unmerged weights)."""
+        for m in self.modules():
+            if isinstance(m, LoRALinear):
+                m.merge(merge)
 
     def freeze_base(self):
         """Train only LoRA tensors, stream-side parameters, Medusa heads and the pruning adapter; freeze the rest."""
@@ -529,7 +560,7 @@ class GPT(nn.Module):
 
     def save_checkpoint(self, path: str, **extra):
         """Config + weights (+ any extra picklable-free items) written atomically: temp file, then rename."""
-        merged = [m for m in self.lora_layers() if m.merged]
+        merged = [m for m in self.modules() if isinstance(m, LoRALinear) and m.merged]
         self.merge_lora(False)  # checkpoints always hold unmerged weights
         try:
             save_atomic(dict(config=asdict(self.config), model=self.state_dict(), **extra), path)

@@ -750,3 +750,24 @@ def test_stream_pass_accepted_drafts_the_same_trees(trained_model):
 def test_stream_pass_must_be_known(trained_model):
     with pytest.raises(ValueError, match="stream_pass"):
         generate_speculative(trained_model, [1, 2], 5, stream_pass="every")
+
+
+def test_merged_inference_layout_decodes_like_the_unmerged_model():
+    """merge_lora (LoRA folded, transposed weights, the stream adapter folded into the stream rows' own weights)
+    drafts the same trees and commits the same tokens as the unmerged model, and SS still equals AR."""
+    torch.manual_seed(7)
+    cfg = GPTConfig(vocab_size=50, block_size=64, n_layer=3, n_head=2, n_embd=16, n_streams=3, n_msa_layers=2,
+                    lora_rank=2, stream_adapter_rank=2, prune_rank=4)
+    unmerged = randomize(GPT(cfg), 7).double().eval()  # lora_B and stream_B random: both adapters act
+    merged = randomize(GPT(cfg), 7).double().eval()
+    merged.merge_lora()
+    assert merged.transformer.h[2].mlp.c_fc.stream_weight_t is not None
+    for i, prompt in enumerate(random_prompts(6, 50, seed=41)):
+        kw = dict(gamma=3, k=2, tree_cap=[None, 5][i % 2], prune_threshold=[None, 0.02][i % 3 == 0], trace=True,
+                  stream_pass=["tree", "accepted"][i % 2])
+        a, b = generate_speculative(unmerged, prompt, 15, **kw), generate_speculative(merged, prompt, 15, **kw)
+        assert b.step_tokens == a.step_tokens
+        assert b.tokens == generate_autoregressive(merged, prompt, 15).tokens == a.tokens
+        for ta, tb in zip(a.trace, b.trace):
+            assert tb.drafted.tokens.tolist() == ta.drafted.tokens.tolist()
+            torch.testing.assert_close(tb.drafted.scores, ta.drafted.scores, atol=1e-9, rtol=0)
