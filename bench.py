@@ -1,11 +1,14 @@
 """Benchmarks: tokens per call, CR ratio, per-depth acceptance and wall-time speedup of Speculative Streaming
-over the KV-cached greedy loop. Never a test: run it yourself and read the tables.
+over the KV-cached greedy loop. Never a test: run it yourself and read the tables. One subcommand per benchmark;
+`python bench.py SUBCOMMAND --help` lists its flags. Metrics, tables and plots are written by report.py.
 
     python bench.py speed          # a few (γ, k, pruning) settings on the toy model (train_toy.py first)
     python bench.py rows           # cost of a forward of n tree nodes relative to one node (the speedup's limit)
     python bench.py task --task e2e  # a real task (train_task.py first): quality of every model, and SS, Medusa,
                                      # two-model SD and prompt lookup side by side; writes results/<task>/
     python bench.py baselines      # the same side-by-side on the toy task; writes results/toy_baselines/
+    python bench.py ablation --task e2e  # training recipes side by side (quality, CR, acceptance, speedup);
+                                         # writes results/<task>/ablation.md
     python bench.py draftcost --task sql  # drafting cost at one node: Medusa heads vs SS streams + shared LM head
     python bench.py params         # parameter accounting: SS vs 4 Medusa heads, toy to 7B-sized configs
     python bench.py batch          # batched AR vs batched SS, tokens/s for batch 1..16 (toy; E2E if trained);
