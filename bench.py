@@ -43,7 +43,7 @@ from generate import (GenerationResult, generate_autoregressive, generate_prompt
                       generate_two_model)
 from model import GPT, KVCache
 from report import (fmt, plot_sampling, plot_toy, print_rows, quality, realisation, speedups, write_ablation,
-                    write_batch, write_comparison, write_toy_markdown)
+                    write_batch, write_comparison, write_params, write_toy_markdown)
 
 
 METHODS = ("ss", "medusa", "two-model", "lookup")  # `task`: the decoders compared with the AR baseline
@@ -557,12 +557,18 @@ def side_by_side(models: dict[str, GPT], prompts: list[list[int]], max_new: int,
     return [dict(name=name, **info[name], **r) for name, r in results.items()]
 
 
+def ss_extra_parameters(counts: dict[str, int], frozen: bool = True) -> int:
+    """What SS adds to its target, from GPT.parameter_counts: stream embeddings, the pruning adapter and, in frozen
+    mode, the stream-only adapter (a shared-mode model counts 0 there). LoRA, which every fine-tuned model has, is
+    not counted."""
+    return counts["stream_emb"] + counts["prune_adapter"] + (counts["stream_adapter"] if frozen else 0)
+
+
 def extra_parameters(models: dict[str, GPT]) -> dict[str, int]:
     """What each method adds to its target (LoRA, shared by every fine-tuned model, is not counted)."""
     out = dict(autoregressive=0, **{"prompt lookup": 0})
     if "ss" in models:
-        c = models["ss"].parameter_counts()
-        out["ss"] = c["stream_emb"] + c["stream_adapter"] + c["prune_adapter"]
+        out["ss"] = ss_extra_parameters(models["ss"].parameter_counts())
     if "medusa" in models:
         c = models["medusa"].parameter_counts()
         out["medusa"] = c["medusa"] + c["prune_adapter"]
@@ -771,29 +777,14 @@ def run_params(args):
         "OPT-1.3b-sized": (2048, 50272, 24, 32, 2048),
         "7B-sized (d, V of OpenLlama-7b; GPT-2 layout)": (4096, 32000, 32, 32, 2048),
     }
-    r = args.stream_adapter_params
-    lines = [f"γ = {args.gamma_params} streams on N_s = 2 MSA blocks, LoRA r = 32 on attention and MLP, rank-8 pruning "
-             f"adapter; frozen mode adds a rank-{r} stream-only adapter on the MSA blocks' projections\n",
-             "| config | base | LoRA (r=32) | stream embeddings | pruning adapter | stream adapter (frozen mode) "
-             "| SS extra, shared / frozen mode | 4 Medusa heads | Medusa / SS, shared / frozen |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    counts = {}
     for name, (d, V, L, H, ctx) in configs.items():
         cfg = GPTConfig(vocab_size=V, block_size=ctx, n_layer=L, n_head=H, n_embd=d, n_streams=args.gamma_params,
-                        n_msa_layers=2, lora_rank=32, prune_rank=8, stream_adapter_rank=r)
+                        n_msa_layers=2, lora_rank=32, prune_rank=8, stream_adapter_rank=args.stream_adapter_params)
         with torch.device("meta"):
             c = GPT(cfg).parameter_counts()
-        shared = c["stream_emb"] + c["prune_adapter"]
-        frozen = shared + c["stream_adapter"]
-        medusa = c["medusa_4_heads"]
-        lines.append(f"| {name} | {c['base']:,} | {c['lora']:,} | {c['stream_emb']:,} | {c['prune_adapter']:,} | "
-                     f"{c['stream_adapter']:,} | {shared:,} / {frozen:,} | {medusa:,} | "
-                     f"{medusa / shared:,.0f}x / {medusa / frozen:,.0f}x |")
-    print("\n".join(lines))
-    os.makedirs(args.results_dir, exist_ok=True)
-    with open(os.path.join(args.results_dir, "params.md"), "w") as f:
-        f.write("# Extra parameters: Speculative Streaming vs Medusa\n\nCommand: `python bench.py params`. Medusa "
-                "heads as in its paper: a d x d ResBlock and an own d x V LM head each.\n\n" + "\n".join(lines) + "\n")
-    print(f"wrote {args.results_dir}/params.md")
+        counts[name] = dict(c, ss_shared=ss_extra_parameters(c, frozen=False), ss_frozen=ss_extra_parameters(c))
+    write_params(counts, args.gamma_params, args.stream_adapter_params, os.path.join(args.results_dir, "params.md"))
 
 
 # ---------------------------------------------------------------------------------------------------------

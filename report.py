@@ -318,6 +318,31 @@ def write_ablation(args: argparse.Namespace, rows: dict, n_eval: int, n_speed: i
 
 
 # ---------------------------------------------------------------------------------------------------------
+# `bench.py params`: parameter accounting
+# ---------------------------------------------------------------------------------------------------------
+
+def write_params(counts: dict[str, dict[str, int]], gamma: int, adapter_rank: int, path: str):
+    """RESULTS_DIR/params.md, printed too: per config its GPT.parameter_counts (base, LoRA, stream embeddings,
+    pruning adapter, stream adapter, 4 Medusa heads) and what SS adds in shared / frozen mode (ss_shared, ss_frozen)."""
+    lines = [f"γ = {gamma} streams on N_s = 2 MSA blocks, LoRA r = 32 on attention and MLP, rank-8 pruning "
+             f"adapter; frozen mode adds a rank-{adapter_rank} stream-only adapter on the MSA blocks' projections\n",
+             "| config | base | LoRA (r=32) | stream embeddings | pruning adapter | stream adapter (frozen mode) "
+             "| SS extra, shared / frozen mode | 4 Medusa heads | Medusa / SS, shared / frozen |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for name, c in counts.items():
+        shared, frozen, medusa = c["ss_shared"], c["ss_frozen"], c["medusa_4_heads"]
+        lines.append(f"| {name} | {c['base']:,} | {c['lora']:,} | {c['stream_emb']:,} | {c['prune_adapter']:,} | "
+                     f"{c['stream_adapter']:,} | {shared:,} / {frozen:,} | {medusa:,} | "
+                     f"{medusa / shared:,.0f}x / {medusa / frozen:,.0f}x |")
+    print("\n".join(lines))
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        f.write("# Extra parameters: Speculative Streaming vs Medusa\n\nCommand: `python bench.py params`. Medusa "
+                "heads as in its paper: a d x d ResBlock and an own d x V LM head each.\n\n" + "\n".join(lines) + "\n")
+    print(f"wrote {path}")
+
+
+# ---------------------------------------------------------------------------------------------------------
 # `bench.py batch`: throughput against batch size
 # ---------------------------------------------------------------------------------------------------------
 

@@ -1,6 +1,7 @@
 """bench.py's command line: every `bench.py` command written in the Makefile, the README, the notebooks, the
 exercises and the results' "Command:" lines parses with today's subcommands; each subcommand has exactly the flags
-its benchmark reads; report.py stands below bench.py. No benchmark is run (a few seconds in all)."""
+its benchmark reads; report.py stands below bench.py; SS's extra parameters have one formula. No benchmark is
+run (a few seconds in all)."""
 import ast
 import inspect
 import pathlib
@@ -113,3 +114,16 @@ def test_each_function_is_defined_once():
                           for node in ast.parse(inspect.getsource(module)).body
                           if isinstance(node, (ast.FunctionDef, ast.ClassDef, ast.Assign))}
     assert not top(bench) & top(report)
+
+
+def test_ss_extra_parameters_are_what_ss_adds_to_its_target(tiny_config):
+    """`params` and the side-by-side tables count SS's extra parameters with one function: everything beyond
+    the base and LoRA, in frozen mode (stream adapter) and in shared mode."""
+    from model import GPT
+    frozen, shared = (GPT(tiny_config(lora_rank=4, prune_rank=3, stream_adapter_rank=rank)) for rank in (2, 0))
+    beyond_target = lambda m: (sum(p.numel() for p in m.parameters()) - m.parameter_counts()["base"]
+                               - m.parameter_counts()["lora"])
+    assert bench.ss_extra_parameters(frozen.parameter_counts()) == beyond_target(frozen)
+    assert bench.ss_extra_parameters(shared.parameter_counts()) == beyond_target(shared)
+    assert (bench.ss_extra_parameters(frozen.parameter_counts(), frozen=False) == beyond_target(shared)
+            < beyond_target(frozen))
