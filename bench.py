@@ -42,8 +42,8 @@ from tqdm import tqdm
 from generate import (GenerationResult, generate_autoregressive, generate_prompt_lookup, generate_speculative,
                       generate_two_model)
 from model import GPT, KVCache
-from report import (fmt, plot_sampling, plot_toy, print_rows, quality, realisation, speedups, write_ablation,
-                    write_batch, write_comparison, write_params, write_toy_markdown)
+from report import (fmt, models_markdown, plot_sampling, plot_toy, print_rows, quality, realisation, speedups,
+                    write_ablation, write_batch, write_comparison, write_params, write_toy_markdown)
 
 
 METHODS = ("ss", "medusa", "two-model", "lookup")  # `task`: the decoders compared with the AR baseline
@@ -647,13 +647,7 @@ def run_task(args):
               "Target of two-model SD and prompt lookup: the next-token LoRA model. Tokens per call count the "
               "root/bonus token.\n"]
     if quality_of:
-        header += ["## Models\n", "| model | " + " | ".join(next(iter(quality_of.values()))) + " |",
-                   "|---|" + "---|" * len(next(iter(quality_of.values())))]
-        header += [f"| {dict(target='next-token LoRA', ss='SS (γ=4)', medusa='Medusa (4 heads)')[k]} | "
-                   + " | ".join(fmt(v) for v in q.values()) + " |" for k, q in quality_of.items()]
-        header += ["\nSamples (first test examples):\n"] + [
-            f"- `{ex.prompt[:160]}`\n" + "".join(f"  - {key}: `{outputs[key][i][:300]}`\n" for key in outputs)
-            for i, ex in enumerate(examples[:min(3, args.n_eval)])]
+        header += models_markdown(quality_of, outputs, examples[:min(3, args.n_eval)])
     write_comparison(os.path.join(args.results_dir, task), task, header, rows, extra_parameters(models),
                      quality_of or None, dict(task=task, n_eval=args.n_eval, n_speed_prompts=args.prompts, max_new_tokens=max_new,
                           config=vars(models["target"].config)))

@@ -195,6 +195,18 @@ def plot_toy(results: dict, out: str):
 # `bench.py task`, `baselines`: every method side by side
 # ---------------------------------------------------------------------------------------------------------
 
+def models_markdown(quality_of: dict[str, dict], outputs: dict[str, list[str]], examples: list) -> list[str]:
+    """`task`: the quality of each model ("target", "ss", "medusa") as a table, then each model's output on
+    `examples` (the first test examples) beside the prompt."""
+    metric_names = next(iter(quality_of.values()))
+    lines = ["## Models\n", "| model | " + " | ".join(metric_names) + " |", "|---|" + "---|" * len(metric_names)]
+    lines += [f"| {dict(target='next-token LoRA', ss='SS (γ=4)', medusa='Medusa (4 heads)')[k]} | "
+              + " | ".join(fmt(v) for v in q.values()) + " |" for k, q in quality_of.items()]
+    return lines + ["\nSamples (first test examples):\n"] + [
+        f"- `{ex.prompt[:160]}`\n" + "".join(f"  - {key}: `{outputs[key][i][:300]}`\n" for key in outputs)
+        for i, ex in enumerate(examples)]
+
+
 def comparison_markdown(rows: list[dict], extra: dict[str, int], quality: dict[str, dict] | None) -> list[str]:
     """Tables in the layout of the paper's Table 1 (speedup, CR, quality, extra parameters) and Table 2 (target
     and draft calls), then every setting."""
