@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 import torch
+from torch.nn import functional as F
 
 
 @dataclass
@@ -57,21 +58,37 @@ def full_tree_shape(depth: int, k: int) -> tuple[torch.Tensor, torch.Tensor, tor
     return torch.tensor(parents), torch.tensor(depths), torch.tensor(ranks), ancestors
 
 
+@lru_cache(maxsize=64)
+def full_tree_index(depth: int, k: int) -> torch.Tensor:
+    """(n,) for each node of the full tree, the index of its candidate in [root, top-k row-major]. Cached."""
+    _, depths, ranks, _ = full_tree_shape(depth, k)
+    return torch.where(depths > 0, 1 + (depths - 1) * k + ranks, 0)
+
+
+FULL_TREE_MAX_NODES = 2048  # larger capped trees are built best first, without the full tree
+
+
 def draft_tree(root: int, topk_tokens: torch.Tensor, topk_probs: torch.Tensor, cap: int | None = None) -> Tree:
     """Draft a tree from the streams' top-k. topk_tokens, topk_probs: (depth, k), row j-1 from stream j.
-    Full k-ary tree; with `cap`, keep only the `cap` nodes with the highest path probability (EAGLE-2 style)."""
+    Full k-ary tree; with `cap`, keep only the `cap` nodes with the highest path probability (EAGLE-2 style):
+    the first `cap` of a stable sort by score, so a parent (never less probable than its child) comes first."""
     depth, k = topk_tokens.shape
-    if cap is not None and cap < sum(k ** d for d in range(depth + 1)):
+    n = sum(k ** d for d in range(depth + 1))
+    if cap is not None and cap < n and n > FULL_TREE_MAX_NODES:
         return best_first_tree(root, topk_tokens, topk_probs, cap)
-    parents, depths, ranks, ancestors = full_tree_shape(depth, k)
     device = topk_tokens.device
-    # copies, so that editing one tree never touches the cached shape
-    parents, depths, ranks, ancestors = (t.to(device, copy=True) for t in (parents, depths, ranks, ancestors))
-    table = torch.where(depths > 0, 1 + (depths - 1) * k + ranks, 0)  # index into [root, top-k row-major]
-    tokens = torch.cat([torch.tensor([root], device=device), topk_tokens.flatten()])[table]
-    p = torch.cat([torch.ones(1, device=device, dtype=topk_probs.dtype), topk_probs.flatten()])[table]
-    scores = torch.where(ancestors, p, 1.0).prod(dim=1)  # product of the probabilities along the path
-    return Tree(tokens, parents, depths, scores, ancestors)
+    # the cached shape is shared by every tree drafted with this (depth, k): trees are never edited in place
+    parents, depths, _, ancestors = (t.to(device) for t in full_tree_shape(depth, k))
+    tokens = F.pad(topk_tokens.flatten(), (1, 0), value=root)[full_tree_index(depth, k).to(device)]
+    level = torch.ones(1, device=device, dtype=topk_probs.dtype)
+    scores = [level]
+    for d in range(depth):  # path probabilities depth by depth, parent by parent: the full tree's node order
+        level = (level[:, None] * topk_probs[d]).flatten()
+        scores.append(level)
+    tree = Tree(tokens, parents, depths, torch.cat(scores), ancestors)
+    if cap is not None and cap < n:
+        return subtree(tree, tree.scores.sort(descending=True, stable=True).indices[:cap].sort().values)
+    return tree
 
 
 def best_first_tree(root: int, topk_tokens: torch.Tensor, topk_probs: torch.Tensor, cap: int) -> Tree:
