@@ -44,6 +44,7 @@ from generate import (GenerationResult, generate_autoregressive, generate_prompt
 from model import GPT, KVCache
 from report import (fmt, models_markdown, plot_sampling, plot_toy, print_rows, quality, realisation, speedups,
                     write_ablation, write_batch, write_comparison, write_params, write_toy_markdown)
+from tree import ACCEPTANCE_RULES
 
 
 METHODS = ("ss", "medusa", "two-model", "lookup")  # `task`: the decoders compared with the AR baseline
@@ -870,7 +871,6 @@ def run_batch(args):
 
 TEMPERATURES = (0.0, 0.5, 0.7, 1.0)
 MAX_ENUMERATED_CELLS = 10 ** 7  # the distribution test enumerates V^3 cells (V^2 forwards): small vocabularies only
-RULES = ("recursive", "per_path_lossy", "typical_lossy")  # tree.ACCEPTANCE_RULES; only "recursive" is lossless
 
 
 def distribution_test(samples: list[tuple[int, ...]], exact: torch.Tensor, alpha: float = 1e-3) -> dict:
@@ -914,7 +914,7 @@ def sampling_sweep(model: GPT, prompts: list[list[int]], max_new: int, eos: int 
     the method."""
     rows = []
     for T in TEMPERATURES:
-        for rule in RULES if T > 0 else RULES[:1]:
+        for rule in ACCEPTANCE_RULES if T > 0 else ACCEPTANCE_RULES[:1]:
             g = torch.Generator().manual_seed(seed)
             rs = [generate_speculative(model, p, max_new, gamma=gamma, k=k, tree_cap=tree_cap, eos_id=eos,
                                        temperature=T, top_k=top_k, top_p=top_p, generator=g, acceptance=rule)
@@ -959,7 +959,7 @@ def run_sampling(args):
             continue
         exact = first_tokens_distribution(m, test_prompt, T, args.top_k, args.top_p)
         tests = {}
-        for rule in RULES:
+        for rule in ACCEPTANCE_RULES:
             g = torch.Generator().manual_seed(args.seed)
             samples = [tuple(generate_speculative(m, test_prompt, 4, gamma=min(gamma, 2), k=args.sampling_k,
                                                   temperature=T, top_k=args.top_k, top_p=args.top_p, generator=g,
