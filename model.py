@@ -171,6 +171,10 @@ class KVCache:
         self.pending = k.size(2)
         return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
 
+    def read(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The committed keys/values of one layer: (B, nh, length, hs) each."""
+        return self.k[layer][:, :, :self.length], self.v[layer][:, :, :self.length]
+
     def select_pending(self, keep, layers: range):
         """Keep only the pending entries `keep` (indices into the last forward's new rows) in `layers`."""
         keep = keep.tolist() if isinstance(keep, torch.Tensor) else list(keep)
@@ -257,15 +261,16 @@ class CausalSelfAttention(nn.Module):
         if mask is None and cache is not None and cache.length > 0:
             raise ValueError("a forward on top of a non-empty KV cache needs an explicit attention mask")
         q, k, v = self.c_attn(h, T).split(C, dim=-1)  # one matmul for main and stream rows (shared weights)
-        qm, km, vm = (self.heads(t[:, :T]) for t in (q, k, v))  # (B, nh, T, hs)
-        if cache is not None:
-            km, vm = cache.write(layer, km, vm)  # (B, nh, L+T, hs): the cache, then the new rows
-        # Eq. 1: the main stream attends to main keys only (causal, or the tree mask on top of the cache)
-        y = h.new_empty(B, 0, C)  # no main rows: streams of an already cached node (GPT.streams_at)
         if T > 0:
+            qm, km, vm = (self.heads(t[:, :T]) for t in (q, k, v))  # (B, nh, T, hs)
+            if cache is not None:
+                km, vm = cache.write(layer, km, vm)  # (B, nh, L+T, hs): the cache, then the new rows
+            # Eq. 1: the main stream attends to main keys only (causal, or the tree mask on top of the cache)
             y = F.scaled_dot_product_attention(qm, km, vm, attn_mask=mask, is_causal=mask is None,
                                                dropout_p=self.dropout if self.training else 0.0)
             y = y.transpose(1, 2).reshape(B, T, C)
+        else:  # no main rows: the streams of an already cached node (GPT.streams_at) see the committed cache
+            km, vm = cache.read(layer)
         if G > 0:
             qs, ks, vs = (self.heads(t[:, T:].unflatten(1, (-1, G))) for t in (q, k, v))  # (B, nh, T', γ, hs)
             if mask is None:
@@ -273,7 +278,8 @@ class CausalSelfAttention(nn.Module):
             if stream_rows is not None:
                 mask = mask[..., stream_rows, :]  # a stream sees exactly the main keys its own node sees
             ys = self.stream_attention(qs, ks, vs, km, vm, mask)  # (B, nh, T', γ, hs)
-            y = torch.cat([y, ys.movedim(1, -2).flatten(-2).flatten(1, 2)], dim=1)  # (B, T + T'·γ, C)
+            ys = ys.movedim(1, -2).flatten(-2).flatten(1, 2)  # (B, T'·γ, C)
+            y = ys if T == 0 else torch.cat([y, ys], dim=1)  # (B, T + T'·γ, C)
         return self.resid_dropout(self.c_proj(y, T))
 
 
