@@ -488,7 +488,10 @@ def write_profile(profile: dict, path: str, title: str, command: str):
               "accepted node after verification in the accepted pass), the LM head on the kept rows and on the γ "
               "stream rows. call / bare - 1 is the share of bookkeeping that is not arithmetic. The row \"as generate.py's "
               "loop runs it\" times the real loop body whole, from the same state: the timed copy above is faithful "
-              "when the two agree."]
+              "when the two agree. Each timed call follows an untimed call of the same setting, as in a decode loop; "
+              "the settings take turns, so that load on the machine hits all alike. profile_before.md next to this "
+              "file holds the tables from before the speed work of issue 12 (each timed call then followed a call of "
+              "another setting)."]
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "w") as f:
         f.write("\n".join(lines) + "\n")
