@@ -121,10 +121,8 @@ def best_first_tree(root: int, topk_tokens: torch.Tensor, topk_probs: torch.Tens
 
 def subtree(tree: Tree, keep: torch.Tensor) -> Tree:
     """The tree restricted to the nodes `keep` (sorted, ancestor-closed), re-indexed."""
-    new_index = torch.full((len(tree),), -1, dtype=torch.long, device=tree.tokens.device)
-    new_index[keep] = torch.arange(len(keep), device=keep.device)
     parents = tree.parents[keep]
-    parents = torch.where(parents >= 0, new_index[parents.clamp(min=0)], parents)
+    parents = torch.where(parents >= 0, torch.searchsorted(keep, parents), -1)  # a kept parent's rank in keep
     return Tree(tree.tokens[keep], parents, tree.depths[keep], tree.scores[keep], tree.ancestors[keep][:, keep])
 
 
