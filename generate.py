@@ -625,12 +625,8 @@ def pad_trees(trees: list[Tree], cache: KVCache) -> tuple[torch.Tensor, torch.Te
 def streams_at_rows(model: GPT, h: torch.Tensor, cache: KVCache, n_streams: int) -> torch.Tensor:
     """GPT.streams_at for rows of different cache lengths: h (B, C) is each row's last committed node at the input
     of block N-N_s; its streams see the row's own committed entries. Returns stream states (B, γ, C)."""
-    s = (h[:, None] + model.transformer.stream_emb[:n_streams]).unsqueeze(1)  # (B, 1, γ, C), Eq. 3
-    no_main = h.new_empty(h.size(0), 0, h.size(1))
-    mask = rows_mask(cache, torch.ones(h.size(0), 1, 0, dtype=torch.bool, device=h.device))  # (B, 1, 1, L)
-    for layer in range(model.config.first_msa_layer, model.config.n_layer):
-        _, s = model.transformer.h[layer](no_main, s, mask, cache, layer)
-    return model.transformer.ln_f(s[:, 0])
+    streams = causal_mask(n_streams, h.device).expand(h.size(0), -1, -1)  # (B, γ, γ): stream j sees streams 1..j
+    return model.streams_at(h, cache, n_streams, rows_mask(cache, streams))  # mask (B, 1, γ, L+γ)
 
 
 def retire_finished(done: list[bool], active: list[int], results: list[GenerationResult], cache: KVCache,
