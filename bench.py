@@ -370,6 +370,7 @@ def bare_rows(model: GPT, cache: KVCache, rows: dict, gamma: int, stream_pass: s
     main, streams = model.upper(h, rows["kept_mask"], cache, n_streams=gamma if stream_pass == "tree" else 0)
     model.lm_head(main[0])
     if stream_pass == "accepted":
+        cache.commit()  # no compaction (bookkeeping): the kept rows' entries just count as committed
         streams = model.streams_at(h[:, rows["last"]], cache, gamma)[:, None]
     model.lm_head(streams[0, rows["last"] if stream_pass == "tree" else 0])
 
