@@ -40,7 +40,7 @@ import torch
 from tqdm import tqdm
 
 from generate import (GenerationResult, generate_autoregressive, generate_prompt_lookup, generate_speculative,
-                      generate_two_model)
+                      generate_two_model, greedy_tokens)
 from model import GPT, KVCache
 from report import (fmt, models_markdown, plot_sampling, plot_toy, print_rows, quality, realisation, speedups,
                     write_ablation, write_batch, write_comparison, write_params, write_toy_markdown)
@@ -285,7 +285,7 @@ def profiled_ar_step(model: GPT, cache: KVCache, token: int, result: GenerationR
     laps.lap("lower blocks")
     main, _ = model.upper(h, mask, cache, n_streams=0)
     laps.lap("MSA blocks, main rows only")
-    token = int(model.lm_head(main)[0, -1].argmax())
+    token = int(greedy_tokens(model.lm_head(main)[0, -1]))
     laps.lap("verification LM head + argmax")
     cache.commit()
     laps.lap("cache compaction")
@@ -331,7 +331,7 @@ def profiled_ss_call(model: GPT, cache: KVCache, root: int, main: torch.Tensor, 
             bare.update(survivors=survivors, kept_mask=mask)
     main_rows, tree_streams = model.upper(h, mask, cache, n_streams=gamma if stream_pass == "tree" else 0)
     laps.lap("MSA blocks, tree rows + γ streams per node" if stream_pass == "tree" else "MSA blocks, main rows only")
-    main_argmax = model.lm_head(main_rows[0]).argmax(dim=-1).tolist()
+    main_argmax = greedy_tokens(model.lm_head(main_rows[0])).tolist()
     laps.lap("verification LM head + argmax")
     path = tree_ops.verify_greedy(tree, main_argmax)
     new_root = main_argmax[path[-1]]
@@ -370,6 +370,7 @@ def bare_rows(model: GPT, cache: KVCache, rows: dict, gamma: int, stream_pass: s
     main, streams = model.upper(h, rows["kept_mask"], cache, n_streams=gamma if stream_pass == "tree" else 0)
     model.lm_head(main[0])
     if stream_pass == "accepted":
+        cache.commit()  # no compaction (bookkeeping): the kept rows' entries just count as committed
         streams = model.streams_at(h[:, rows["last"]], cache, gamma)[:, None]
     model.lm_head(streams[0, rows["last"] if stream_pass == "tree" else 0])
 

@@ -182,12 +182,18 @@ def check_speculative(model: GPT, gamma: int | None, k: int, tree_cap: int | Non
     return gamma
 
 
+def greedy_tokens(logits: torch.Tensor) -> torch.Tensor:
+    """Argmax over the last dim (the first maximal index, as torch.argmax) by torch.max, whose CPU kernel is
+    ~40% faster (5 rows of a 10k vocabulary: 63 vs 101 us). logits (..., V) -> (...)."""
+    return logits.max(dim=-1).indices
+
+
 def pick_token(logits: torch.Tensor, temperature: float, top_k: int | None, top_p: float | None,
                generator: torch.Generator | None) -> int:
     """The next token from logits (V,): the argmax at temperature 0, else a draw from the transformed
     distribution (tree.sampling_probs; top_k / top_p do not change the argmax)."""
     if temperature == 0:
-        return int(logits.argmax())
+        return int(greedy_tokens(logits))
     return sample(sampling_probs(logits.cpu(), temperature, top_k, top_p), generator)
 
 
@@ -294,7 +300,8 @@ def draft_topk(model: GPT, main_state: torch.Tensor, stream_states: torch.Tensor
     """Top-k tokens and probabilities of drafters 1..depth at one node: its streams (stream_states: (γ, C)) or,
     for the Medusa baseline, the heads on its last hidden state (main_state: (C,)). Returns (depth, k) each."""
     states = main_state if model.config.n_medusa_heads > 0 else stream_states[:depth]
-    top = F.softmax(model.draft_logits(states)[:depth].float(), dim=-1).topk(k, dim=-1)
+    probs = F.softmax(model.draft_logits(states)[:depth].float(), dim=-1)  # (depth, V)
+    top = probs.max(dim=-1, keepdim=True) if k == 1 else probs.topk(k, dim=-1)  # top-1: max's CPU kernel is faster
     return top.indices, top.values
 
 
@@ -324,7 +331,7 @@ def speculative_prefill(model: GPT, prompt: torch.Tensor, cache: KVCache, s: Spe
     if trace:  # the prompt as a chain "tree" (a 1-ary draft), main logits everywhere
         chain = draft_tree(int(prompt[0, 0]), prompt[0, 1:, None], torch.ones(P - 1, 1, device=device))
         logits = model.lm_head(main[0])  # (P, V)
-        prefill_trace = StepTrace(chain, list(range(P)), chain, 0, mask, logits.argmax(-1).tolist(),
+        prefill_trace = StepTrace(chain, list(range(P)), chain, 0, mask, greedy_tokens(logits).tolist(),
                                   list(range(P)), [root], chain.depths, main_logits=logits)
     return Drafter(root, main[0, -1], None if streams is None else streams[0, 0]), prefill_trace
 
@@ -356,7 +363,7 @@ def forward_tree(model: GPT, drafted: Tree, cache: KVCache, s: SpecSettings) -> 
     n_streams = s.gamma if s.stream_pass == "tree" and not s.medusa else 0
     main, streams = model.upper(h, mask, cache, n_streams=n_streams)
     logits = model.lm_head(main[0])  # (n, V): verification needs only the main stream
-    return TreePass(kept, tree, L, mask, pos, exit_probs, h, main, streams, logits, logits.argmax(dim=-1).tolist())
+    return TreePass(kept, tree, L, mask, pos, exit_probs, h, main, streams, logits, greedy_tokens(logits).tolist())
 
 
 def verify(fwd: TreePass, drafted: Draft, s: SpecSettings) -> tuple[list[int], int]:
@@ -461,7 +468,7 @@ def forward_chain(model: GPT, tokens: list[int], cache: KVCache) -> torch.Tensor
 def verify_chain(model: GPT, cache: KVCache, root: int, draft: list[int], result: GenerationResult) -> list[int]:
     """One target call over [root, d1..dm]: accept the longest prefix of drafts equal to the argmax at the node
     before, commit their cache entries (root included), update the stats. Returns accepted drafts + new root."""
-    argmax = forward_chain(model, [root] + draft, cache).argmax(dim=-1).tolist()  # (m+1,)
+    argmax = greedy_tokens(forward_chain(model, [root] + draft, cache)).tolist()  # (m+1,)
     a = 0
     while a < len(draft) and draft[a] == argmax[a]:
         a += 1
@@ -474,7 +481,7 @@ def prefill(model: GPT, prompt: torch.Tensor, cache: KVCache) -> int:
     """Run the prompt (1, P) into an empty cache, commit it and return the greedy first token."""
     logits = forward_chain(model, prompt[0].tolist(), cache)
     cache.commit()
-    return int(logits[-1].argmax())
+    return int(greedy_tokens(logits[-1]))
 
 
 def lookup_draft(seq: list[int], max_ngram: int, num_draft: int) -> list[int]:
@@ -540,7 +547,7 @@ def generate_two_model(target: GPT, draft: GPT, prompt_ids, max_new_tokens: int,
         m = min(gamma, max_new_tokens - len(result.tokens) - 1)
         drafted, feed = [], seq[draft_cache.length:]  # the accepted tokens the draft has not seen (root included)
         for _ in range(m):
-            drafted.append(int(forward_chain(draft, feed, draft_cache)[-1].argmax()))
+            drafted.append(int(greedy_tokens(forward_chain(draft, feed, draft_cache)[-1])))
             draft_cache.commit()
             result.draft_calls += 1
             feed = drafted[-1:]
@@ -625,12 +632,8 @@ def pad_trees(trees: list[Tree], cache: KVCache) -> tuple[torch.Tensor, torch.Te
 def streams_at_rows(model: GPT, h: torch.Tensor, cache: KVCache, n_streams: int) -> torch.Tensor:
     """GPT.streams_at for rows of different cache lengths: h (B, C) is each row's last committed node at the input
     of block N-N_s; its streams see the row's own committed entries. Returns stream states (B, γ, C)."""
-    s = (h[:, None] + model.transformer.stream_emb[:n_streams]).unsqueeze(1)  # (B, 1, γ, C), Eq. 3
-    no_main = h.new_empty(h.size(0), 0, h.size(1))
-    mask = rows_mask(cache, torch.ones(h.size(0), 1, 0, dtype=torch.bool, device=h.device))  # (B, 1, 1, L)
-    for layer in range(model.config.first_msa_layer, model.config.n_layer):
-        _, s = model.transformer.h[layer](no_main, s, mask, cache, layer)
-    return model.transformer.ln_f(s[:, 0])
+    streams = causal_mask(n_streams, h.device).expand(h.size(0), -1, -1)  # (B, γ, γ): stream j sees streams 1..j
+    return model.streams_at(h, cache, n_streams, rows_mask(cache, streams))  # mask (B, 1, γ, L+γ)
 
 
 def retire_finished(done: list[bool], active: list[int], results: list[GenerationResult], cache: KVCache,
@@ -656,7 +659,7 @@ def generate_autoregressive_batch(model: GPT, prompts, max_new_tokens: int, eos_
     if max_new_tokens == 0:
         return results
     cache, _, logits = prefill_rows(model, prompts, max_new_tokens, 1, pad_id)
-    active, roots = list(range(len(prompts))), logits.argmax(-1).tolist()
+    active, roots = list(range(len(prompts))), greedy_tokens(logits).tolist()
     one = torch.ones(1, 1, 1, dtype=torch.bool, device=logits.device)
     while True:
         done = []
@@ -671,7 +674,7 @@ def generate_autoregressive_batch(model: GPT, prompts, max_new_tokens: int, eos_
         logits, _ = model.forward_nodes(torch.tensor(roots, device=logits.device)[:, None], positions, mask, cache,
                                         n_streams=0)
         cache.commit_rows([[0]] * len(active))
-        roots = logits[:, 0].argmax(-1).tolist()
+        roots = greedy_tokens(logits[:, 0]).tolist()
 
 
 @torch.inference_mode()
@@ -693,7 +696,7 @@ def generate_speculative_batch(model: GPT, prompts, max_new_tokens: int, gamma: 
     full_size = sum(k ** d for d in range(gamma + 1))
     cache, h, logits = prefill_rows(model, prompts, max_new_tokens, min(tree_cap or full_size, full_size), pad_id)
     streams = streams_at_rows(model, h, cache, gamma)  # (B, γ, C): the streams of each row's last prompt token
-    active, roots = list(range(len(prompts))), logits.argmax(-1).tolist()
+    active, roots = list(range(len(prompts))), greedy_tokens(logits).tolist()
     done = []
     for r, root in zip(active, roots):
         results[r].forward_calls = 1
@@ -722,7 +725,7 @@ def generate_speculative_batch(model: GPT, prompts, max_new_tokens: int, gamma: 
                 _, _, mask = pad_trees(trees, cache)
         # MSA layers; with stream_pass="tree", γ streams on every node of every row (Eq. 2)
         main, tree_streams = model.upper(h, mask, cache, n_streams=gamma if stream_pass == "tree" else 0)
-        main_argmax = model.lm_head(main).argmax(dim=-1).tolist()  # (B, N)
+        main_argmax = greedy_tokens(model.lm_head(main)).tolist()  # (B, N)
         paths = [verify_greedy(t, argmax[:len(t)]) for t, argmax in zip(trees, main_argmax)]
         cache.commit_rows(paths)
         rows = torch.arange(len(active), device=h.device)

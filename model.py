@@ -140,10 +140,11 @@ def linear_t(x: torch.Tensor, weight_t: torch.Tensor, bias: torch.Tensor | None)
 
 
 class KVCache:
-    """Main-stream keys/values of every block, preallocated: (B, nh, max_len, hs) per layer.
+    """Main-stream keys/values of every block, preallocated: (B, nh, max_len + γ, hs) per layer.
 
     `length` entries are committed. A forward writes its T new entries at [length, length+T) ("pending");
     `commit(keep)` moves the chosen pending entries right after the committed ones (cache compaction).
+    After a commit, GPT.streams_at uses [length, length+γ) as scratch for its stream keys/values (`write_scratch`).
 
     Batched decoding with ragged acceptance uses `commit_rows` instead of `commit`: row b then holds its own
     `row_lengths[b]` committed entries at [0, row_lengths[b]), `length` is the longest row's, and the columns
@@ -152,9 +153,9 @@ class KVCache:
 
     def __init__(self, config: GPTConfig, batch_size: int = 1, max_len: int | None = None,
                  device=None, dtype=torch.float32):
-        max_len = max_len or config.block_size
+        self.max_len = max_len or config.block_size
         hs = config.n_embd // config.n_head
-        shape = (batch_size, config.n_head, max_len, hs)
+        shape = (batch_size, config.n_head, self.max_len + config.n_streams, hs)  # + γ scratch (write_scratch)
         self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
         self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
         self.length = 0   # committed entries
@@ -163,17 +164,19 @@ class KVCache:
 
     def write(self, layer: int, k: torch.Tensor, v: torch.Tensor):
         """Store T pending entries of one layer; return all keys/values a query may see: (B, nh, length+T, hs)."""
+        if self.length + k.size(2) > self.max_len:
+            raise ValueError(f"KV cache overflow: {self.length + k.size(2)} entries needed, {self.max_len} allocated")
+        self.pending = k.size(2)
+        return self.write_scratch(layer, k, v)
+
+    def write_scratch(self, layer: int, k: torch.Tensor, v: torch.Tensor):
+        """Write T entries of one layer at [length, length+T) without making them pending; return the keys/values
+        [0, length+T): (B, nh, length+T, hs). GPT.streams_at keeps its γ stream keys/values there, as scratch that
+        the next forward's pending entries overwrite (γ columns past max_len are allocated for it)."""
         end = self.length + k.size(2)
-        if end > self.k[layer].size(2):
-            raise ValueError(f"KV cache overflow: {end} entries needed, {self.k[layer].size(2)} allocated")
         self.k[layer][:, :, self.length:end] = k
         self.v[layer][:, :, self.length:end] = v
-        self.pending = k.size(2)
         return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
-
-    def read(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """The committed keys/values of one layer: (B, nh, length, hs) each."""
-        return self.k[layer][:, :, :self.length], self.v[layer][:, :, :self.length]
 
     def select_pending(self, keep, layers: range):
         """Keep only the pending entries `keep` (indices into the last forward's new rows) in `layers`."""
@@ -261,16 +264,13 @@ class CausalSelfAttention(nn.Module):
         if mask is None and cache is not None and cache.length > 0:
             raise ValueError("a forward on top of a non-empty KV cache needs an explicit attention mask")
         q, k, v = self.c_attn(h, T).split(C, dim=-1)  # one matmul for main and stream rows (shared weights)
-        if T > 0:
-            qm, km, vm = (self.heads(t[:, :T]) for t in (q, k, v))  # (B, nh, T, hs)
-            if cache is not None:
-                km, vm = cache.write(layer, km, vm)  # (B, nh, L+T, hs): the cache, then the new rows
-            # Eq. 1: the main stream attends to main keys only (causal, or the tree mask on top of the cache)
-            y = F.scaled_dot_product_attention(qm, km, vm, attn_mask=mask, is_causal=mask is None,
-                                               dropout_p=self.dropout if self.training else 0.0)
-            y = y.transpose(1, 2).reshape(B, T, C)
-        else:  # no main rows: the streams of an already cached node (GPT.streams_at) see the committed cache
-            km, vm = cache.read(layer)
+        qm, km, vm = (self.heads(t[:, :T]) for t in (q, k, v))  # (B, nh, T, hs)
+        if cache is not None:
+            km, vm = cache.write(layer, km, vm)  # (B, nh, L+T, hs): the cache, then the new rows
+        # Eq. 1: the main stream attends to main keys only (causal, or the tree mask on top of the cache)
+        y = F.scaled_dot_product_attention(qm, km, vm, attn_mask=mask, is_causal=mask is None,
+                                           dropout_p=self.dropout if self.training else 0.0)
+        y = y.transpose(1, 2).reshape(B, T, C)
         if G > 0:
             qs, ks, vs = (self.heads(t[:, T:].unflatten(1, (-1, G))) for t in (q, k, v))  # (B, nh, T', γ, hs)
             if mask is None:
@@ -279,8 +279,18 @@ class CausalSelfAttention(nn.Module):
                 mask = mask[..., stream_rows, :]  # a stream sees exactly the main keys its own node sees
             ys = self.stream_attention(qs, ks, vs, km, vm, mask)  # (B, nh, T', γ, hs)
             ys = ys.movedim(1, -2).flatten(-2).flatten(1, 2)  # (B, T'·γ, C)
-            y = ys if T == 0 else torch.cat([y, ys], dim=1)  # (B, T + T'·γ, C)
+            y = torch.cat([y, ys], dim=1)  # (B, T + T'·γ, C)
         return self.resid_dropout(self.c_proj(y, T))
+
+    def forward_streams(self, h, mask, cache, layer):
+        """Eq. 2 for the γ streams of one already cached node alone (GPT.streams_at, inference): h (B, γ, C); stream
+        j attends to the committed main keys and to streams 1..j, in one softmax. mask: (γ, L+γ) or, per batch row,
+        (B, 1, γ, L+γ) over [committed cache + the γ streams]. Returns (B, γ, C)."""
+        B, G, C = h.size()
+        q, k, v = self.c_attn(h, 0).view(B, G, 3, self.n_head, -1).permute(2, 0, 3, 1, 4)  # 3 x (B, nh, γ, hs)
+        k, v = cache.write_scratch(layer, k, v)  # (B, nh, L+γ, hs): the committed keys, then the streams' own
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, nh, γ, hs)
+        return self.c_proj(y.transpose(1, 2).reshape(B, G, C), 0)
 
 
     def stream_attention(self, qs, ks, vs, km, vm, mask):
@@ -337,6 +347,12 @@ class Block(nn.Module):
         h = h + self.attn(self.ln_1(h), T, G, mask, cache, layer, stream_rows)
         h = h + self.mlp(self.ln_2(h), T)
         return h[:, :T], None if s is None else h[:, T:].view_as(s)
+
+    def forward_streams(self, s, mask, cache, layer):
+        """s: (B, γ, C) the streams of one already cached node alone (GPT.streams_at); mask as in
+        CausalSelfAttention.forward_streams."""
+        s = s + self.attn.forward_streams(self.ln_1(s), mask, cache, layer)
+        return s + self.mlp(self.ln_2(s), 0)
 
 
 class PruneAdapter(nn.Module):
@@ -518,17 +534,24 @@ class GPT(nn.Module):
         main, streams = self.upper(h, mask, cache, stream_rows, n_streams)
         return self.lm_head(main), streams
 
-    def streams_at(self, h: torch.Tensor, cache: KVCache, n_streams: int | None = None) -> torch.Tensor:
+    def streams_at(self, h: torch.Tensor, cache: KVCache, n_streams: int | None = None,
+                   mask: torch.Tensor | None = None) -> torch.Tensor:
         """Streams of the last committed node alone, after verification. h: (B, C), its hidden state at the input
-        of block N-N_s; the main keys/values it may see are exactly the committed cache. Returns stream states
-        (B, γ, C), equal to those of a forward with the node (Eq. 2: a stream sees main <= t and itself only)."""
-        n_streams = self.config.n_streams if n_streams is None else n_streams
-        s = (h[:, None] + self.transformer.stream_emb[:n_streams]).unsqueeze(1)  # (B, 1, γ, C), Eq. 3
-        no_main = h.new_empty(h.size(0), 0, h.size(1))
-        mask = torch.ones(1, cache.length, dtype=torch.bool, device=h.device)
+        of block N-N_s; the main keys/values it may see are the committed cache: all of it (mask None), or what
+        mask (B, 1, γ, L+γ) over [cache + the γ streams] allows (per-row lengths, generate.streams_at_rows).
+        Returns stream states (B, γ, C), equal to those of a forward with the node (Eq. 2: a stream sees main <= t
+        and streams 1..j of its own node only). Its stream keys/values go to the cache's scratch after the committed
+        entries (KVCache.write_scratch), so no pending entries may be there."""
+        if cache.pending:
+            raise ValueError(f"streams_at needs a committed cache: {cache.pending} pending entries would be "
+                             f"overwritten by its scratch; call cache.commit first")
+        G = self.config.n_streams if n_streams is None else n_streams
+        if mask is None:  # stream j sees the L committed entries and streams 1..j
+            mask = torch.ones(G, cache.length + G, dtype=torch.bool, device=h.device).tril(cache.length)
+        s = h[:, None] + self.transformer.stream_emb[:G]  # (B, γ, C), Eq. 3
         for layer in range(self.config.first_msa_layer, self.config.n_layer):
-            _, s = self.transformer.h[layer](no_main, s, mask, cache, layer)
-        return self.transformer.ln_f(s[:, 0])
+            s = self.transformer.h[layer].forward_streams(s, mask, cache, layer)
+        return self.transformer.ln_f(s)
 
     def early_exit_logits(self, h: torch.Tensor) -> torch.Tensor:
         """Pruning logits z~ = lm_head(ln_f(o(h))) from the hidden state h at the input of block N-N_s."""

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from generate import (generate_autoregressive, generate_autoregressive_batch, generate_speculative,
-                      generate_speculative_batch)
+                      generate_speculative_batch, streams_at_rows)
 from model import GPT, GPTConfig, KVCache, CausalSelfAttention
 from test_generate import (RAND_THRESHOLD, TRAINED_THRESHOLD, periodic_prompts, rand_model, random_model,  # noqa: F401
                            random_prompts, trained_model)
@@ -144,6 +144,21 @@ def test_attention_with_a_mask_per_row_equals_each_row_alone(n_nodes):
     for b in range(B):
         alone = attn(h[b:b + 1], T, G, mask[b, 0], cache=fresh_cache(cfg, B, L, row=b), layer=0)
         torch.testing.assert_close(batched[b:b + 1], alone, rtol=1e-12, atol=1e-12)
+
+
+def test_streams_at_rows_equals_each_row_alone(rand_model):
+    """streams_at_rows on a cache whose rows hold different numbers of committed entries (stale columns after
+    the shorter rows' own) == GPT.streams_at on each row's own entries alone."""
+    cfg, B, L, G = rand_model.config, 3, 6, rand_model.config.n_streams
+    cache = fresh_cache(cfg, B, L)
+    cache.row_lengths = [6, 2, 4]
+    h = torch.randn(B, cfg.n_embd, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        batched = streams_at_rows(rand_model, h, cache, G)  # (B, γ, C)
+        for b, n in enumerate(cache.row_lengths):
+            alone = fresh_cache(cfg, B, L, row=b)
+            alone.length = n
+            torch.testing.assert_close(batched[b], rand_model.streams_at(h[b:b + 1], alone, G)[0], rtol=0, atol=1e-12)
 
 
 def fresh_cache(cfg, B, L, row=None) -> KVCache:

@@ -370,9 +370,36 @@ def test_cache_holds_main_stream_only(tiny_config):
     prompt = tokens(plain.config, 1, 9, seed=21)
     c0, _ = prefill(plain, prompt)
     c3, _ = prefill(streamed, prompt)
+    n = c0.max_len  # the γ=3 cache has 3 more columns: streams_at's scratch (KVCache.write_scratch), empty here
     for layer in range(plain.config.n_layer):  # main and stream rows share one matmul: equal up to rounding
-        torch.testing.assert_close(c0.k[layer], c3.k[layer], atol=1e-12, rtol=0)
-        torch.testing.assert_close(c0.v[layer], c3.v[layer], atol=1e-12, rtol=0)
+        torch.testing.assert_close(c0.k[layer], c3.k[layer][:, :, :n], atol=1e-12, rtol=0)
+        torch.testing.assert_close(c0.v[layer], c3.v[layer][:, :, :n], atol=1e-12, rtol=0)
+        assert not c3.k[layer][:, :, n:].any() and not c3.v[layer][:, :, n:].any()
+
+
+@pytest.mark.parametrize("merged", [False, True])
+def test_streams_at_equals_the_streams_of_a_full_forward(tiny_config, merged):
+    """GPT.streams_at (the streams of the last committed node alone, their keys/values in the cache's scratch)
+    gives the stream logits a full forward gives at that position; the next forward, which overwrites the scratch,
+    is still exact; a cache with pending entries is refused. With LoRA and a stream adapter, merged or not."""
+    cfg = tiny_config(lora_rank=2, stream_adapter_rank=2)
+    model = make_model(cfg, seed=23)
+    if merged:
+        model.merge_lora()
+    x = tokens(cfg, 2, 8, seed=24)
+    cache = KVCache(cfg, 2, 8, dtype=torch.float64)  # room for 8 entries: the scratch of γ = 3 goes past them
+    with torch.no_grad():
+        h = model.lower(model.embed(x[:, :7], torch.arange(7)), causal_mask(0, 7), cache)
+        model.upper(h, causal_mask(0, 7), cache, n_streams=0)
+        cache.commit()
+        streams = model.streams_at(h[:, -1], cache)  # (2, γ, C)
+        ref = model(x)
+        torch.testing.assert_close(model.lm_head(streams), ref.stream_logits[:, 6], atol=ATOL, rtol=0)
+        torch.testing.assert_close(model.streams_at(h[:, -1], cache, n_streams=2), streams[:, :2], atol=ATOL, rtol=0)
+        logits, _ = model.forward_nodes(x[:, 7:], torch.tensor([7]), torch.ones(1, 8, dtype=torch.bool), cache)
+        torch.testing.assert_close(logits[:, 0], ref.logits[:, 7], atol=ATOL, rtol=0)
+        with pytest.raises(ValueError, match="pending"):
+            model.streams_at(h[:, -1], cache)
 
 
 def test_cache_errors(tiny_config):
