@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo toy-study test tasks train-tasks bench-tasks ablation sweep toy-baselines clean
+.PHONY: setup demo toy-study test tasks train-tasks bench-tasks ablation sweep toy-baselines profile clean
 
 setup: $(STAMP)
 
@@ -65,6 +65,12 @@ toy-baselines: $(STAMP)
 	$(PY) train_toy.py --method medusa --gamma 4
 	$(PY) train_toy.py --method draft
 	$(PY) bench.py baselines
+
+# One decode call timed part by part (AR step, SS call, bare forward of the same rows): results/{toy,e2e}/profile.md.
+# Needs the toy model (make demo) and the E2E models (make train-tasks); run it on a quiet machine.
+profile: $(STAMP)
+	$(PY) bench.py profile --toy
+	$(PY) bench.py profile --task e2e
 
 test: $(STAMP)
 	$(PY) -m pytest -q
