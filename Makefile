@@ -23,19 +23,19 @@ toy-study: $(STAMP)
 	$(PY) train_toy.py
 	$(PY) bench.py toy
 
-# The real-task pipeline (train_task.py, then bench.py task): E2E and SQL with every method, DialogSum with SS.
+# The real-task pipeline (train_task.py, then bench.py task): every task with every method.
 # Long sequences (SQL, DialogSum) get fewer fine-tuning steps so that training stays near one hour on 2 cores.
 THREADS ?= 2
 train-tasks: $(STAMP)
 	$(PY) train_task.py --task e2e --threads $(THREADS)
 	$(PY) train_task.py --task sql --ft-steps 400 --threads $(THREADS)
-	$(PY) train_task.py --task dialogsum --method ss --ft-steps 300 --threads $(THREADS)
+	$(PY) train_task.py --task dialogsum --ft-steps 300 --threads $(THREADS)
 
 # bench.py runs every decoder on the same prompts, interleaved; SQL outputs are ~250 tokens: fewer timed prompts.
 bench-tasks: $(STAMP)
 	$(PY) bench.py task --task e2e
 	$(PY) bench.py task --task sql --prompts 10
-	$(PY) bench.py task --task dialogsum --methods ss
+	$(PY) bench.py task --task dialogsum
 
 tasks: train-tasks bench-tasks
 
