@@ -300,8 +300,7 @@ def draft_topk(model: GPT, main_state: torch.Tensor, stream_states: torch.Tensor
     """Top-k tokens and probabilities of drafters 1..depth at one node: its streams (stream_states: (γ, C)) or,
     for the Medusa baseline, the heads on its last hidden state (main_state: (C,)). Returns (depth, k) each."""
     states = main_state if model.config.n_medusa_heads > 0 else stream_states[:depth]
-    probs = F.softmax(model.draft_logits(states)[:depth].float(), dim=-1)  # (depth, V)
-    top = probs.max(dim=-1, keepdim=True) if k == 1 else probs.topk(k, dim=-1)  # top-1: max's CPU kernel is faster
+    top = F.softmax(model.draft_logits(states)[:depth].float(), dim=-1).topk(k, dim=-1)
     return top.indices, top.values
 
 

@@ -97,13 +97,13 @@ def self_targets(args, model: GPT, vocab: CompactVocab, examples: list, limit: i
     (the streams learn to predict what the main stream will say at decode time, not the varied references).
 
     At most `limit` prompts (a seeded random subset): the drafter stage draws ft_steps x batch sequences, and
-    decoding more prompts than that costs time the stage cannot use (DialogSum has 12k training dialogues).
+    decoding more prompts than that costs time the stage cannot use (SQL: 3,200 of ~4,300 training questions).
 
     Generated once and cached at `path`, a JSON file: {"format": 1, "model_sha256": hash of the generating
     checkpoint's weights, "max_new_tokens": N, "prompts": [[ids]], "continuations": [[ids]]} (compact-vocabulary
     ids; prompts end with SEP, continuations with EOS unless cut at N). Prompts are decoded SELF_TARGET_CHUNK at a
-    time, sorted by length (right-padded); the file is written after each chunk, atomically: an interrupted run resumes where
-    it stopped; a changed model starts over. Under torchrun, rank 0 generates and the other ranks read it."""
+    time, sorted by length (right-padded); the file is written after each chunk, atomically: an interrupted run
+    resumes where it stopped; a changed model starts over. Under torchrun, rank 0 generates and the others read it."""
     max_new = MAX_NEW_TOKENS[args.task]
     budget = min(BLOCK_SIZE[args.task] - 1, model.config.block_size - max_new)  # prompt + SEP ids that fit
     prompts = sorted({tuple(prompt_ids(vocab, ex, budget)) for ex in examples})
