@@ -699,6 +699,18 @@ def training_values(args) -> dict[str, set[str]]:
     return {slot: {v[slot] for v in values if slot in v} for slot in ("name", "near")}
 
 
+def by_training_values(args, examples: list, prompts: list, seen: bool) -> tuple[list, list]:
+    """E2E: the examples (and prompts) whose MR values all occur in the training MRs (seen=True: inputs like the
+    training inputs), or those with at least one value that never does (seen=False; e.g. eatType[pub]: the
+    training file has coffee shops only). Compared delexicalised, so the name and landmark never count."""
+    from data import load_task, mr_values
+    if args.task != "e2e":
+        raise SystemExit("--mr-values applies to E2E (MRs with attribute values) only: drop it for other tasks")
+    known = {kv for ex in load_task("e2e", "train", args.data_dir, True) for kv in mr_values(ex.prompt).items()}
+    keep = [i for i, ex in enumerate(examples) if all(kv in known for kv in mr_values(ex.prompt).items()) == seen]
+    return [examples[i] for i in keep], [prompts[i] for i in keep]
+
+
 ABLATION_SETTINGS = [(1, None, "accepted"), (3, 16, "accepted"), (3, 16, "tree")]  # (k, tree cap, stream pass)
 
 
@@ -709,6 +721,8 @@ def run_ablation(args):
     from data import EOS
     from generate import generate_autoregressive, generate_speculative
     examples, prompts, max_new, text = task_setup(args, args.task, args.split)
+    if args.mr_values != "all":
+        examples, prompts = by_training_values(args, examples, prompts, args.mr_values == "seen")
     n_eval = min(args.n_eval, len(examples))
     paths = dict(ntp=os.path.join(args.task_dir, f"{args.task}_ntp.pt"),
                  **{r: os.path.join(args.task_dir, f"{args.task}_{r}_pruned.pt") for r in args.recipes})
@@ -1048,6 +1062,8 @@ def parser() -> argparse.ArgumentParser:
                                                     "ss_frozen_self"],
                    help="SS checkpoints <task>_<recipe>_pruned.pt compared with the next-token model")
     c.add_argument("--split", choices=["test", "dev"], default="test", help="dev for model selection")
+    c.add_argument("--mr-values", choices=["all", "seen", "unseen"], default="all",
+                   help="E2E: only the MRs whose attribute values all occur in training (seen) or not (unseen)")
     c = command("sampling", run_sampling, *TOY, "--prompts", "--max-new-tokens", *RECIPE, "--data-dir",
                 "--results-dir", "--device")
     c.add_argument("--sampling-gamma", type=int, default=4, help="γ of the temperature sweep")

@@ -294,16 +294,20 @@ def write_comparison(out: str, title: str, header: list[str], rows: list[dict], 
 # ---------------------------------------------------------------------------------------------------------
 
 def write_ablation(args: argparse.Namespace, rows: dict, n_eval: int, n_speed: int):
-    """RESULTS_DIR/<task>/ablation[_<split>].{md,json}: each model's quality and realisation, each recipe's
+    """RESULTS_DIR/<task>/ablation[_<split>][_<seen|unseen>_values].{md,json}: each model's quality and realisation, each recipe's
     decoding statistics, first samples; the command line rebuilt from `args`."""
     out = os.path.join(args.results_dir, args.task)
     os.makedirs(out, exist_ok=True)
     name = "ablation" if args.split == "test" else f"ablation_{args.split}"
+    name += "" if args.mr_values == "all" else f"_{args.mr_values}_values"
     metrics = list(rows["ntp"]["quality"])
     slots = list(rows["ntp"]["realisation"])
-    lines = [f"# {args.task}: training recipes side by side ({args.split} split)\n",
+    subset = {"all": "", "seen": ", the MRs whose values all occur in training",
+              "unseen": ", the MRs with a value never seen in training"}[args.mr_values]
+    lines = [f"# {args.task}: training recipes side by side ({args.split} split{subset})\n",
              f"Command: `python bench.py ablation --task {args.task} --split {args.split} --recipes "
              f"{' '.join(args.recipes)} --n-eval {args.n_eval} --prompts {args.prompts} --repeats {args.repeats}"
+             f"{' --mr-values ' + args.mr_values if args.mr_values != 'all' else ''}"
              f"{' --device ' + args.device if args.device != 'cpu' else ''}`: {n_eval} examples for quality, the first "
              f"{n_speed} for speed, greedy, batch 1, {torch.get_num_threads()} thread(s), {args.device}. Tokens per "
              "call count the root/bonus token; acceptance at depth j is P(depth j accepted | depth j-1 accepted), "

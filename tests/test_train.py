@@ -178,6 +178,9 @@ def test_train_task_quick_and_bench_task(tmp_path):
                                                  "near unseen"}
     assert {r["method"] for r in results["rows"]} == {"autoregressive", "ss", "medusa", "two-model", "prompt lookup"}
     assert (tmp_path / "res" / "e2e" / "results.md").exists()
+    bench.main(["ablation", "--task", "e2e", "--task-dir", str(out), "--results-dir", str(tmp_path / "res"), "--recipes",
+                "ss_frozen_self", "--mr-values", "seen", "--n-eval", "2", "--prompts", "1", "--repeats", "1"])
+    assert "whose values all occur in training" in (tmp_path / "res" / "e2e" / "ablation_seen_values.md").read_text()
     # the SS-only path (DialogSum in `make tasks`)
     recipe = ["--mode", "shared", "--stream-targets", "data"]  # (the paper's v1 recipe; and no slow self-targets)
     train_task.train_task(train_task.parse(["--task", "dialogsum", "--quick", "--method", "ss", "--out-dir", str(out)]
@@ -187,6 +190,26 @@ def test_train_task_quick_and_bench_task(tmp_path):
     results = json.loads((tmp_path / "res" / "dialogsum" / "results.json").read_text())
     assert {r["method"] for r in results["rows"]} == {"autoregressive", "ss"}
     assert set(results["quality"]["ss"]) == {"rouge1", "rouge2", "rougeL"}
+
+
+def test_e2e_test_mrs_split_by_values_seen_in_training():
+    """`bench.py ablation --mr-values seen|unseen`: the two subsets partition the test MRs; "seen" keeps exactly the
+    MRs whose every attribute value occurs in a training MR (the training file has coffee shops only: no pub)."""
+    require_task_data()
+    import argparse
+    import bench
+    from data import load_task, mr_values
+    test = load_task("e2e", "test", None, delexicalised=True)
+    known = {kv for ex in load_task("e2e", "train", None, True) for kv in mr_values(ex.prompt).items()}
+    args, ids = argparse.Namespace(task="e2e", data_dir=None), list(range(len(test)))
+    seen, seen_ids = bench.by_training_values(args, test, ids, seen=True)
+    unseen, unseen_ids = bench.by_training_values(args, test, ids, seen=False)
+    assert sorted(seen_ids + unseen_ids) == ids and seen and unseen
+    assert all(set(mr_values(ex.prompt).items()) <= known for ex in seen)
+    assert all(not set(mr_values(ex.prompt).items()) <= known for ex in unseen)
+    assert any(mr_values(ex.prompt).get("eatType") == "pub" for ex in unseen)
+    with pytest.raises(SystemExit, match="E2E"):
+        bench.by_training_values(argparse.Namespace(task="sql", data_dir=None), test, ids, seen=True)
 
 
 def test_quality_metrics():
