@@ -569,12 +569,6 @@ class GPT(nn.Module):
             if isinstance(m, LoRALinear):
                 m.merge(merge)
 
-    def freeze_base(self):
-        """Train only LoRA tensors, stream-side parameters, Medusa heads and the pruning adapter; freeze the rest."""
-        for name, p in self.named_parameters():
-            p.requires_grad = ("lora_" in name or is_stream_param(name) or name.startswith("medusa.")
-                               or name.startswith("prune_adapter."))
-
     def parameter_counts(self) -> dict[str, int]:
         """Base, LoRA, stream-embedding, stream-adapter and pruning-adapter parameters, and what 4 Medusa heads
         would cost here."""
@@ -584,7 +578,7 @@ class GPT(nn.Module):
                     else "stream_adapter" if is_stream_param(name) else "prune_adapter"
                     if name.startswith("prune_adapter.") else "medusa" if name.startswith("medusa.") else "base")
             counts[kind] += p.numel()
-        counts["medusa_4_heads"] = medusa_head_params(c.n_embd, c.vocab_size, 4)
+        counts["medusa_4_heads"] = 4 * c.n_embd * (c.n_embd + 1 + c.vocab_size)  # each: ResBlock d(d+1), LM head dV
         return counts
 
     def save_checkpoint(self, path: str, **extra):
@@ -606,63 +600,6 @@ class GPT(nn.Module):
         load_weights(model, ckpt["model"], path)
         return model
 
-    @classmethod
-    def from_pretrained_dir(cls, out_dir: str) -> GPT:
-        """Load a `validate.py export` folder (see VALIDATING.md): config.json, whose "specstream" entry holds the
-        GPTConfig, and model.safetensors: HF GPT-2 names for the base (Conv1D weights stored (in, out)),
-        "specstream." + our own name for every other tensor; the LM head is wte."""
-        import json
-        from safetensors.torch import load_file
-        with open(os.path.join(out_dir, "config.json")) as f:
-            config = json.load(f).get("specstream")
-        if config is None:
-            raise ValueError(f"{out_dir}/config.json has no 'specstream' entry: write it with validate.py export")
-        sd = {}
-        for name, t in load_file(os.path.join(out_dir, "model.safetensors")).items():
-            if not name.startswith("specstream.") and name.endswith(("c_attn.weight", "c_proj.weight", "c_fc.weight")):
-                t = t.t()  # HF Conv1D stores (in, out)
-            sd[name.removeprefix("specstream.")] = t
-        sd["lm_head.weight"] = sd["transformer.wte.weight"]
-        model = cls(config_from_dict(config, out_dir))
-        load_weights(model, sd, out_dir)
-        return model
-
-    @classmethod
-    def from_hf_gpt2(cls, local_dir: str, n_streams: int = 0, n_msa_layers: int = 0, **overrides) -> GPT:
-        """Load a Hugging Face GPT-2 checkpoint (config.json + model.safetensors or pytorch_model.bin) from a
-        local directory, optionally adding streams (new stream embeddings are freshly initialised)."""
-        import json
-        with open(os.path.join(local_dir, "config.json")) as f:
-            hf = json.load(f)
-        if hf.get("activation_function", "gelu_new") != "gelu_new" or hf.get("layer_norm_epsilon", 1e-5) != 1e-5 \
-                or hf.get("n_inner") not in (None, 4 * hf["n_embd"]):
-            raise ValueError(f"{local_dir}: only GPT-2's gelu_new activation, layer_norm_epsilon=1e-5 and a 4x MLP "
-                             f"are supported by this model")
-        config = GPTConfig(vocab_size=hf["vocab_size"], block_size=hf["n_positions"], n_layer=hf["n_layer"],
-                           n_head=hf["n_head"], n_embd=hf["n_embd"], bias=True, n_streams=n_streams,
-                           n_msa_layers=n_msa_layers, **overrides)
-        st, bin_ = os.path.join(local_dir, "model.safetensors"), os.path.join(local_dir, "pytorch_model.bin")
-        if os.path.exists(st):
-            from safetensors.torch import load_file
-            hf_sd = load_file(st)
-        elif os.path.exists(bin_):
-            hf_sd = torch.load(bin_, map_location="cpu", weights_only=True)
-        else:
-            raise FileNotFoundError(f"{local_dir} has neither model.safetensors nor pytorch_model.bin")
-        hf_sd = {k.removeprefix("transformer."): v for k, v in hf_sd.items()}
-        model = cls(config)
-        sd = model.state_dict()
-        with torch.no_grad():
-            for name, p in sd.items():
-                key = name.removeprefix("transformer.")
-                if "lora_" in name or name.startswith("prune_adapter.") or is_stream_param(name):
-                    continue  # new parameters: keep their initialisation
-                src = hf_sd["wte.weight"] if name == "lm_head.weight" else hf_sd[key]
-                if key.endswith(("c_attn.weight", "c_proj.weight", "c_fc.weight")):
-                    src = src.t()  # HF GPT-2 stores these as Conv1D: (in, out)
-                p.copy_(src)
-        return model
-
 
 def is_stream_param(name: str) -> bool:
     """Parameters only the streams use: the stream embeddings P_j and the stream-only adapter ("frozen" mode)."""
@@ -673,11 +610,6 @@ def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Mean CE over targets != -1 (0 when there are none, instead of NaN)."""
     total = F.cross_entropy(logits.flatten(0, -2), targets.flatten(), ignore_index=-1, reduction="sum")
     return total / (targets != -1).sum().clamp(min=1)
-
-
-def medusa_head_params(n_embd: int, vocab_size: int, n_heads: int = 4) -> int:
-    """Medusa heads: a ResBlock (d x d weight + bias) plus an own LM head (d x V) each."""
-    return n_heads * (n_embd * n_embd + n_embd + n_embd * vocab_size)
 
 
 def save_atomic(obj, path: str):

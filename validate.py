@@ -24,7 +24,7 @@ import sys
 import torch
 from torch.nn import functional as F
 
-from model import GPT, load_checkpoint
+from model import GPT, GPTConfig, config_from_dict, is_stream_param, load_checkpoint, load_weights
 
 SCHEMA, VERSION = "specstream-trace", 1
 LOGPROB_ATOL = 1e-5  # absolute tolerance on log-probabilities and probabilities; tokens must be equal
@@ -38,7 +38,7 @@ TIE_BREAKING = ("argmax: the lowest token id among exact ties (torch.argmax); to
 REQUIRED = ("prompt", "call", "tree.tokens", "tree.parents", "path", "committed")
 
 # ------------------------------------------------------------------------------------------------------------
-# export: portable weights
+# portable weights: export, and load (also a Hugging Face GPT-2 checkpoint)
 # ------------------------------------------------------------------------------------------------------------
 
 
@@ -121,6 +121,57 @@ def model_hash(model_dir: str) -> str:
         return hashlib.sha256(f.read()).hexdigest()
 
 
+def gpt_from_pretrained_dir(out_dir: str) -> GPT:
+    """Load an `export` folder back into GPT, bit for bit: config.json's "specstream" entry is the GPTConfig;
+    model.safetensors holds HF GPT-2 names for the base and "specstream." + our name for the rest."""
+    from safetensors.torch import load_file
+    with open(os.path.join(out_dir, "config.json")) as f:
+        config = json.load(f).get("specstream")
+    if config is None:
+        raise ValueError(f"{out_dir}/config.json has no 'specstream' entry: write it with validate.py export")
+    sd = {}
+    for name, t in load_file(os.path.join(out_dir, "model.safetensors")).items():
+        if not name.startswith("specstream.") and name.endswith(CONV1D):
+            t = t.t()  # HF Conv1D stores (in, out)
+        sd[name.removeprefix("specstream.")] = t
+    sd["lm_head.weight"] = sd["transformer.wte.weight"]
+    model = GPT(config_from_dict(config, out_dir))
+    load_weights(model, sd, out_dir)
+    return model
+
+
+def gpt_from_hf_gpt2(local_dir: str, n_streams: int = 0, n_msa_layers: int = 0, **overrides) -> GPT:
+    """A Hugging Face GPT-2 checkpoint (config.json + model.safetensors or pytorch_model.bin) in a local folder
+    as GPT, optionally with streams (their new parameters keep a fresh initialisation)."""
+    with open(os.path.join(local_dir, "config.json")) as f:
+        hf = json.load(f)
+    if hf.get("activation_function", "gelu_new") != "gelu_new" or hf.get("layer_norm_epsilon", 1e-5) != 1e-5 \
+            or hf.get("n_inner") not in (None, 4 * hf["n_embd"]):
+        raise ValueError(f"{local_dir}: only GPT-2's gelu_new activation, layer_norm_epsilon=1e-5 and a 4x MLP "
+                         f"are supported by this model")
+    config = GPTConfig(vocab_size=hf["vocab_size"], block_size=hf["n_positions"], n_layer=hf["n_layer"],
+                       n_head=hf["n_head"], n_embd=hf["n_embd"], bias=True, n_streams=n_streams,
+                       n_msa_layers=n_msa_layers, **overrides)
+    st, bin_ = os.path.join(local_dir, "model.safetensors"), os.path.join(local_dir, "pytorch_model.bin")
+    if os.path.exists(st):
+        from safetensors.torch import load_file
+        hf_sd = load_file(st)
+    elif os.path.exists(bin_):
+        hf_sd = torch.load(bin_, map_location="cpu", weights_only=True)
+    else:
+        raise FileNotFoundError(f"{local_dir} has neither model.safetensors nor pytorch_model.bin")
+    hf_sd = {k.removeprefix("transformer."): v for k, v in hf_sd.items()}
+    model = GPT(config)
+    with torch.no_grad():
+        for name, p in model.state_dict().items():
+            key = name.removeprefix("transformer.")
+            if "lora_" in name or name.startswith("prune_adapter.") or is_stream_param(name):
+                continue  # new parameters: keep their initialisation
+            src = hf_sd["wte.weight"] if name == "lm_head.weight" else hf_sd[key]
+            p.copy_(src.t() if name.endswith(CONV1D) else src)  # HF Conv1D stores (in, out)
+    return model
+
+
 # ------------------------------------------------------------------------------------------------------------
 # golden traces
 # ------------------------------------------------------------------------------------------------------------
@@ -187,7 +238,7 @@ def trace_prompt(model: GPT, prompt: dict, settings: dict) -> list[dict]:
 
 
 def load_model(model_dir: str, dtype: str = "float64") -> GPT:
-    model = GPT.from_pretrained_dir(model_dir).eval()
+    model = gpt_from_pretrained_dir(model_dir).eval()
     return model.to(getattr(torch, dtype))
 
 

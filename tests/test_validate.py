@@ -62,7 +62,7 @@ def test_export_round_trip_is_bit_exact(tiny_config, tmp_path, extra):
     words = [f"w{i}" for i in range(config.vocab_size)]
     m.save_checkpoint(str(tmp_path / "ckpt.pt"), vocabulary=words)
     validate.export(str(tmp_path / "ckpt.pt"), str(tmp_path / "out"))
-    loaded = GPT.from_pretrained_dir(str(tmp_path / "out"))
+    loaded = validate.gpt_from_pretrained_dir(str(tmp_path / "out"))
     assert loaded.config.lora_rank == 0 and loaded.config.n_drafts == config.n_drafts
     m.merge_lora()
     own, back = m.state_dict(), loaded.state_dict()
@@ -103,7 +103,7 @@ def test_export_rejects_a_wrong_vocabulary(tiny_config, tmp_path):
 def test_reference_is_small_and_loads():
     size = sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(REF) for f in files)
     assert size <= 5 * 2 ** 20
-    model = GPT.from_pretrained_dir(REF_MODEL)
+    model = validate.gpt_from_pretrained_dir(REF_MODEL)
     assert model.config.n_streams == 4 and model.config.prune_rank > 0
     vocab = json.load(open(f"{REF_MODEL}/vocabulary.json"))
     assert len(vocab["tokens"]) == model.config.vocab_size
@@ -375,7 +375,7 @@ def test_reference_command_runs_end_to_end(tmp_path, monkeypatch):
     monkeypatch.setattr(validate, "REFERENCE_TRAINING", validate.REFERENCE_TRAINING + quick)
     out = str(tmp_path / "ref")
     validate.make_reference(out, str(tmp_path / "work"), n_prompts=2, max_new_tokens=6)
-    assert GPT.from_pretrained_dir(f"{out}/model").config.n_streams == 4
+    assert validate.gpt_from_pretrained_dir(f"{out}/model").config.n_streams == 4
     assert len(validate.read_prompts(f"{out}/prompts.jsonl")) == 2
     for name in validate.REFERENCE_TRACES:
         head, prompts, calls = validate.read_trace(f"{out}/{name}")
@@ -387,3 +387,86 @@ def test_compare_needs_the_prefill_record(good_trace, tmp_path):
     validate.write_jsonl(str(tmp_path / "no_prefill.jsonl"), records)
     divergence, _, _ = validate.compare_traces(good_trace, str(tmp_path / "no_prefill.jsonl"))
     assert (divergence.call, divergence.field) == (0, "call") and "prefill" in divergence.cause
+
+
+# ---- Hugging Face GPT-2 checkpoints (no downloads: a small random GPT-2 saved locally) ----
+
+@pytest.fixture(scope="module")
+def hf_gpt2_dirs(tmp_path_factory):
+    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("safetensors")
+    torch.manual_seed(0)
+    cfg = transformers.GPT2Config(vocab_size=100, n_positions=64, n_embd=32, n_layer=2, n_head=4,
+                                  bos_token_id=0, eos_token_id=0)
+    assert cfg.activation_function == "gelu_new"
+    hf = transformers.GPT2LMHeadModel(cfg)
+    with torch.no_grad():  # larger random weights so that argmaxes are decisive
+        for name, p in hf.named_parameters():
+            if ".ln_" in name and name.endswith("weight"):
+                p.copy_(1.0 + 0.2 * torch.randn_like(p))
+            elif p.dim() == 2:
+                p.copy_(torch.randn_like(p) * 0.5 / math.sqrt(32))
+            else:
+                p.copy_(0.1 * torch.randn_like(p))
+    hf.eval()
+    st = tmp_path_factory.mktemp("hf_st")
+    hf.save_pretrained(st)
+    assert (st / "model.safetensors").exists()
+    binary = tmp_path_factory.mktemp("hf_bin")
+    hf.save_pretrained(binary, safe_serialization=False)
+    if (binary / "model.safetensors").exists():  # recent transformers always write safetensors
+        (binary / "model.safetensors").unlink()
+        torch.save(hf.state_dict(), binary / "pytorch_model.bin")
+    assert (binary / "pytorch_model.bin").exists()
+    return hf, st, binary
+
+
+def greedy(logits_fn, prompt, n):
+    seq = prompt
+    for _ in range(n):
+        seq = torch.cat([seq, logits_fn(seq)[:, -1].argmax(-1, keepdim=True)], dim=1)
+    return seq[:, prompt.size(1):]
+
+
+@pytest.mark.parametrize("fmt", ["safetensors", "bin"])
+@pytest.mark.parametrize("n_streams,n_msa_layers", [(0, 0), (3, 1), (2, 2)])
+def test_from_hf_gpt2_matches_transformers(hf_gpt2_dirs, fmt, n_streams, n_msa_layers):
+    hf, st, binary = hf_gpt2_dirs
+    model = validate.gpt_from_hf_gpt2(str(st if fmt == "safetensors" else binary), n_streams=n_streams,
+                                      n_msa_layers=n_msa_layers).eval()
+    assert model.config.n_streams == n_streams and model.config.n_layer == 2 and model.config.block_size == 64
+    idx = torch.randint(0, 100, (2, 20), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        torch.testing.assert_close(model(idx).logits, hf(idx).logits, atol=1e-5, rtol=0)
+        model64, hf64 = model.double(), hf.double()
+        try:
+            out = model64(idx)
+            torch.testing.assert_close(out.logits, hf64(idx).logits, atol=1e-10, rtol=0)
+            ours = greedy(lambda s: model64(s).logits, idx[:1, :6], 10)
+            theirs = greedy(lambda s: hf64(s).logits, idx[:1, :6], 10)
+        finally:
+            hf.float()
+    assert torch.equal(ours, theirs)
+    if n_streams:
+        assert out.stream_logits.shape == (2, 20, n_streams, 100)
+        assert torch.equal(model.lm_head.weight, model.transformer.wte.weight)
+
+
+def test_from_hf_gpt2_missing_weights(hf_gpt2_dirs, tmp_path):
+    _, st, _ = hf_gpt2_dirs
+    (tmp_path / "config.json").write_text((st / "config.json").read_text())
+    with pytest.raises(FileNotFoundError):
+        validate.gpt_from_hf_gpt2(str(tmp_path))
+
+
+def test_from_hf_gpt2_refuses_configs_it_cannot_represent(hf_gpt2_dirs, tmp_path):
+    import shutil
+    _, st, _ = hf_gpt2_dirs
+    for change in (dict(activation_function="relu"), dict(layer_norm_epsilon=1e-6), dict(n_inner=7)):
+        folder = tmp_path / next(iter(change))
+        shutil.copytree(st, folder)
+        cfg = json.loads((folder / "config.json").read_text())
+        cfg.update(change)
+        (folder / "config.json").write_text(json.dumps(cfg))
+        with pytest.raises(ValueError, match="gelu_new"):
+            validate.gpt_from_hf_gpt2(str(folder))
