@@ -786,8 +786,9 @@ def run_params(args):
     Medusa heads on the same config. Every model is built (on PyTorch's "meta" device for the large ones: shapes
     without memory) and counted by GPT.parameter_counts, the one source of the formulas."""
     from model import GPTConfig
-    configs = {  # (d, V, layers, heads, context): toy, GPT-2 124M and the paper's model sizes
+    configs = {  # (d, V, layers, heads, context): toy, our task models, GPT-2 124M and the paper's model sizes
         "toy (train_toy.py defaults)": (128, 81, 4, 4, 128),
+        "task models (train_task.py defaults; V of the compact vocabulary)": (256, 9960, 4, 4, 512),
         "GPT-2 124M": (768, 50257, 12, 12, 1024),
         "OPT-1.3b-sized": (2048, 50272, 24, 32, 2048),
         "7B-sized (d, V of OpenLlama-7b; GPT-2 layout)": (4096, 32000, 32, 32, 2048),

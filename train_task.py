@@ -12,6 +12,7 @@
     python train_task.py --task e2e                      # every method for one task (the bases are trained once)
     python train_task.py --task sql --method ss medusa   # only some methods
     python train_task.py --task e2e --quick              # a tiny run, for tests
+    python train_task.py --bases-only                    # only the two shared bases (make train-tasks: first)
     torchrun --standalone --nproc_per_node=N train_task.py --task e2e   # data-parallel: N processes (gloo on CPU,
                                                          # nccl with --device cuda), each a 1/N of every batch
     make tasks                                           # the full pipeline: all tasks, then bench.py task
@@ -179,6 +180,9 @@ def train_task(args, quiet: bool = False) -> dict[str, str]:
     os.makedirs(args.out_dir, exist_ok=True)
     vocab = build_vocab(args.data_dir)
     base = pretrain(args, vocab, "base", model_config(args, vocab), args.pretrain_steps, quiet)
+    if args.bases_only:
+        pretrain(args, vocab, "draft_base", model_config(args, vocab, draft=True), args.draft_pretrain_steps, quiet)
+        return {name: os.path.join(args.out_dir, f"{name}.pt") for name in ("base", "draft_base")}
     examples = load_task(args.task, "train", args.data_dir, True)
     data = TaskData(vocab, examples, BLOCK_SIZE[args.task])
     batch_size = args.batch_size or BATCH_SIZE[args.task]
@@ -227,7 +231,10 @@ def train_task(args, quiet: bool = False) -> dict[str, str]:
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--task", choices=sorted(SPLITS), required=True)
+    p.add_argument("--task", choices=sorted(SPLITS), help="the task to train (required unless --bases-only)")
+    p.add_argument("--bases-only", action="store_true",
+                   help="pretrain (or find) the two bases every task shares, base and draft_base, and stop: "
+                        "`make train-tasks` does this first, then trains the tasks two at a time")
     p.add_argument("--method", nargs="+", choices=METHODS, default=list(METHODS),
                    help="what to train besides the NTP baseline (default: all)")
     p.add_argument("--data-dir", default=None, help="folder with e2e/, text2sql/, dialogsum/ (else $SPECSTREAM_DATA, "
@@ -276,7 +283,10 @@ def parser() -> argparse.ArgumentParser:
 
 
 def parse(argv=None) -> argparse.Namespace:
-    args = parser().parse_args(argv)
+    p = parser()
+    args = p.parse_args(argv)
+    if args.task is None and not args.bases_only:
+        p.error("--task is required (or --bases-only, to pretrain the shared bases)")
     if args.quick:
         args.n_layer, args.n_head, args.n_embd, args.batch_size, args.pretrain_batch_size = 2, 2, 32, 4, 4
         args.draft_layers, args.draft_heads, args.draft_embd = 1, 1, 16
@@ -299,8 +309,9 @@ def main(argv=None):
     start = time.time()
     paths = train_task(args)
     if int(os.environ.get("RANK", 0)) == 0:
-        print(f"{args.task}: trained in {time.time() - start:.0f} s -> " + ", ".join(paths.values()))
-        print(f"evaluate with: python bench.py task --task {args.task} --task-dir {args.out_dir}")
+        print(f"{args.task or 'bases'}: trained in {time.time() - start:.0f} s -> " + ", ".join(paths.values()))
+        if args.task:
+            print(f"evaluate with: python bench.py task --task {args.task} --task-dir {args.out_dir}")
     if distributed:
         torch.distributed.destroy_process_group()
 

@@ -192,6 +192,23 @@ def test_train_task_quick_and_bench_task(tmp_path):
     assert set(results["quality"]["ss"]) == {"rouge1", "rouge2", "rougeL"}
 
 
+def test_bases_only_pretrains_the_shared_bases_that_tasks_then_reuse(tmp_path):
+    """`train_task.py --bases-only` (the first step of `make train-tasks`) writes base and draft_base and nothing
+    else; a task run afterwards finds them and does not train them again; no --task without it is an error."""
+    require_task_data()
+    import train_task
+    out = tmp_path / "ckpt"
+    paths = train_task.train_task(train_task.parse(["--bases-only", "--quick", "--out-dir", str(out)]), quiet=True)
+    assert sorted(os.listdir(out)) == ["base.pt", "draft_base.pt"] and set(paths) == {"base", "draft_base"}
+    before = {name: (out / name).stat().st_mtime_ns for name in ("base.pt", "draft_base.pt")}
+    train_task.train_task(train_task.parse(["--task", "sql", "--quick", "--method", "draft", "--out-dir", str(out)]),
+                          quiet=True)
+    assert {name: (out / name).stat().st_mtime_ns for name in before} == before
+    assert (out / "sql_draft.pt").exists()
+    with pytest.raises(SystemExit):
+        train_task.parse(["--quick"])
+
+
 def test_e2e_test_mrs_split_by_values_seen_in_training():
     """`bench.py ablation --mr-values seen|unseen`: the two subsets partition the test MRs; "seen" keeps exactly the
     MRs whose every attribute value occurs in a training MR (the training file has coffee shops only: no pub)."""
