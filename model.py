@@ -389,7 +389,7 @@ class GPTOutput:
     """Without targets: logits at every position. With targets (training), only the positions that have
     something to learn go through the LM head(s): logits (N, V), stream_logits (N', γ, V), and the targets
     they were scored against."""
-    logits: torch.Tensor                 # (B, T, V) main stream, predicts x[t+1]; (N, V) with targets
+    logits: torch.Tensor | None          # (B, T, V) main stream, predicts x[t+1]; (N, V) with targets
     stream_logits: torch.Tensor | None   # (B, T', γ, V) stream (or Medusa head) j predicts x[t+1+j]; (N', γ, V)
     loss: torch.Tensor | None = None     # Eq. 5
     main_loss: torch.Tensor | None = None
@@ -484,11 +484,13 @@ class GPT(nn.Module):
         return self.medusa(states) if self.config.n_medusa_heads > 0 else self.lm_head(states)
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None,
-                loss_mask: torch.Tensor | None = None, stream_rows: torch.Tensor | None = None) -> GPTOutput:
+                loss_mask: torch.Tensor | None = None, stream_rows: torch.Tensor | None = None,
+                main_loss: bool = True) -> GPTOutput:
         """Full-sequence forward (training). idx, targets: (B, T) with targets[:, t] = x[t+1] (-1 = ignore);
         loss_mask: (B, T) bool, False where targets[:, t] must not be learned (prompt tokens); stream_rows:
         (T',) sorted positions that get streams / Medusa drafts (None = all; a subset is exact for those
-        positions, since a stream at t sees only main keys <= t and its own node's streams)."""
+        positions, since a stream at t sees only main keys <= t and its own node's streams). main_loss=False
+        (frozen mode, α0 = 0): no main-stream LM head, the loss is the stream terms of Eq. 5 only."""
         B, T = idx.size()
         if T > self.config.block_size:
             raise ValueError(f"sequence of length {T} is longer than block_size={self.config.block_size}")
@@ -503,7 +505,7 @@ class GPT(nn.Module):
         ahead = stream_targets(targets, self.config.n_drafts)  # (B, T, γ)
         ahead = ahead if stream_rows is None else ahead[:, stream_rows]  # (B, T', γ)
         rows, draft_rows = targets != -1, (ahead != -1).any(-1)  # only rows with a target need the LM head(s)
-        logits = self.lm_head(main[rows])  # (N, V)
+        logits = self.lm_head(main[rows]) if main_loss else None  # (N, V)
         draft = None if drafts is None else self.draft_logits(drafts[draft_rows])  # (N', γ, V)
         out = GPTOutput(logits, draft, targets=targets[rows], stream_targets=ahead[draft_rows])
         out.loss, out.main_loss, out.stream_losses = self.loss(logits, draft, out.targets, out.stream_targets)
@@ -513,7 +515,7 @@ class GPT(nn.Module):
         """Eq. 5: L = CE(main_t, x[t+1]) + sum_j α_j CE(stream_{t,j}, x[t+1+j]), each CE a mean over its valid
         targets. logits (..., V), draft_logits (..., γ, V) or None, targets (...) = x[t+1], stream_targets
         (..., γ) = x[t+1+j] (see `stream_targets`), -1 = ignored. Returns (L, main CE, (γ,) stream CEs)."""
-        main_loss = cross_entropy(logits, targets)
+        main_loss = None if logits is None else cross_entropy(logits, targets)
         if draft_logits is None:
             return main_loss, main_loss, None
         G = draft_logits.size(-2)  # one CE over all streams (no per-stream slices: their backward is costly)
@@ -521,7 +523,8 @@ class GPT(nn.Module):
                                     ignore_index=-1, reduction="none").view(-1, G)
         counts = (stream_targets.reshape(-1, G) != -1).sum(0).clamp(min=1)
         stream_losses = per_token.sum(0) / counts  # (γ,) each stream's mean CE over its valid targets
-        return main_loss + self.config.stream_loss_weight * stream_losses.sum(), main_loss, stream_losses
+        streams = self.config.stream_loss_weight * stream_losses.sum()
+        return streams if main_loss is None else main_loss + streams, main_loss, stream_losses
 
     # ---- inference on top of a KV cache ----
 

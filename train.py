@@ -59,7 +59,8 @@ def stream_accuracy(stream_logits: torch.Tensor, stream_targets: torch.Tensor) -
 def early_exit_loss(model: GPT, idx: torch.Tensor, targets: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:
     """Next-token loss of the pruning adapter's early-exit logits at the input of block N-N_s."""
     h = model.lower(model.embed(idx, torch.arange(idx.size(1), device=idx.device)))
-    return cross_entropy(model.early_exit_logits(h), targets.masked_fill(~loss_mask, -1))
+    rows = loss_mask & (targets != -1)  # only rows with a target go through the LM head (most of the cost)
+    return cross_entropy(model.early_exit_logits(h[rows]), targets[rows])
 
 
 def trainable_for(model: GPT, loss: str):
@@ -163,9 +164,9 @@ def train_stage(model: GPT, get_batch: Callable[[int], Batch], stage: StageConfi
             loss = early_exit_loss(model, idx, targets, loss_mask)
             out = None
         else:
-            out = model(idx, targets, loss_mask, rows)
-            # Eq. 5; "streams" (frozen mode): α_0 = 0, only the stream terms
-            loss = out.loss if stage.loss == "eq5" else model.config.stream_loss_weight * out.stream_losses.sum()
+            # Eq. 5; "streams" (frozen mode): α_0 = 0, only the stream terms (and no main-stream LM head)
+            out = model(idx, targets, loss_mask, rows, main_loss=stage.loss == "eq5")
+            loss = out.loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if world > 1:
@@ -178,14 +179,14 @@ def train_stage(model: GPT, get_batch: Callable[[int], Batch], stage: StageConfi
             history["step"].append(step)
             history["loss"].append(mean_over_ranks(loss.detach()).item())
             postfix = dict(loss=f"{history['loss'][-1]:.3f}")
-            if out is not None:
+            if out is not None and out.main_loss is not None:  # (none in frozen mode: no main LM head)
                 history["main_loss"].append(mean_over_ranks(out.main_loss.detach()).item())
-                if out.stream_losses is not None:
-                    accs = stream_accuracy(out.stream_logits.detach(), out.stream_targets)
-                    accs = mean_over_ranks(torch.tensor(accs, device=device)).tolist()
-                    history["stream_loss"].append(mean_over_ranks(out.stream_losses.detach()).tolist())
-                    history["stream_acc"].append(accs)
-                    postfix["acc"] = "/".join(f"{a:.2f}" for a in accs)
+            if out is not None and out.stream_losses is not None:
+                accs = stream_accuracy(out.stream_logits.detach(), out.stream_targets)
+                accs = mean_over_ranks(torch.tensor(accs, device=device)).tolist()
+                history["stream_loss"].append(mean_over_ranks(out.stream_losses.detach()).tolist())
+                history["stream_acc"].append(accs)
+                postfix["acc"] = "/".join(f"{a:.2f}" for a in accs)
             bar.set_postfix(postfix)
         bar.update(1)
         if step % stage.save_every == 0 and step < stage.steps:

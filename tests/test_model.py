@@ -457,6 +457,42 @@ def test_loss_matches_hand_computation_of_eq5(tiny_config):
     torch.testing.assert_close(loss, h_loss, atol=1e-12, rtol=0)
 
 
+@pytest.mark.parametrize("drafter", [dict(n_streams=3), dict(n_medusa_heads=3)])
+def test_without_main_loss_the_loss_is_the_stream_terms_alone(tiny_config, drafter):
+    """main_loss=False (frozen-mode training, α0 = 0): no main LM head, and the loss and stream CEs equal the
+    stream terms of the full forward's Eq. 5."""
+    cfg = tiny_config(vocab_size=20, n_msa_layers=2 if "n_streams" in drafter else 0, stream_loss_weight=0.25,
+                      **({"n_streams": 0} if "n_medusa_heads" in drafter else {}), **drafter)
+    model = make_model(cfg, seed=26)
+    x = tokens(cfg, 2, 11, seed=27)
+    loss_mask = torch.ones(2, 10, dtype=torch.bool)
+    loss_mask[0, :4] = False
+    rows = torch.tensor([0, 3, 4, 8])
+    full = model(x[:, :-1], x[:, 1:], loss_mask, rows)
+    alone = model(x[:, :-1], x[:, 1:], loss_mask, rows, main_loss=False)
+    assert alone.logits is None and alone.main_loss is None
+    torch.testing.assert_close(alone.stream_losses, full.stream_losses, atol=1e-12, rtol=0)
+    torch.testing.assert_close(alone.loss, 0.25 * full.stream_losses.sum(), atol=1e-12, rtol=0)
+    torch.testing.assert_close(full.loss, full.main_loss + 0.25 * full.stream_losses.sum(), atol=1e-12, rtol=0)
+
+
+def test_early_exit_loss_scores_only_the_learned_positions(tiny_config):
+    """train.early_exit_loss sends only the rows with a target through the LM head; the value is the next-token
+    CE of the early-exit logits of every position, prompt and padding positions masked."""
+    from train import early_exit_loss
+    cfg = tiny_config(vocab_size=20, n_streams=3, n_msa_layers=2, prune_rank=4)
+    model = make_model(cfg, seed=28)
+    x = tokens(cfg, 2, 11, seed=29)
+    targets = x[:, 1:].clone()
+    targets[1, 7:] = -1  # padding
+    loss_mask = torch.ones(2, 10, dtype=torch.bool)
+    loss_mask[:, :3] = False  # prompts
+    h = model.lower(model.embed(x[:, :-1], torch.arange(10)))
+    expected = F.cross_entropy(model.early_exit_logits(h).reshape(-1, 20),
+                               targets.masked_fill(~loss_mask, -1).reshape(-1), ignore_index=-1)
+    torch.testing.assert_close(early_exit_loss(model, x[:, :-1], targets, loss_mask), expected, atol=1e-12, rtol=0)
+
+
 def test_stream_targets_are_j_plus_one_ahead(tiny_config):
     """Logits that put all mass on the right token give ~0 loss; being off by one position gives a large loss."""
     cfg = tiny_config(vocab_size=30, n_streams=3, n_msa_layers=2)
