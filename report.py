@@ -294,8 +294,8 @@ def write_comparison(out: str, title: str, header: list[str], rows: list[dict], 
 # ---------------------------------------------------------------------------------------------------------
 
 def write_ablation(args: argparse.Namespace, rows: dict, n_eval: int, n_speed: int):
-    """RESULTS_DIR/<task>/ablation[_<split>][_<seen|unseen>_values].{md,json}: each model's quality and realisation, each recipe's
-    decoding statistics, first samples; the command line rebuilt from `args`."""
+    """RESULTS_DIR/<task>/ablation[_<split>][_<seen|unseen>_values].{md,json}: each model's quality and
+    realisation, each recipe's decoding statistics, first samples; the command line rebuilt from `args`."""
     out = os.path.join(args.results_dir, args.task)
     os.makedirs(out, exist_ok=True)
     name = "ablation" if args.split == "test" else f"ablation_{args.split}"

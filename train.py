@@ -179,14 +179,15 @@ def train_stage(model: GPT, get_batch: Callable[[int], Batch], stage: StageConfi
             history["step"].append(step)
             history["loss"].append(mean_over_ranks(loss.detach()).item())
             postfix = dict(loss=f"{history['loss'][-1]:.3f}")
-            if out is not None and out.main_loss is not None:  # (none in frozen mode: no main LM head)
-                history["main_loss"].append(mean_over_ranks(out.main_loss.detach()).item())
-            if out is not None and out.stream_losses is not None:
-                accs = stream_accuracy(out.stream_logits.detach(), out.stream_targets)
-                accs = mean_over_ranks(torch.tensor(accs, device=device)).tolist()
-                history["stream_loss"].append(mean_over_ranks(out.stream_losses.detach()).tolist())
-                history["stream_acc"].append(accs)
-                postfix["acc"] = "/".join(f"{a:.2f}" for a in accs)
+            if out is not None:
+                if out.main_loss is not None:  # (none in frozen mode: no main LM head)
+                    history["main_loss"].append(mean_over_ranks(out.main_loss.detach()).item())
+                if out.stream_losses is not None:
+                    accs = stream_accuracy(out.stream_logits.detach(), out.stream_targets)
+                    accs = mean_over_ranks(torch.tensor(accs, device=device)).tolist()
+                    history["stream_loss"].append(mean_over_ranks(out.stream_losses.detach()).tolist())
+                    history["stream_acc"].append(accs)
+                    postfix["acc"] = "/".join(f"{a:.2f}" for a in accs)
             bar.set_postfix(postfix)
         bar.update(1)
         if step % stage.save_every == 0 and step < stage.steps:
