@@ -96,6 +96,21 @@ def test_lora_stage_trains_only_lora_and_streams(tmp_path):
     assert changed == {"prune_adapter.down.weight", "prune_adapter.up.weight"}
 
 
+def test_frozen_mode_stage_runs_the_model_without_dropout(tmp_path):
+    """A "streams" stage trains drafters on a frozen model: it runs as at decode time (no dropout), so the stage
+    does not depend on the dropout seed; "eq5" (shared mode) keeps dropout, so the seed changes its weights."""
+    data, cfg, batches = tiny_stage_setup(tmp_path)
+    cfg.dropout, cfg.stream_adapter_rank = 0.5, 4
+    for loss, same in (("streams", True), ("eq5", False)):
+        weights = []
+        for seed in (1, 2):  # the seed draws the stream rows and the dropout masks: all rows, so only dropout
+            torch.manual_seed(0)
+            model = GPT(cfg)
+            train_stage(model, batches, StageConfig(loss, steps=3, lr=1e-2, loss=loss, seed=seed), quiet=True)
+            weights.append(model.transformer.stream_emb.detach().clone())
+        assert torch.equal(*weights) == same, loss
+
+
 def test_toy_pipeline_tiny_run_is_deterministic(tmp_path):
     argv = ["--n-stories", "100", "--n-layer", "2", "--n-embd", "16", "--n-head", "2", "--block-size", "64",
             "--train-block", "16", "--batch-size", "4", "--gamma", "2", "--n-msa-layers", "1", "--lora-rank", "2",
