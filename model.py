@@ -494,6 +494,8 @@ class GPT(nn.Module):
         B, T = idx.size()
         if T > self.config.block_size:
             raise ValueError(f"sequence of length {T} is longer than block_size={self.config.block_size}")
+        if not main_loss and self.config.n_drafts == 0:
+            raise ValueError("main_loss=False leaves no loss on a model without streams or Medusa heads")
         pos = torch.arange(T, device=idx.device)
         main, drafts = self.upper(self.lower(self.embed(idx, pos)), stream_rows=stream_rows)  # drafts: streams
         if self.config.n_medusa_heads > 0:  # Medusa drafts from the main stream's rows

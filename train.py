@@ -143,7 +143,7 @@ def train_stage(model: GPT, get_batch: Callable[[int], Batch], stage: StageConfi
                              scheduler=scheduler.state_dict(), history=history, **(extra or {})), ckpt_path)
 
     # Frozen mode ("streams"): the frozen model runs as it will at decode time, without dropout, so the drafters
-    # learn from the very hidden states they will see (and a step costs ~1/3 less: no dropout masks, fused attention).
+    # learn from the very hidden states they will see (and a step is cheaper: no dropout masks, fused attention).
     model.train(stage.loss != "streams")
     device = next(model.parameters()).device
     if world > 1:  # every rank starts from rank 0's weights (as DDP does), whatever its own random state was

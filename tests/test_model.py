@@ -474,6 +474,9 @@ def test_without_main_loss_the_loss_is_the_stream_terms_alone(tiny_config, draft
     torch.testing.assert_close(alone.stream_losses, full.stream_losses, atol=1e-12, rtol=0)
     torch.testing.assert_close(alone.loss, 0.25 * full.stream_losses.sum(), atol=1e-12, rtol=0)
     torch.testing.assert_close(full.loss, full.main_loss + 0.25 * full.stream_losses.sum(), atol=1e-12, rtol=0)
+    plain = make_model(tiny_config(vocab_size=20, n_streams=0, n_msa_layers=0), seed=26)
+    with pytest.raises(ValueError, match="no loss"):
+        plain(x[:, :-1], x[:, 1:], main_loss=False)
 
 
 def test_early_exit_loss_scores_only_the_learned_positions(tiny_config):

@@ -194,7 +194,8 @@ def test_train_task_quick_and_bench_task(tmp_path):
     assert {r["method"] for r in results["rows"]} == {"autoregressive", "ss", "medusa", "two-model", "prompt lookup"}
     assert (tmp_path / "res" / "e2e" / "results.md").exists()
     bench.main(["ablation", "--task", "e2e", "--task-dir", str(out), "--results-dir", str(tmp_path / "res"),
-                "--recipes", "ss_frozen_self", "--mr-values", "seen", "--n-eval", "2", "--prompts", "1", "--repeats", "1"])
+                "--recipes", "ss_frozen_self", "--mr-values", "seen", "--n-eval", "2", "--prompts", "1",
+                "--repeats", "1"])
     assert "whose values all occur in training" in (tmp_path / "res" / "e2e" / "ablation_seen_values.md").read_text()
     # the SS-only path (DialogSum in `make tasks`)
     recipe = ["--mode", "shared", "--stream-targets", "data"]  # (the paper's v1 recipe; and no slow self-targets)
