@@ -50,7 +50,7 @@ bench-tasks: $(STAMP)
 
 tasks: train-tasks bench-tasks
 
-# Issue 11's 2 x 2 on E2E: shared / frozen mode x data / self stream targets (train_task.py --mode, --stream-targets),
+# The 2 x 2 of training recipes on E2E: shared / frozen mode x data / self stream targets (train_task.py --mode, --stream-targets),
 # side by side on the test split (quality, name realisation, CR, tokens per call, acceptance, wall speedup).
 # `train-tasks` trains the frozen/self recipe; this adds the three others (the base and next-token model are reused).
 ablation: $(STAMP)

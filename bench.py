@@ -39,11 +39,14 @@ from typing import Callable
 import torch
 from tqdm import tqdm
 
-from generate import (GenerationResult, generate_autoregressive, generate_prompt_lookup, generate_speculative,
-                      generate_two_model, greedy_tokens)
+from benchmarks.baselines import generate_prompt_lookup, generate_two_model
+from benchmarks.params import extra_parameters, parameter_counts, ss_extra_parameters
+from benchmarks.report import (fmt, models_markdown, plot_sampling, plot_toy, print_rows, quality, realisation,
+                               speedups, write_ablation, write_batch, write_comparison, write_params,
+                               write_toy_markdown)
+from checkpoint import load_model
+from generate import GenerationResult, generate_autoregressive, generate_speculative, greedy_tokens
 from model import GPT, KVCache
-from report import (fmt, models_markdown, plot_sampling, plot_toy, print_rows, quality, realisation, speedups,
-                    write_ablation, write_batch, write_comparison, write_params, write_toy_markdown)
 from tree import ACCEPTANCE_RULES
 
 
@@ -130,7 +133,7 @@ def toy_model(args) -> GPT:
     path = os.path.join(args.toy_dir, f"ss_gamma{args.toy_gamma}_pruned.pt")
     if not os.path.exists(path):
         raise SystemExit(f"{path} not found: run `python train_toy.py --out-dir {args.toy_dir}` first (or make demo)")
-    return load_model(path, args.device)
+    return load_for_decoding(path, args.device)
 
 
 def load_toy(args):
@@ -168,7 +171,7 @@ def separately_trained(args, gamma: int) -> GPT:
         train_pipeline(parser().parse_args(["--out-dir", args.toy_dir, "--gamma", str(gamma),
                                             "--seed", str(args.seed), "--n-stories", str(args.n_stories),
                                             "--device", args.device]))
-    return load_model(path, args.device)
+    return load_for_decoding(path, args.device)
 
 
 def run_toy(args):
@@ -513,7 +516,7 @@ def run_profile(args):
             raise SystemExit(f"{path} not found: train it with `python train_task.py --task {args.task}` (or profile "
                              f"the toy model with --toy)")
         _, prompts, max_new, _ = task_setup(args, args.task, "test")
-        model, prompt, eos, name, title = load_model(path, args.device), prompts[0], 0, args.task, f"{args.task} SS model"
+        model, prompt, eos, name, title = load_for_decoding(path, args.device), prompts[0], 0, args.task, f"{args.task} SS model"
     profile = profile_model(model, prompt, eos, max_new, args.device, args.profile_calls, args.prune_threshold)
     write_profile(profile, os.path.join(args.results_dir, name, "profile.md"), title, command)
 
@@ -564,28 +567,9 @@ def side_by_side(models: dict[str, GPT], prompts: list[list[int]], max_new: int,
     return [dict(name=name, **info[name], **r) for name, r in results.items()]
 
 
-def ss_extra_parameters(counts: dict[str, int], frozen: bool = True) -> int:
-    """What SS adds to its target, from GPT.parameter_counts: stream embeddings, the pruning adapter and, in frozen
-    mode, the stream-only adapter (a shared-mode model counts 0 there). LoRA, which every fine-tuned model has, is
-    not counted."""
-    return counts["stream_emb"] + counts["prune_adapter"] + (counts["stream_adapter"] if frozen else 0)
-
-
-def extra_parameters(models: dict[str, GPT]) -> dict[str, int]:
-    """What each method adds to its target (LoRA, shared by every fine-tuned model, is not counted)."""
-    out = dict(autoregressive=0, **{"prompt lookup": 0})
-    if "ss" in models:
-        out["ss"] = ss_extra_parameters(models["ss"].parameter_counts())
-    if "medusa" in models:
-        c = models["medusa"].parameter_counts()
-        out["medusa"] = c["medusa"] + c["prune_adapter"]
-    if "draft" in models:
-        out["two-model"] = sum(p.numel() for p in models["draft"].parameters())
-    return out
-
-
-def load_model(path: str, device) -> GPT:
-    model = GPT.from_checkpoint(path).to(device).eval()
+def load_for_decoding(path: str, device) -> GPT:
+    """A checkpoint's model on `device`, in eval mode, LoRA merged for inference."""
+    model = load_model(path).to(device).eval()
     model.merge_lora()  # inference: fold LoRA into the weights (the same for every decoder of this model)
     return model
 
@@ -598,7 +582,7 @@ def run_baselines(args):
         if not os.path.exists(os.path.join(args.toy_dir, name)):
             flag = {"ss": " --gamma 4", "medusa": " --method medusa --gamma 4", "draft": " --method draft"}.get(key, "")
             raise SystemExit(f"{args.toy_dir}/{name} not found: run `python train_toy.py{flag}` first")
-    models = {key: load_model(os.path.join(args.toy_dir, name), args.device) for key, name in names.items()}
+    models = {key: load_for_decoding(os.path.join(args.toy_dir, name), args.device) for key, name in names.items()}
     data = ToyData(args.n_stories, args.seed)
     prompts = data.prompts(args.prompts)
     print(f"toy: {len(prompts)} prompts, up to {args.max_new_tokens} new tokens, {torch.get_num_threads()} thread(s)")
@@ -627,7 +611,7 @@ def run_task(args):
         if not os.path.exists(path):
             raise SystemExit(f"{path} not found: run `python train_task.py --task {task} --out-dir {folder} --mode "
                              f"{args.mode} --stream-targets {args.stream_targets}` first")
-    models = {key: load_model(path, args.device) for key, path in files.items()}
+    models = {key: load_for_decoding(path, args.device) for key, path in files.items()}
     examples, prompts, max_new, text = task_setup(args, args.task, "test")
     examples, prompts = (x[:max(args.n_eval, args.prompts)] for x in (examples, prompts))  # fixed: the first ones
     print(f"{task}: {args.n_eval} test examples for quality, {args.prompts} for speed, up to {max_new} new tokens, "
@@ -674,7 +658,7 @@ def e2e_ss_model(args) -> tuple[GPT, list[list[int]]] | None:
               "benchmark where the checkpoint is)")
         return None
     _, prompts, _, _ = task_setup(args, "e2e", "test")
-    return load_model(path, args.device), prompts[:args.prompts]
+    return load_for_decoding(path, args.device), prompts[:args.prompts]
 
 
 def task_setup(args, task: str, split: str):
@@ -687,7 +671,7 @@ def task_setup(args, task: str, split: str):
     vocab = CompactVocab.from_dict(torch.load(ntp, weights_only=True)["vocabulary"])
     examples = load_task(task, split, args.data_dir, delexicalised=True)
     max_new = MAX_NEW_TOKENS[task]
-    budget = GPT.from_checkpoint(ntp).config.block_size - max_new + 1
+    budget = load_model(ntp).config.block_size - max_new + 1
     prompts = [prompt_ids(vocab, ex, budget) for ex in examples]
     text = lambda ids, ex: relexicalise(vocab.decode([t for t in ids if t != EOS]), ex.slots)
     return examples, prompts, max_new, text
@@ -729,7 +713,7 @@ def run_ablation(args):
     missing = [p for p in paths.values() if not os.path.exists(p)]
     if missing:
         raise SystemExit(f"{missing[0]} not found: train it (`make ablation` trains the default recipes)")
-    models = {name: load_model(path, args.device) for name, path in paths.items()}
+    models = {name: load_for_decoding(path, args.device) for name, path in paths.items()}
     seen = training_values(args) if args.task == "e2e" else None
     print(f"{args.task} ({args.split}): {n_eval} examples for quality, {min(args.prompts, len(prompts))} for speed, "
           f"{torch.get_num_threads()} thread(s), {args.device}")
@@ -760,7 +744,7 @@ def run_draft_cost(args):
     """Cost of drafting at one node on a task's models: Medusa's heads vs SS's γ stream rows through the MSA
     blocks plus the shared LM head (after verification, as in stream_pass="accepted")."""
     folder, task = args.task_dir, args.task
-    ss, medusa = (load_model(drafter_path(args, name, task), args.device) for name in ("ss", "medusa"))
+    ss, medusa = (load_for_decoding(drafter_path(args, name, task), args.device) for name in ("ss", "medusa"))
     cache = KVCache(ss.config, 1, 200, device=args.device)
     cache.length = 150  # a 150-token context, as in the middle of a decode
     h = torch.randn(1, ss.config.n_embd, device=args.device)
@@ -784,7 +768,7 @@ def run_draft_cost(args):
 def run_params(args):
     """Parameter accounting: base, LoRA, stream embeddings, the frozen mode's stream adapter, pruning adapter, and 4
     Medusa heads on the same config. Every model is built (on PyTorch's "meta" device for the large ones: shapes
-    without memory) and counted by GPT.parameter_counts, the one source of the formulas."""
+    without memory) and counted by benchmarks.params.parameter_counts, the one source of the formulas."""
     from model import GPTConfig
     configs = {  # (d, V, layers, heads, context): toy, our task models, GPT-2 124M and the paper's model sizes
         "toy (train_toy.py defaults)": (128, 81, 4, 4, 128),
@@ -798,7 +782,7 @@ def run_params(args):
         cfg = GPTConfig(vocab_size=V, block_size=ctx, n_layer=L, n_head=H, n_embd=d, n_streams=args.gamma_params,
                         n_msa_layers=2, lora_rank=32, prune_rank=8, stream_adapter_rank=args.stream_adapter_params)
         with torch.device("meta"):
-            c = GPT(cfg).parameter_counts()
+            c = parameter_counts(GPT(cfg))
         counts[name] = dict(c, ss_shared=ss_extra_parameters(c, frozen=False), ss_frozen=ss_extra_parameters(c))
     write_params(counts, args.gamma_params, args.stream_adapter_params, os.path.join(args.results_dir, "params.md"))
 
@@ -816,7 +800,7 @@ def batch_throughput(model: GPT, prompts: list[list[int]], max_new: int, eos: in
     batched SS (every setting, both stream passes) back to back, `repeats` times after a warm-up. tokens/s =
     new tokens / median total time. CR per row = AR calls / SS calls of each row (as at batch 1); CR of the
     batch = AR batched forwards / SS batched forwards, lower: a batch runs until its slowest row is done."""
-    from generate import generate_autoregressive_batch, generate_speculative_batch
+    from batch import generate_autoregressive_batch, generate_speculative_batch
     decoders = {"ar": lambda group: generate_autoregressive_batch(model, group, max_new, eos)}
     for s in BATCH_SS_SETTINGS:
         for stream_pass in PASSES:

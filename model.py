@@ -1,7 +1,7 @@
 """A compact GPT-2 with multi-stream attention (MSA): the model of Speculative Streaming.
 
 Paper: Bhendawade et al., "Speculative Streaming: Fast LLM Inference without Auxiliary Models",
-arXiv 2402.11131. Conventions (binding, see ../shared/docs/METHOD.md):
+arXiv 2402.11131. Conventions (binding, see docs/CONVENTIONS.md):
   - main logits at position t predict x[t+1]; stream j (1..γ) at position t predicts x[t+1+j];
   - blocks n_layer-n_msa_layers .. n_layer-1 are MSA blocks, the blocks below see the main stream only;
   - only the main stream's keys/values are ever cached.
@@ -9,9 +9,7 @@ arXiv 2402.11131. Conventions (binding, see ../shared/docs/METHOD.md):
 from __future__ import annotations
 
 import math
-import os
-import tempfile
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
@@ -145,10 +143,7 @@ class KVCache:
     `length` entries are committed. A forward writes its T new entries at [length, length+T) ("pending");
     `commit(keep)` moves the chosen pending entries right after the committed ones (cache compaction).
     After a commit, GPT.streams_at uses [length, length+γ) as scratch for its stream keys/values (`write_scratch`).
-
-    Batched decoding with ragged acceptance uses `commit_rows` instead of `commit`: row b then holds its own
-    `row_lengths[b]` committed entries at [0, row_lengths[b]), `length` is the longest row's, and the columns
-    [row_lengths[b], length) are stale for row b: its attention mask must hide them. Writes stay one slice.
+    Batched decoding with ragged acceptance keeps a length per row (batch.RowKVCache).
     """
 
     def __init__(self, config: GPTConfig, batch_size: int = 1, max_len: int | None = None,
@@ -160,7 +155,6 @@ class KVCache:
         self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
         self.length = 0   # committed entries
         self.pending = 0  # entries written by the last forward, not committed yet
-        self.row_lengths: list[int] | None = None  # committed entries per row, once set by commit_rows
 
     def write(self, layer: int, k: torch.Tensor, v: torch.Tensor):
         """Store T pending entries of one layer; return all keys/values a query may see: (B, nh, length+T, hs)."""
@@ -201,43 +195,6 @@ class KVCache:
             self.select_pending(keep, range(len(self.k)))
             self.length += len(keep)
         self.pending = 0
-
-    # ---- batched decoding: every row keeps its own number of committed entries (`row_lengths`) ----
-
-    def select_pending_rows(self, keep: torch.Tensor, layers: range):
-        """Per-row `select_pending`: row b keeps its pending entries keep[b] (keep: (B, n) indices into the last
-        forward's new rows), moved to the first n pending columns, in `layers`."""
-        index = (self.length + keep)[:, None, :, None]  # (B, 1, n, 1), broadcast over heads and head size
-        for layer in layers:
-            for buf in (self.k[layer], self.v[layer]):
-                buf[:, :, self.length:self.length + keep.size(1)] = torch.take_along_dim(buf, index, dim=2)
-
-    def commit_rows(self, keep: list[list[int]]):
-        """Per-row compaction: row b's pending entries keep[b] (in this order) are appended to its own committed
-        entries. Rows may keep different numbers of entries; `length` becomes the longest row's."""
-        if len(keep) != self.k[0].size(0):
-            raise ValueError(f"commit_rows needs one list of entries per row: got {len(keep)} for "
-                             f"{self.k[0].size(0)} rows")
-        lengths = self.row_lengths or [self.length] * len(keep)
-        rows, src, dst = [], [], []
-        for b, kept in enumerate(keep):
-            rows += [b] * len(kept)
-            src += [self.length + i for i in kept]
-            dst += range(lengths[b], lengths[b] + len(kept))
-        if src != dst:  # nothing to move when every row's kept entries are already in place
-            rows, src, dst = (torch.tensor(x, dtype=torch.long, device=self.k[0].device) for x in (rows, src, dst))
-            for buf in self.k + self.v:
-                buf[rows, :, dst] = buf[rows, :, src]  # (N, nh, hs) entries, gathered before they are written
-        self.row_lengths = [n + len(kept) for n, kept in zip(lengths, keep)]
-        self.length, self.pending = max(self.row_lengths), 0
-
-    def select_rows(self, rows: list[int]):
-        """Keep only the batch rows `rows`, in this order (rows that finished decoding leave the batch)."""
-        lengths = self.row_lengths or [self.length] * self.k[0].size(0)
-        index = torch.tensor(rows, dtype=torch.long, device=self.k[0].device)
-        self.k, self.v = [buf[index] for buf in self.k], [buf[index] for buf in self.v]
-        self.row_lengths = [lengths[r] for r in rows]
-        self.length = max(self.row_lengths, default=0)
 
 
 class CausalSelfAttention(nn.Module):
@@ -562,7 +519,7 @@ class GPT(nn.Module):
         """Pruning logits z~ = lm_head(ln_f(o(h))) from the hidden state h at the input of block N-N_s."""
         return self.lm_head(self.transformer.ln_f(self.prune_adapter(h)))
 
-    # ---- LoRA, parameters, checkpoints ----
+    # ---- LoRA ----
 
     def lora_layers(self) -> list[LoRALinear]:
         return [m for m in self.modules() if isinstance(m, LoRALinear) and m.rank > 0]
@@ -574,37 +531,6 @@ class GPT(nn.Module):
             if isinstance(m, LoRALinear):
                 m.merge(merge)
 
-    def parameter_counts(self) -> dict[str, int]:
-        """Base, LoRA, stream-embedding, stream-adapter and pruning-adapter parameters, and what 4 Medusa heads
-        would cost here."""
-        c, counts = self.config, dict(base=0, lora=0, stream_emb=0, stream_adapter=0, prune_adapter=0, medusa=0)
-        for name, p in self.named_parameters():  # tied wte/lm_head is counted once
-            kind = ("lora" if "lora_" in name else "stream_emb" if name == "transformer.stream_emb"
-                    else "stream_adapter" if is_stream_param(name) else "prune_adapter"
-                    if name.startswith("prune_adapter.") else "medusa" if name.startswith("medusa.") else "base")
-            counts[kind] += p.numel()
-        counts["medusa_4_heads"] = 4 * c.n_embd * (c.n_embd + 1 + c.vocab_size)  # each: ResBlock d(d+1), LM head dV
-        return counts
-
-    def save_checkpoint(self, path: str, **extra):
-        """Config + weights (+ any extra picklable-free items) written atomically: temp file, then rename."""
-        merged = [m for m in self.modules() if isinstance(m, LoRALinear) and m.merged]
-        self.merge_lora(False)  # checkpoints always hold unmerged weights
-        try:
-            save_atomic(dict(config=asdict(self.config), model=self.state_dict(), **extra), path)
-        finally:
-            for m in merged:
-                m.merge(True)
-
-    @classmethod
-    def from_checkpoint(cls, path: str, map_location="cpu") -> GPT:
-        ckpt = load_checkpoint(path, map_location)
-        if "config" not in ckpt or "model" not in ckpt:
-            raise ValueError(f"{path} is not a specstream checkpoint (needs 'config' and 'model' entries)")
-        model = cls(config_from_dict(ckpt["config"], path))
-        load_weights(model, ckpt["model"], path)
-        return model
-
 
 def is_stream_param(name: str) -> bool:
     """Parameters only the streams use: the stream embeddings P_j and the stream-only adapter ("frozen" mode)."""
@@ -615,52 +541,3 @@ def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Mean CE over targets != -1 (0 when there are none, instead of NaN)."""
     total = F.cross_entropy(logits.flatten(0, -2), targets.flatten(), ignore_index=-1, reduction="sum")
     return total / (targets != -1).sum().clamp(min=1)
-
-
-def save_atomic(obj, path: str):
-    """torch.save to a temporary file in the same folder, then rename: a crash never leaves half a file."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".pt")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
-def load_checkpoint(path: str, map_location="cpu") -> dict:
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"checkpoint {path} does not exist: train one first (e.g. python train_toy.py)")
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:
-        raise ValueError(f"checkpoint {path} is corrupt or not a torch file ({type(e).__name__}: {e}); "
-                         f"delete it and train again") from e
-    if not isinstance(ckpt, dict):
-        raise ValueError(f"checkpoint {path} holds a {type(ckpt).__name__}, expected a dict")
-    return ckpt
-
-
-def config_from_dict(d: dict, source: str = "checkpoint") -> GPTConfig:
-    known = {f.name for f in fields(GPTConfig)}
-    unknown = set(d) - known
-    if unknown:
-        raise ValueError(f"{source}: unknown config fields {sorted(unknown)}; was it written by another version?")
-    return GPTConfig(**d)
-
-
-def load_weights(model: nn.Module, state_dict: dict, source: str = "checkpoint"):
-    """load_state_dict with an error that lists what is missing, unexpected or of the wrong shape."""
-    own = model.state_dict()
-    missing = sorted(set(own) - set(state_dict))
-    unexpected = sorted(set(state_dict) - set(own))
-    shapes = [f"{k}: {tuple(state_dict[k].shape)} vs model {tuple(own[k].shape)}"
-              for k in own if k in state_dict and state_dict[k].shape != own[k].shape]
-    if missing or unexpected or shapes:
-        raise ValueError(f"{source} does not match the model: missing {missing[:5]}, unexpected {unexpected[:5]}, "
-                         f"shape mismatches {shapes[:5]}")
-    model.load_state_dict(state_dict)

@@ -322,7 +322,7 @@ def main(argv: list[str] | None = None):
         n_greedy_calls += len(reference)
         n_calls += len(steps)
         n_prompts += 1
-    # tokens per decode call: the prompt pass commits only the first root, so it is left out (METHOD.md §6)
+    # tokens per decode call: the prompt pass commits only the first root, so it is left out (docs/CONVENTIONS.md)
     tau = (n_tokens - n_prompts) / (n_calls - n_prompts)
     print(f"\nall outputs identical to greedy. {n_tokens} tokens: greedy needs {n_greedy_calls} forward passes, "
           f"speculative streaming {n_calls} (CR {n_greedy_calls / n_calls:.2f}; {tau:.2f} tokens per decode call, "

@@ -14,7 +14,8 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from model import GPT, cross_entropy, is_stream_param, load_checkpoint, load_weights, save_atomic, stream_targets
+from checkpoint import load_weights, read_checkpoint, save_checkpoint
+from model import GPT, cross_entropy, is_stream_param, stream_targets
 
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # idx (B, T), targets (B, T), loss_mask (B, T) bool
 
@@ -125,7 +126,7 @@ def train_stage(model: GPT, get_batch: Callable[[int], Batch], stage: StageConfi
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     step, history = 0, dict(step=[], loss=[], main_loss=[], stream_loss=[], stream_acc=[])
     if ckpt_path and os.path.exists(ckpt_path):
-        ckpt = load_checkpoint(ckpt_path)
+        ckpt = read_checkpoint(ckpt_path)
         if ckpt.get("stage") != stage.name:
             raise ValueError(f"{ckpt_path} belongs to stage {ckpt.get('stage')!r}, not {stage.name!r}; "
                              f"delete it or use another checkpoint folder")
@@ -138,9 +139,9 @@ def train_stage(model: GPT, get_batch: Callable[[int], Batch], stage: StageConfi
 
     def save(done: bool):
         if ckpt_path and rank == 0:
-            save_atomic(dict(config=vars(model.config).copy(), model=model.state_dict(), stage=stage.name,
-                             done=done, step=step, optimizer=optimizer.state_dict(),
-                             scheduler=scheduler.state_dict(), history=history, **(extra or {})), ckpt_path)
+            save_checkpoint(ckpt_path, model, stage=stage.name, done=done, step=step,
+                            optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(), history=history,
+                            **(extra or {}))
 
     # Frozen mode ("streams"): the frozen model runs as it will at decode time, without dropout, so the drafters
     # learn from the very hidden states they will see (and a step is cheaper: no dropout masks, fused attention).

@@ -26,15 +26,15 @@ import hashlib
 import json
 import os
 import random
-import tempfile
 import time
 
 import torch
 from tqdm import tqdm
 
 from data import EOS, MAX_NEW_TOKENS, SPLITS, CompactVocab, TaskData, load_task, prompt_ids
-from generate import generate_autoregressive_batch
-from model import GPT, GPTConfig, load_checkpoint, load_weights
+from batch import generate_autoregressive_batch
+from checkpoint import load_weights, read_checkpoint, write_json
+from model import GPT, GPTConfig
 from train import StageConfig, rank_and_world, seed_everything, train_stage
 
 BLOCK_SIZE = {"e2e": 160, "sql": 384, "dialogsum": 512}  # longest prompt + completion we train and decode
@@ -129,7 +129,7 @@ def self_targets(args, model: GPT, vocab: CompactVocab, examples: list, limit: i
             group = [list(p) for p in todo[start:start + SELF_TARGET_CHUNK]]
             cache["prompts"] += group
             cache["continuations"] += greedy_continuations(model, group, max_new, EOS)
-            write_json_atomic(cache, path)
+            write_json(path, cache, indent=None)
             bar.update(len(group))
         bar.close()
     if world > 1:
@@ -141,18 +141,10 @@ def self_targets(args, model: GPT, vocab: CompactVocab, examples: list, limit: i
     return TaskData.from_sequences(vocab, pairs, BLOCK_SIZE[args.task])
 
 
-def write_json_atomic(obj, path: str):
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".json")
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f)
-    os.replace(tmp, path)
-
-
 def pretrain(args, vocab: CompactVocab, name: str, config: GPTConfig, steps: int, quiet: bool) -> GPT:
     """Pretrain (or load) a GPT on the union of the tasks' training text, loss on every token."""
     path = os.path.join(args.out_dir, f"{name}.pt")
-    if os.path.exists(path) and load_checkpoint(path).get("vocabulary") != vocab.to_dict():
+    if os.path.exists(path) and read_checkpoint(path).get("vocabulary") != vocab.to_dict():
         raise ValueError(f"{path} was trained with another vocabulary (other data?): delete it or use --out-dir")
     union = TaskData(vocab, [ex for task in SPLITS for ex in load_task(task, "train", args.data_dir, True)],
                      PRETRAIN_BLOCK)

@@ -34,7 +34,8 @@ import time
 
 import torch
 
-from model import GPT, GPTConfig, load_weights
+from checkpoint import load_weights
+from model import GPT, GPTConfig
 from train import StageConfig, seed_everything, train_stage
 
 ADJECTIVES = ["big", "small", "old", "happy", "quiet", "brave"]

@@ -1,4 +1,4 @@
-"""Tree drafting, pruning, tree attention masks and greedy verification (METHOD.md §5).
+"""Tree drafting, pruning, tree attention masks and greedy verification (docs/CONVENTIONS.md).
 
 A tree is stored flat, breadth first: node 0 is the root (depth 0), every parent comes before its children.
 Depth-j nodes carry candidates for the token j steps after the root, drafted from stream j.
@@ -162,7 +162,7 @@ def verify_greedy(tree: Tree, main_argmax) -> list[int]:
 
 
 # ------------------------------------------------------------------------------------------------------------
-# sampling (T > 0): sampled drafting and recursive rejection verification (METHOD.md §9)
+# sampling (T > 0): sampled drafting and recursive rejection verification (docs/CONVENTIONS.md)
 # ------------------------------------------------------------------------------------------------------------
 
 ACCEPTANCE_RULES = ("recursive", "per_path_lossy", "typical_lossy")

@@ -13,168 +13,45 @@ A golden trace is JSON lines (schema "specstream-trace", version 1, documented i
 from __future__ import annotations
 
 import argparse
-import copy
 import dataclasses
 import hashlib
 import json
 import os
-import re
 import sys
 
 import torch
 from torch.nn import functional as F
 
-from model import GPT, GPTConfig, config_from_dict, is_stream_param, load_checkpoint, load_weights
+from checkpoint import export_portable, load_portable, read_portable
+from model import GPT
 
 SCHEMA, VERSION = "specstream-trace", 1
 LOGPROB_ATOL = 1e-5  # absolute tolerance on log-probabilities and probabilities; tokens must be equal
 TOP = 5              # main-stream top-k kept per node
-CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")  # HF stores (in, out)
-BASE_NAME = re.compile(r"transformer\.(wte|wpe|ln_f|h\.\d+\.(ln_1|ln_2|attn\.c_attn|attn\.c_proj|mlp\.c_fc|"
-                       r"mlp\.c_proj))\.(weight|bias)")  # the tensors of HF's GPT-2, under the same names
 TIE_BREAKING = ("argmax: the lowest token id among exact ties (torch.argmax); top-k lists: sorted by probability, "
                 "descending; entries within the tolerance of each other count as ties in compare; capped trees: "
                 "the `cap` nodes of highest path probability, ties broken by breadth-first index")
 REQUIRED = ("prompt", "call", "tree.tokens", "tree.parents", "path", "committed")
 
 # ------------------------------------------------------------------------------------------------------------
-# portable weights: export, and load (also a Hugging Face GPT-2 checkpoint)
+# golden traces
 # ------------------------------------------------------------------------------------------------------------
 
 
-def portable_state_dict(model: GPT) -> dict[str, torch.Tensor]:
-    """The model with LoRA merged, under Hugging Face GPT-2 names for the base (the four projection weights
-    transposed, as HF's Conv1D stores them) and "specstream." + our own name for every other tensor (stream
-    embeddings, pruning adapter, Medusa heads, any stream-side adapter). The tied LM head is wte."""
-    merged = copy.deepcopy(model).cpu()
-    merged.merge_lora()
-    plain = GPT(dataclasses.replace(model.config, lora_rank=0))
-    source = merged.state_dict()
-    plain.load_state_dict({name: source[name] for name in plain.state_dict()})
-    out = {}
-    for name, t in plain.state_dict().items():
-        if name == "lm_head.weight":
-            continue  # tied to transformer.wte.weight
-        if BASE_NAME.fullmatch(name):
-            out[name] = (t.t() if name.endswith(CONV1D) else t).contiguous().clone()
-        else:
-            out["specstream." + name] = t.contiguous().clone()
-    return out
-
-
-def hf_config(model: GPT, eos_id: int | None) -> dict:
-    """config.json: what transformers.GPT2LMHeadModel needs, plus every GPTConfig field under "specstream"."""
-    c = model.config
-    eos = 0 if eos_id is None else eos_id
-    return dict(model_type="gpt2", architectures=["GPT2LMHeadModel"], vocab_size=c.vocab_size,
-                n_positions=c.block_size, n_embd=c.n_embd, n_layer=c.n_layer, n_head=c.n_head, n_inner=None,
-                activation_function="gelu_new", layer_norm_epsilon=1e-5, resid_pdrop=0.0, embd_pdrop=0.0,
-                attn_pdrop=0.0, tie_word_embeddings=True, bos_token_id=eos, eos_token_id=eos,
-                specstream=dataclasses.asdict(dataclasses.replace(c, lora_rank=0)))
-
-
-def vocabulary_json(vocab, vocab_size: int) -> dict:
-    """The token mapping: a word list (toy models: id = index) or a compact GPT-2 vocabulary (task models)."""
-    if isinstance(vocab, list):
-        out = dict(kind="words", rule="token id i is the word tokens[i]; text = words joined by spaces",
-                   tokens=vocab, eos_id=vocab.index("<eos>") if "<eos>" in vocab else None)
-        size = len(vocab)
-    elif isinstance(vocab, dict) and "gpt2_ids" in vocab:
-        out = dict(kind="gpt2-compact", rule="ids 0, 1, 2 are EOS, SEP, UNK; id i >= 3 is the GPT-2 BPE token "
-                   "gpt2_ids[i - 3] (tiktoken 'gpt2'); see data.CompactVocab", gpt2_ids=vocab["gpt2_ids"], eos_id=0)
-        size = 3 + len(vocab["gpt2_ids"])
-    else:
-        raise ValueError(f"unknown vocabulary entry of type {type(vocab).__name__}: expected a word list or "
-                         f"CompactVocab.to_dict()")
-    if size != vocab_size:
-        raise ValueError(f"the vocabulary has {size} tokens but the model vocab_size={vocab_size}: wrong vocabulary?")
-    return out
-
-
 def export(checkpoint: str, out_dir: str, toy_vocabulary: bool = False) -> str:
-    """CHECKPOINT (.pt) -> OUT_DIR/model.safetensors, config.json and (when known) vocabulary.json."""
-    from safetensors.torch import save_file
-    ckpt = load_checkpoint(checkpoint)
-    model = GPT.from_checkpoint(checkpoint)
-    vocab = ckpt.get("vocabulary")
-    if vocab is None and toy_vocabulary:
-        from train_toy import vocabulary
-        vocab = vocabulary()
-    voc = None if vocab is None else vocabulary_json(vocab, model.config.vocab_size)
-    os.makedirs(out_dir, exist_ok=True)
-    save_file(portable_state_dict(model), os.path.join(out_dir, "model.safetensors"), metadata={"format": "pt"})
-    write_json(os.path.join(out_dir, "config.json"), hf_config(model, None if voc is None else voc["eos_id"]))
-    if voc is not None:
-        write_json(os.path.join(out_dir, "vocabulary.json"), voc)
-    return out_dir
-
-
-def write_json(path: str, obj):
-    with open(path, "w") as f:
-        json.dump(obj, f, indent=1)
-        f.write("\n")
+    """`validate.py export`: the portable format (checkpoint.export_portable); a checkpoint without a vocabulary
+    gets train_toy.py's word list with toy_vocabulary=True."""
+    vocabulary = None
+    if toy_vocabulary:
+        from train_toy import vocabulary as toy_words
+        vocabulary = toy_words()
+    return export_portable(checkpoint, out_dir, vocabulary)
 
 
 def model_hash(model_dir: str) -> str:
     """sha256 of model.safetensors: the same file gives the same hash in any implementation (sha256sum)."""
     with open(os.path.join(model_dir, "model.safetensors"), "rb") as f:
         return hashlib.sha256(f.read()).hexdigest()
-
-
-def gpt_from_pretrained_dir(out_dir: str) -> GPT:
-    """Load an `export` folder back into GPT, bit for bit: config.json's "specstream" entry is the GPTConfig;
-    model.safetensors holds HF GPT-2 names for the base and "specstream." + our name for the rest."""
-    from safetensors.torch import load_file
-    with open(os.path.join(out_dir, "config.json")) as f:
-        config = json.load(f).get("specstream")
-    if config is None:
-        raise ValueError(f"{out_dir}/config.json has no 'specstream' entry: write it with validate.py export")
-    sd = {}
-    for name, t in load_file(os.path.join(out_dir, "model.safetensors")).items():
-        if not name.startswith("specstream.") and name.endswith(CONV1D):
-            t = t.t()  # HF Conv1D stores (in, out)
-        sd[name.removeprefix("specstream.")] = t
-    sd["lm_head.weight"] = sd["transformer.wte.weight"]
-    model = GPT(config_from_dict(config, out_dir))
-    load_weights(model, sd, out_dir)
-    return model
-
-
-def gpt_from_hf_gpt2(local_dir: str, n_streams: int = 0, n_msa_layers: int = 0, **overrides) -> GPT:
-    """A Hugging Face GPT-2 checkpoint (config.json + model.safetensors or pytorch_model.bin) in a local folder
-    as GPT, optionally with streams (their new parameters keep a fresh initialisation)."""
-    with open(os.path.join(local_dir, "config.json")) as f:
-        hf = json.load(f)
-    if hf.get("activation_function", "gelu_new") != "gelu_new" or hf.get("layer_norm_epsilon", 1e-5) != 1e-5 \
-            or hf.get("n_inner") not in (None, 4 * hf["n_embd"]):
-        raise ValueError(f"{local_dir}: only GPT-2's gelu_new activation, layer_norm_epsilon=1e-5 and a 4x MLP "
-                         f"are supported by this model")
-    config = GPTConfig(vocab_size=hf["vocab_size"], block_size=hf["n_positions"], n_layer=hf["n_layer"],
-                       n_head=hf["n_head"], n_embd=hf["n_embd"], bias=True, n_streams=n_streams,
-                       n_msa_layers=n_msa_layers, **overrides)
-    st, bin_ = os.path.join(local_dir, "model.safetensors"), os.path.join(local_dir, "pytorch_model.bin")
-    if os.path.exists(st):
-        from safetensors.torch import load_file
-        hf_sd = load_file(st)
-    elif os.path.exists(bin_):
-        hf_sd = torch.load(bin_, map_location="cpu", weights_only=True)
-    else:
-        raise FileNotFoundError(f"{local_dir} has neither model.safetensors nor pytorch_model.bin")
-    hf_sd = {k.removeprefix("transformer."): v for k, v in hf_sd.items()}
-    model = GPT(config)
-    with torch.no_grad():
-        for name, p in model.state_dict().items():
-            key = name.removeprefix("transformer.")
-            if "lora_" in name or name.startswith("prune_adapter.") or is_stream_param(name):
-                continue  # new parameters: keep their initialisation
-            src = hf_sd["wte.weight"] if name == "lm_head.weight" else hf_sd[key]
-            p.copy_(src.t() if name.endswith(CONV1D) else src)  # HF Conv1D stores (in, out)
-    return model
-
-
-# ------------------------------------------------------------------------------------------------------------
-# golden traces
-# ------------------------------------------------------------------------------------------------------------
 
 
 def read_prompts(path: str) -> list[dict]:
@@ -238,7 +115,7 @@ def trace_prompt(model: GPT, prompt: dict, settings: dict) -> list[dict]:
 
 
 def load_model(model_dir: str, dtype: str = "float64") -> GPT:
-    model = gpt_from_pretrained_dir(model_dir).eval()
+    model = load_portable(model_dir).eval()
     return model.to(getattr(torch, dtype))
 
 
@@ -550,19 +427,19 @@ def compare_command(reference: str, candidate: str, atol: float) -> int:
 
 
 def accounting(output: list[int], lengths: list[int], gamma: int) -> tuple[list[int] | None, str | None]:
-    """Decode-call lengths under METHOD.md §6 (bonus token included, prefill's token excluded) recovered from an
+    """Decode-call lengths under docs/CONVENTIONS.md (bonus token included, prefill's token excluded) recovered from an
     `accept_lengths` list, and what was wrong with it (None when it already follows §6)."""
     n, s, m = len(output), sum(lengths), len(lengths)
     if s == n - 1 and all(1 <= a <= gamma + 1 for a in lengths):
         return lengths, None
     if s == n and m > 0 and lengths[0] == 1:
         return lengths[1:], ("the list starts with the prefill's token: the prefill is a forward call, but not a "
-                             "decode call (METHOD.md §6); dropped it")
+                             "decode call (docs/CONVENTIONS.md); dropped it")
     if m > 0 and s == n - 1 + m:
         return [a - 1 for a in lengths], ("every call counts one token too many: the bonus token counted twice "
                                           "(accepted drafts + 1, and + 1 again); took 1 off each")
     if m > 0 and s == n - 1 - m:
-        return [a + 1 for a in lengths], ("the bonus/root token is not counted: METHOD.md counts it in every "
+        return [a + 1 for a in lengths], ("the bonus/root token is not counted: docs/CONVENTIONS.md counts it in every "
                                           "decode call; added 1 to each")
     if s == n - 1:
         bad = [a for a in lengths if not 1 <= a <= gamma + 1]
@@ -572,7 +449,7 @@ def accounting(output: list[int], lengths: list[int], gamma: int) -> tuple[list[
 
 
 def metrics(lengths: list[int], n_out: int, gamma: int, max_new_tokens: int) -> dict:
-    """METHOD.md §6 from per-decode-call lengths: CR (plain greedy calls / calls), tokens per call, acceptance."""
+    """docs/CONVENTIONS.md from per-decode-call lengths: CR (plain greedy calls / calls), tokens per call, acceptance."""
     attempted, accepted, done = [0] * gamma, [0] * gamma, 1
     for a in lengths:
         drafted = min(gamma, max_new_tokens - done - 1)
@@ -642,20 +519,12 @@ def check_outputs(model_dir: str, answers_path: str, prompts_path: str) -> tuple
 
 def load_minimal(model_dir: str):
     """What a porter writes: config.json and model.safetensors read by hand into another implementation."""
-    from safetensors.torch import load_file
     import specstream_minimal as sm
-    with open(os.path.join(model_dir, "config.json")) as f:
-        cfg = json.load(f)
+    cfg, weights = read_portable(model_dir)
     model = sm.MiniGPT(sm.MiniConfig(vocab_size=cfg["vocab_size"], block_size=cfg["n_positions"],
                                      n_layer=cfg["n_layer"], n_head=cfg["n_head"], n_embd=cfg["n_embd"],
                                      n_streams=cfg["specstream"]["n_streams"],
                                      n_msa_layers=cfg["specstream"]["n_msa_layers"]))
-    weights = {}
-    for name, t in load_file(os.path.join(model_dir, "model.safetensors")).items():
-        if not name.startswith("specstream.") and name.endswith(CONV1D):
-            t = t.t()  # HF Conv1D (in, out) -> nn.Linear (out, in)
-        weights[name.removeprefix("specstream.")] = t
-    weights["lm_head.weight"] = weights["transformer.wte.weight"]
     model.load_state_dict({name: weights[name] for name in model.state_dict()})  # no pruning adapter here
     return model.double().eval()
 

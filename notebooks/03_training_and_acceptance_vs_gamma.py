@@ -39,6 +39,7 @@ plt.rcParams.update({"figure.dpi": 90, "font.size": 9})
 
 # %%
 import tempfile, time
+from benchmarks.params import parameter_counts
 from train_toy import parser, train_pipeline
 
 start = time.time()
@@ -50,7 +51,7 @@ with tempfile.TemporaryDirectory() as tmp:
 GAMMA = model.config.n_streams
 print(f"trained in {time.time() - start:.0f} s: n_embd {args.n_embd}, {args.n_layer} layers "
       f"(top {args.n_msa_layers} with MSA), gamma = {GAMMA}, LoRA rank {args.lora_rank}")
-counts = model.parameter_counts()
+counts = parameter_counts(model)
 print(f"parameters: base {counts['base']:,}, LoRA {counts['lora']:,}, stream embeddings {counts['stream_emb']:,} "
       f"(= γ·d), pruning adapter {counts['prune_adapter']:,}")
 

@@ -42,7 +42,8 @@ import train_task
 from data import EOS, CompactVocab, load_task, prompt_ids, relexicalise
 from drawing import GREEN, GREY, draw_tree
 from generate import generate_autoregressive, generate_speculative
-from model import GPT
+from benchmarks.params import parameter_counts
+from checkpoint import load_model, read_checkpoint
 
 # `make train-tasks` trains the frozen-mode recipe with self-distilled stream targets (train_task.py --help)
 TASK_DIR, SS = "../checkpoints/tasks", "e2e_ss_frozen_self_pruned.pt"
@@ -51,15 +52,15 @@ if not os.path.exists(f"{TASK_DIR}/{SS}"):
     TASK_DIR, SS = "../checkpoints/tasks_quick", "e2e_ss_frozen_data_pruned.pt"  # data targets: quicker here
     train_task.train_task(train_task.parse(["--task", "e2e", "--quick", "--method", "ss", "--stream-targets", "data",
                                             "--out-dir", TASK_DIR]), quiet=True)
-model = GPT.from_checkpoint(f"{TASK_DIR}/{SS}").eval()
-ntp = GPT.from_checkpoint(f"{TASK_DIR}/e2e_ntp.pt").eval()  # the next-token LoRA baseline, same base
+model = load_model(f"{TASK_DIR}/{SS}").eval()
+ntp = load_model(f"{TASK_DIR}/e2e_ntp.pt").eval()  # the next-token LoRA baseline, same base
 for m in (model, ntp):
     m.merge_lora()  # fold LoRA into the weights for inference
-vocab = CompactVocab.from_dict(torch.load(f"{TASK_DIR}/{SS}", weights_only=True)["vocabulary"])
+vocab = CompactVocab.from_dict(read_checkpoint(f"{TASK_DIR}/{SS}")["vocabulary"])
 cfg = model.config
 print(f"{TASK_DIR}: d={cfg.n_embd}, {cfg.n_layer} layers, γ={cfg.n_streams} streams on the top {cfg.n_msa_layers} "
       f"blocks, vocabulary {cfg.vocab_size} (compact GPT-2 ids)")
-counts = model.parameter_counts()
+counts = parameter_counts(model)
 print(f"parameters: base {counts['base']:,}, LoRA {counts['lora']:,}, stream embeddings {counts['stream_emb']:,}, "
       f"pruning adapter {counts['prune_adapter']:,}")
 

@@ -18,7 +18,7 @@
 #
 # Greedy Speculative Streaming accepts a drafted child iff it is the main stream's argmax. With temperature
 # $T > 0$ (and top-$k$ / top-$p$) there is no argmax to match: the output must instead have **exactly the
-# distribution** of plain sampling from the model. This project's rule (METHOD.md §9; SpecInfer, Recursive
+# distribution** of plain sampling from the model. This project's rule (docs/CONVENTIONS.md; SpecInfer, Recursive
 # Speculative Decoding):
 #
 # * **drafting**: the depth-$j$ children are $k$ draws *without replacement* from stream $j$'s distribution $q$

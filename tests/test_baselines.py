@@ -1,4 +1,4 @@
-"""Baseline decoders of generate.py: prompt-lookup decoding and two-model speculative decoding (greedy).
+"""Baseline decoders of benchmarks/baselines.py: prompt-lookup decoding and two-model speculative decoding (greedy).
 
 Both must be exactly lossless with respect to greedy autoregressive decoding of the target: checked in float64
 on tiny random models (vocabulary of 20 tokens, so that n-grams repeat), with and without EOS, for budgets
@@ -13,9 +13,10 @@ import math
 import pytest
 import torch
 
-import generate
-from generate import (GenerationResult, generate_autoregressive, generate_prompt_lookup, generate_two_model,
-                      lookup_draft)
+from benchmarks import baselines
+from benchmarks.baselines import generate_prompt_lookup, generate_two_model, lookup_draft
+from benchmarks.params import parameter_counts
+from generate import GenerationResult, generate_autoregressive
 from model import GPT, GPTConfig
 
 V, BLOCK = 20, 32
@@ -196,7 +197,7 @@ def spy_drafts(monkeypatch, draft_model, prompt):
     the draft is fed each token once: the prompt and first token, then 1 token per call, 2 (the last draft and
     the bonus token) at the start of a round after a round that accepted every draft."""
     rounds, feeds = [], []  # (drafted, accepted drafts) per decode call; tokens fed per draft call
-    verify, forward = generate.verify_chain, generate.forward_chain
+    verify, forward = baselines.verify_chain, baselines.forward_chain
 
     def spy_forward(model, tokens, cache):
         if model is draft_model:
@@ -213,8 +214,8 @@ def spy_drafts(monkeypatch, draft_model, prompt):
         rounds.append((len(draft), len(accepted) - 1))
         return accepted
 
-    monkeypatch.setattr(generate, "forward_chain", spy_forward)
-    monkeypatch.setattr(generate, "verify_chain", spy_verify)
+    monkeypatch.setattr(baselines, "forward_chain", spy_forward)
+    monkeypatch.setattr(baselines, "verify_chain", spy_verify)
     return rounds
 
 
@@ -333,7 +334,7 @@ def test_medusa_heads_start_as_the_base_lm_head():
     assert logits.shape == (5, 3, V)
     for j in range(3):
         torch.testing.assert_close(logits[:, j], expected)
-    counts = model.parameter_counts()
+    counts = parameter_counts(model)
     assert counts["medusa"] == 3 * (16 * 16 + 16 + 16 * V) and counts["stream_emb"] == 0
 
 

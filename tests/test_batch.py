@@ -1,12 +1,12 @@
-"""Batched decoding (generate.py, last section): several prompts decoded together, each row exactly as if it
+"""Batched decoding (batch.py): several prompts decoded together, each row exactly as if it
 were decoded alone, although rows accept different numbers of tokens per call, have trees of different sizes
 and finish at different times. Float64, tiny models, one thread (see test_generate.py)."""
 import pytest
 import torch
 
-from generate import (generate_autoregressive, generate_autoregressive_batch, generate_speculative,
-                      generate_speculative_batch, streams_at_rows)
-from model import GPT, GPTConfig, KVCache, CausalSelfAttention
+from batch import RowKVCache, generate_autoregressive_batch, generate_speculative_batch, streams_at_rows
+from generate import generate_autoregressive, generate_speculative
+from model import GPT, GPTConfig, CausalSelfAttention
 from test_generate import (RAND_THRESHOLD, TRAINED_THRESHOLD, periodic_prompts, rand_model, random_model,  # noqa: F401
                            random_prompts, trained_model)
 
@@ -112,7 +112,7 @@ def test_all_msa_model_with_pruning_at_the_embeddings():
 
 def test_commit_rows_and_select_rows():
     cfg = GPTConfig(vocab_size=10, block_size=16, n_layer=2, n_head=1, n_embd=2)
-    cache = KVCache(cfg, batch_size=3, max_len=12, dtype=torch.float64)
+    cache = RowKVCache(cfg, batch_size=3, max_len=12, dtype=torch.float64)
     cache.length, cache.row_lengths = 4, [4, 2, 3]
     for buf in cache.k + cache.v:
         buf.copy_(torch.randn(buf.shape, dtype=torch.float64))
@@ -161,10 +161,10 @@ def test_streams_at_rows_equals_each_row_alone(rand_model):
             torch.testing.assert_close(batched[b], rand_model.streams_at(h[b:b + 1], alone, G)[0], rtol=0, atol=1e-12)
 
 
-def fresh_cache(cfg, B, L, row=None) -> KVCache:
+def fresh_cache(cfg, B, L, row=None) -> RowKVCache:
     """A cache with L committed random entries per row (seeded: every call returns the same); `row`: that row only."""
     g = torch.Generator().manual_seed(1)
-    cache = KVCache(cfg, B, L + 8, dtype=torch.float64)
+    cache = RowKVCache(cfg, B, L + 8, dtype=torch.float64)
     for buf in cache.k + cache.v:
         buf.copy_(torch.randn(buf.shape, generator=g, dtype=torch.float64))
     if row is not None:

@@ -11,7 +11,9 @@ import shlex
 import pytest
 
 import bench
-import report
+from benchmarks import report
+from benchmarks.params import parameter_counts, ss_extra_parameters
+from model import GPT
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -66,7 +68,7 @@ def reads(function_name: str, seen: set[str]) -> set[str]:
     seen.add(function_name)
     module = bench if hasattr(bench, function_name) and inspect.isfunction(getattr(bench, function_name)) else report
     function = getattr(module, function_name, None)
-    if not inspect.isfunction(function) or function.__module__ not in ("bench", "report"):
+    if not inspect.isfunction(function) or function.__module__ not in ("bench", "benchmarks.report"):
         return set()
     out = set()
     for node in ast.walk(ast.parse(inspect.getsource(function))):
@@ -119,11 +121,26 @@ def test_each_function_is_defined_once():
 def test_ss_extra_parameters_are_what_ss_adds_to_its_target(tiny_config):
     """`params` and the side-by-side tables count SS's extra parameters with one function: everything beyond
     the base and LoRA, in frozen mode (stream adapter) and in shared mode."""
-    from model import GPT
     frozen, shared = (GPT(tiny_config(lora_rank=4, prune_rank=3, stream_adapter_rank=rank)) for rank in (2, 0))
-    beyond_target = lambda m: (sum(p.numel() for p in m.parameters()) - m.parameter_counts()["base"]
-                               - m.parameter_counts()["lora"])
-    assert bench.ss_extra_parameters(frozen.parameter_counts()) == beyond_target(frozen)
-    assert bench.ss_extra_parameters(shared.parameter_counts()) == beyond_target(shared)
-    assert (bench.ss_extra_parameters(frozen.parameter_counts(), frozen=False) == beyond_target(shared)
+    beyond_target = lambda m: (sum(p.numel() for p in m.parameters()) - parameter_counts(m)["base"]
+                               - parameter_counts(m)["lora"])
+    assert ss_extra_parameters(parameter_counts(frozen)) == beyond_target(frozen)
+    assert ss_extra_parameters(parameter_counts(shared)) == beyond_target(shared)
+    assert (ss_extra_parameters(parameter_counts(frozen), frozen=False) == beyond_target(shared)
             < beyond_target(frozen))
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_parameter_counts_match_hand_formulas(tiny_config, bias):
+    V, Bs, L, d, G, r, pr = 64, 48, 3, 16, 3, 4, 5
+    model = GPT(tiny_config(vocab_size=V, block_size=Bs, n_layer=L, n_embd=d, n_streams=G, lora_rank=r,
+                            prune_rank=pr, bias=bias))
+    counts = parameter_counts(model)
+    per_layer = 12 * d * d + (13 * d if bias else 2 * d)  # qkv, proj, fc, proj (+ biases) and two LayerNorms
+    assert counts["base"] == V * d + Bs * d + L * per_layer + (2 * d if bias else d)  # lm_head tied to wte
+    assert counts["lora"] == L * r * ((d + 3 * d) + (d + d) + (d + 4 * d) + (4 * d + d))
+    assert counts["stream_emb"] == G * d
+    assert counts["prune_adapter"] == 2 * d * pr
+    assert counts["medusa_4_heads"] == 4 * (d * d + d + d * V)
+    total = sum(p.numel() for p in model.parameters())
+    assert counts["base"] + counts["lora"] + counts["stream_emb"] + counts["prune_adapter"] == total

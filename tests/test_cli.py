@@ -1,12 +1,13 @@
-"""`python generate.py`: one prompt decoded from a checkpoint (toy and --quick task models), its output equal to
+"""`python decode.py` (also `python generate.py`): one prompt decoded from a checkpoint (toy and --quick task models), its output equal to
 greedy AR, the --show tree with the accepted path marked, and the errors a user can make."""
 import os
 
 import pytest
 import torch
 
-import generate
+import decode
 from generate import generate_autoregressive, generate_speculative
+from checkpoint import load_model
 from model import GPT
 from train_toy import ToyData, parser, train_pipeline
 
@@ -24,7 +25,7 @@ def toy_dir(tmp_path_factory):
 
 def toy_greedy(toy_dir, words: str, max_new: int) -> tuple[GPT, ToyData, list[int], list[int]]:
     """The model, the toy vocabulary, the prompt ids and the greedy AR output, computed without the CLI."""
-    model = GPT.from_checkpoint(str(toy_dir / "ss_gamma2_pruned.pt")).eval()
+    model = load_model(str(toy_dir / "ss_gamma2_pruned.pt")).eval()
     model.merge_lora()
     data = ToyData(10)
     prompt = [data.eos_id] + data.encode(words.split())
@@ -37,7 +38,7 @@ def line(out: str, label: str) -> str:
 
 def test_toy_prompt_output_equals_greedy(toy_dir, capsys):
     _, data, _, greedy = toy_greedy(toy_dir, "the fox", 12)
-    assert generate.main(["--model", str(toy_dir), "--prompt", "the fox", "--max-new-tokens", "12"]) == 0
+    assert decode.main(["--model", str(toy_dir), "--prompt", "the fox", "--max-new-tokens", "12"]) == 0
     out = capsys.readouterr().out
     assert "ss_gamma2_pruned.pt" in line(out, "model")  # the folder's SS checkpoint
     expected = data.decode([t for t in greedy if t != data.eos_id])
@@ -50,7 +51,7 @@ def test_show_marks_the_accepted_path(toy_dir, capsys):
     model, data, prompt, _ = toy_greedy(toy_dir, "the dog runs", 15)
     options = dict(k=2, tree_cap=5, prune_threshold=0.05, stream_pass="accepted")
     trace = generate_speculative(model, prompt, 15, eos_id=data.eos_id, trace=True, **options).trace
-    assert generate.main(["--model", str(toy_dir / "ss_gamma2_pruned.pt"), "--prompt", "the dog runs",
+    assert decode.main(["--model", str(toy_dir / "ss_gamma2_pruned.pt"), "--prompt", "the dog runs",
                           "--max-new-tokens", "15", "--show", "--k", "2", "--tree-cap", "5", "--prune-threshold",
                           "0.05", "--stream-pass", "accepted"]) == 0
     calls = capsys.readouterr().out.split("\ncall ")[1:]
@@ -65,15 +66,15 @@ def test_show_marks_the_accepted_path(toy_dir, capsys):
 
 
 def test_exit_status_1_when_the_outputs_differ(toy_dir, capsys, monkeypatch):
-    real = generate.generate_autoregressive
+    real = decode.generate_autoregressive
 
     def wrong(*args, **kwargs):
         result = real(*args, **kwargs)
         result.tokens = [t + 1 for t in result.tokens]
         return result
 
-    monkeypatch.setattr(generate, "generate_autoregressive", wrong)
-    assert generate.main(["--model", str(toy_dir), "--prompt", "the fox", "--max-new-tokens", "8"]) == 1
+    monkeypatch.setattr(decode, "generate_autoregressive", wrong)
+    assert decode.main(["--model", str(toy_dir), "--prompt", "the fox", "--max-new-tokens", "8"]) == 1
     assert line(capsys.readouterr().out, "equal to greedy AR").startswith("NO")
 
 
@@ -89,7 +90,7 @@ def test_exit_status_1_when_the_outputs_differ(toy_dir, capsys, monkeypatch):
 ])
 def test_errors_name_the_problem(toy_dir, argv, message):
     with pytest.raises(SystemExit) as e:
-        generate.main([a.format(dir=toy_dir) for a in argv])
+        decode.main([a.format(dir=toy_dir) for a in argv])
     assert message in str(e.value)
 
 
@@ -99,18 +100,18 @@ def test_folder_picks_the_newest_ss_checkpoint(toy_dir, tmp_path, capsys):
         shutil.copy(toy_dir / "ss_gamma2_pruned.pt", tmp_path / name)
         os.utime(tmp_path / name, (mtime, mtime))
     shutil.copy(toy_dir / "base.pt", tmp_path / "base.pt")  # not an SS checkpoint: never picked
-    assert generate.find_checkpoint(str(tmp_path)) == str(tmp_path / "ss_gamma2_pruned.pt")
+    assert decode.find_checkpoint(str(tmp_path)) == str(tmp_path / "ss_gamma2_pruned.pt")
     assert "2 SS checkpoints" in capsys.readouterr().out
 
 
 def test_folder_without_ss_checkpoint(tmp_path):
     with pytest.raises(SystemExit, match="holds no Speculative Streaming checkpoint"):
-        generate.main(["--model", str(tmp_path), "--prompt", "the"])
+        decode.main(["--model", str(tmp_path), "--prompt", "the"])
 
 
 def test_help(capsys):
     with pytest.raises(SystemExit) as e:
-        generate.main(["--help"])
+        decode.main(["--help"])
     assert e.value.code == 0 and "--prune-threshold" in capsys.readouterr().out
 
 
@@ -125,13 +126,13 @@ def test_e2e_quick_model_mr_is_delexicalised_and_output_equals_greedy(tmp_path, 
     train_task.train_task(train_task.parse(["--task", "e2e", "--quick", "--method", "ss", "--stream-targets", "data",
                                             "--out-dir", str(out)]), quiet=True)
     mr = "name[Zanzibar Blue], eatType[pub], near[Quayside Arches]"
-    assert generate.main(["--model", str(out), "--mr", mr, "--max-new-tokens", "12", "--k", "2"]) == 0
+    assert decode.main(["--model", str(out), "--mr", mr, "--max-new-tokens", "12", "--k", "2"]) == 0
     printed = capsys.readouterr().out
     path = out / "e2e_ss_frozen_data_pruned.pt"
     assert str(path) in line(printed, "model")
     ckpt = torch.load(path, weights_only=True)
     vocab = data.CompactVocab.from_dict(ckpt["vocabulary"])
-    model = GPT.from_checkpoint(str(path)).eval()
+    model = load_model(str(path)).eval()
     model.merge_lora()
     ex = data.delexicalise(data.Example(mr, "", []))
     assert "Zanzibar" not in ex.prompt and ex.slots  # the model sees placeholders only

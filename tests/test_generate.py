@@ -1,4 +1,4 @@
-"""Decoding tests of generate.py (METHOD.md §5-6): greedy Speculative Streaming is lossless with respect to
+"""Decoding tests of generate.py (docs/CONVENTIONS.md): greedy Speculative Streaming is lossless with respect to
 plain greedy decoding of the same model, the KV cache is compacted exactly, metrics follow their definitions,
 EOS / max_new_tokens are honoured and bad input is refused with clear errors.
 
@@ -386,7 +386,7 @@ def test_autoregressive_cache_equals_fresh_prefill(rand_model, monkeypatch):
 # ------------------------------------------------------------------------------------------------------------
 
 def check_stats(r: GenerationResult, prompt, m, gamma, k, cap=None, pruned=False, ar=None):
-    """Every metric against its definition (METHOD.md §6 and generate.py), no EOS."""
+    """Every metric against its definition (docs/CONVENTIONS.md and generate.py), no EOS."""
     decode = len(r.step_tokens) - 1
     assert sum(r.step_tokens, []) == r.tokens and len(r.tokens) == m
     assert r.forward_calls == len(r.step_tokens) == decode + 1

@@ -1,17 +1,16 @@
-"""Tests of model.py: multi-stream attention (METHOD.md §3), the Eq. 5 loss (§4), the KV cache used by tree
-inference (§5), LoRA, configs, checkpoints and GPT-2 interop.
+"""Tests of model.py: multi-stream attention (docs/CONVENTIONS.md), the Eq. 5 loss, the KV cache used by tree
+inference, LoRA and configs (checkpoints: test_checkpoint.py).
 
 Conventions: tokens x_0..x_{T-1}; main logits at t predict x[t+1]; stream j (1..γ) at t predicts x[t+1+j].
 Exactness tests run in float64 on tiny models.
 """
 import math
-import os
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from model import GPT, GPTConfig, KVCache, save_atomic, stream_targets
+from model import GPT, GPTConfig, KVCache, stream_targets
 
 ATOL = 1e-10  # float64 comparisons between different computation orders
 
@@ -59,7 +58,7 @@ def tokens(cfg: GPTConfig, B: int, T: int, seed: int = 0) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------------------------------------
-# an independent naive oracle: the full (1+γ)T x (1+γ)T mask of METHOD.md §3
+# an independent naive oracle: the full (1+γ)T x (1+γ)T mask of docs/CONVENTIONS.md
 # ----------------------------------------------------------------------------------------------------------
 
 def _linear(mod, h, cfg):
@@ -98,7 +97,7 @@ def _naive_block(blk, h, mask, cfg):
 
 def naive_msa_forward(model: GPT, idx: torch.Tensor):
     """Main logits (B, T, V) and stream logits (B, T, γ, V) by laying out all (1+γ)T rows (main rows, then the
-    rows of stream 1, stream 2, ...) and one explicit mask, as the equations of METHOD.md §3 read."""
+    rows of stream 1, stream 2, ...) and one explicit mask, as the equations of docs/CONVENTIONS.md read."""
     cfg, tr = model.config, model.transformer
     B, T = idx.shape
     G, first = cfg.n_streams, cfg.n_layer - cfg.n_msa_layers
@@ -692,83 +691,6 @@ def test_bad_config_raises_value_error_naming_the_field(tiny_config, overrides, 
         tiny_config(**overrides)
 
 
-def test_checkpoint_round_trip(tiny_config, tmp_path):
-    model = make_model(tiny_config(lora_rank=2, prune_rank=2), seed=36, lora_b=True)
-    path = tmp_path / "ckpt.pt"
-    model.save_checkpoint(str(path), step=7)
-    model.save_checkpoint(str(path), step=8)  # overwrite
-    assert os.listdir(tmp_path) == ["ckpt.pt"]
-    loaded = GPT.from_checkpoint(str(path)).double().eval()
-    assert loaded.config == model.config
-    assert torch.load(path, weights_only=True)["step"] == 8
-    idx = tokens(model.config, 2, 12)
-    with torch.no_grad():
-        a, b = model(idx), loaded(idx)
-    assert torch.equal(a.logits, b.logits) and torch.equal(a.stream_logits, b.stream_logits)
-
-
-def test_checkpoint_of_a_merged_lora_model_round_trips(tiny_config, tmp_path):
-    """Saving after merge_lora must not apply the LoRA update twice after loading."""
-    model = make_model(tiny_config(lora_rank=2), seed=37, lora_b=True)
-    model.merge_lora()
-    path = tmp_path / "merged.pt"
-    model.save_checkpoint(str(path))
-    loaded = GPT.from_checkpoint(str(path)).double().eval()
-    idx = tokens(model.config, 1, 10)
-    with torch.no_grad():
-        torch.testing.assert_close(loaded(idx).logits, model(idx).logits, atol=ATOL, rtol=0)
-
-
-def test_save_is_atomic(tiny_config, tmp_path):
-    model = make_model(tiny_config(), seed=38)
-    path = tmp_path / "ckpt.pt"
-    model.save_checkpoint(str(path))
-    before = path.read_bytes()
-    with pytest.raises(Exception):
-        model.save_checkpoint(str(path), bad=lambda: 0)  # not serialisable: fails half-way
-    assert os.listdir(tmp_path) == ["ckpt.pt"]  # no temp file left behind
-    assert path.read_bytes() == before  # the old checkpoint is intact
-    GPT.from_checkpoint(str(path))
-    save_atomic({"a": torch.zeros(2)}, str(tmp_path / "sub" / "x.pt"))  # creates the folder
-    assert os.listdir(tmp_path / "sub") == ["x.pt"]
-
-
-def test_checkpoint_errors(tiny_config, tmp_path):
-    with pytest.raises(FileNotFoundError):
-        GPT.from_checkpoint(str(tmp_path / "missing.pt"))
-    corrupt = tmp_path / "corrupt.pt"
-    corrupt.write_bytes(os.urandom(2048))
-    with pytest.raises(ValueError, match="corrupt"):
-        GPT.from_checkpoint(str(corrupt))
-    small = GPT(tiny_config(n_embd=16))
-    big_cfg = tiny_config(n_embd=32)
-    from dataclasses import asdict
-    mism = tmp_path / "mismatch.pt"
-    save_atomic(dict(config=asdict(big_cfg), model=small.state_dict()), str(mism))
-    with pytest.raises(ValueError, match="shape"):
-        GPT.from_checkpoint(str(mism))
-    unknown = tmp_path / "unknown.pt"
-    save_atomic(dict(config=dict(asdict(small.config), foo=1), model=small.state_dict()), str(unknown))
-    with pytest.raises(ValueError, match="foo"):
-        GPT.from_checkpoint(str(unknown))
-    streams = tmp_path / "streams.pt"  # weights of a γ=3 model under a γ=0 config: unexpected stream_emb
-    save_atomic(dict(config=asdict(tiny_config(n_streams=0)), model=small.state_dict()), str(streams))
-    with pytest.raises(ValueError, match="stream_emb"):
-        GPT.from_checkpoint(str(streams))
-    bad_cfg = tmp_path / "badcfg.pt"
-    save_atomic(dict(config=dict(asdict(small.config), dropout=2.0), model=small.state_dict()), str(bad_cfg))
-    with pytest.raises(ValueError, match="dropout"):
-        GPT.from_checkpoint(str(bad_cfg))
-    no_model = tmp_path / "nomodel.pt"
-    save_atomic(dict(config=asdict(small.config)), str(no_model))
-    with pytest.raises(ValueError):
-        GPT.from_checkpoint(str(no_model))
-    not_dict = tmp_path / "tensor.pt"
-    torch.save(torch.zeros(3), not_dict)
-    with pytest.raises(ValueError):
-        GPT.from_checkpoint(str(not_dict))
-
-
 # ----------------------------------------------------------------------------------------------------------
 # state dict layout and parameter counts
 # ----------------------------------------------------------------------------------------------------------
@@ -796,22 +718,6 @@ def test_state_dict_has_the_gpt2_layout(tiny_config, bias):
     assert len(extra) == 2 * 4 * 3 and all(k.endswith((".lora_A", ".lora_B")) for k in extra)
     assert {k.rsplit(".", 1)[0] for k in extra} == {
         f"transformer.h.{i}.{m}" for i in range(3) for m in ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")}
-
-
-@pytest.mark.parametrize("bias", [True, False])
-def test_parameter_counts_match_hand_formulas(tiny_config, bias):
-    V, Bs, L, d, G, r, pr = 64, 48, 3, 16, 3, 4, 5
-    model = GPT(tiny_config(vocab_size=V, block_size=Bs, n_layer=L, n_embd=d, n_streams=G, lora_rank=r,
-                            prune_rank=pr, bias=bias))
-    counts = model.parameter_counts()
-    per_layer = 12 * d * d + (13 * d if bias else 2 * d)  # qkv, proj, fc, proj (+ biases) and two LayerNorms
-    assert counts["base"] == V * d + Bs * d + L * per_layer + (2 * d if bias else d)  # lm_head tied to wte
-    assert counts["lora"] == L * r * ((d + 3 * d) + (d + d) + (d + 4 * d) + (4 * d + d))
-    assert counts["stream_emb"] == G * d
-    assert counts["prune_adapter"] == 2 * d * pr
-    assert counts["medusa_4_heads"] == 4 * (d * d + d + d * V)
-    total = sum(p.numel() for p in model.parameters())
-    assert counts["base"] + counts["lora"] + counts["stream_emb"] + counts["prune_adapter"] == total
 
 
 def test_streams_on_a_subset_of_positions_equal_the_full_forward_there(tiny_config):

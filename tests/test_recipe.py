@@ -1,4 +1,4 @@
-"""The training recipe of issue 11: "frozen" mode (the next-token model stays exactly itself, the streams get a
+"""The real-task training recipe: "frozen" mode (the next-token model stays exactly itself, the streams get a
 stream-only adapter), self-distilled stream targets (the model's own greedy continuations, cached and resumable),
 E2E delexicalisation and the development split. Exactness tests run in float64 on tiny models."""
 import json
@@ -10,6 +10,7 @@ import torch
 import train_task
 from data import (EOS, SEP, CompactVocab, Example, TaskData, delexicalise, is_e2e_dev_mr, load_task, mr_values,
                   relexicalise)
+from benchmarks.params import parameter_counts
 from generate import generate_autoregressive, generate_speculative
 from model import GPT, GPTConfig, is_stream_param
 from train import StageConfig, train_stage, trainable_for
@@ -76,7 +77,7 @@ def test_stream_adapter_changes_the_streams_only():
         a, b = frozen(idx), without(idx)
     assert torch.equal(a.logits, b.logits)
     assert (a.stream_logits - b.stream_logits).abs().max() > 1e-3
-    counts = frozen.parameter_counts()
+    counts = parameter_counts(frozen)
     d, r, n_s = 16, 4, 2  # per MSA block: c_attn r(d + 3d), attn c_proj r(2d), c_fc r(d + 4d), mlp c_proj r(4d + d)
     assert counts["stream_adapter"] == n_s * r * (4 * d + 2 * d + 5 * d + 5 * d)
     assert not any(".stream_" in n for n, _ in frozen.transformer.h[0].named_parameters())  # lower block: none
@@ -209,7 +210,7 @@ def test_e2e_dev_split_holds_out_whole_mrs():
 
 
 def test_realisation_counts_seen_and_unseen_names():
-    import report
+    from benchmarks import report
     examples = [delexicalise(Example(f"name[{n}], near[{m}]", "", [])) for n, m in
                 (("Aromi", "Tesco"), ("Zizzi", "Tesco"), ("Zizzi", "Café Rouge"), ("Aromi", "Tesco"))]
     outputs = ["Aromi is near Tesco.", "A place near Tesco.", "Zizzi is near Café Rouge.", "Near Tesco."]

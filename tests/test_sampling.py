@@ -1,4 +1,4 @@
-"""Speculative *sampling* is lossless (METHOD.md §9, tree.verify_sampled): the tokens it outputs have exactly
+"""Speculative *sampling* is lossless (docs/CONVENTIONS.md, tree.verify_sampled): the tokens it outputs have exactly
 the distribution of plain sampling from the same model, with the same temperature / top-k / top-p.
 
 How it is tested. The exact joint distribution of three consecutive tokens is computed by enumeration

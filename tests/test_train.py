@@ -6,6 +6,7 @@ import sys
 import pytest
 import torch
 
+from checkpoint import load_model
 from model import GPT, GPTConfig, stream_targets
 from train import StageConfig, stream_accuracy, train_stage
 from train_toy import ToyData, parser, story, train_pipeline, vocabulary
@@ -120,7 +121,7 @@ def test_toy_pipeline_tiny_run_is_deterministic(tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(m1.state_dict().values(), m2.state_dict().values()))
     assert sorted(os.listdir(tmp_path / "a")) == ["base.pt", "ss_gamma2.pt", "ss_gamma2_pruned.pt"]
     assert len(hist["streams"]["stream_acc"][-1]) == 2
-    loaded = GPT.from_checkpoint(str(tmp_path / "a" / "ss_gamma2_pruned.pt"))
+    loaded = load_model(str(tmp_path / "a" / "ss_gamma2_pruned.pt"))
     assert all(torch.equal(a, b) for a, b in zip(m1.state_dict().values(), loaded.state_dict().values()))
 
 
@@ -135,7 +136,7 @@ def test_toy_baselines_quick(tmp_path):
         train_pipeline(parser().parse_args(argv + ["--method", method]), quiet=True)
     assert sorted(os.listdir(tmp_path / "toy")) == ["base.pt", "draft.pt", "medusa_gamma4.pt", "medusa_gamma4_pruned.pt",
                                                     "ss_gamma4.pt", "ss_gamma4_pruned.pt"]
-    medusa = GPT.from_checkpoint(str(tmp_path / "toy" / "medusa_gamma4_pruned.pt"))
+    medusa = load_model(str(tmp_path / "toy" / "medusa_gamma4_pruned.pt"))
     assert medusa.config.n_medusa_heads == 4 and medusa.config.n_streams == 0
     bench.main(["baselines", "--toy-dir", str(tmp_path / "toy"), "--n-stories", "100", "--prompts", "2", "--repeats",
                 "1", "--max-new-tokens", "12", "--results-dir", str(tmp_path / "res")])
@@ -181,9 +182,9 @@ def test_train_task_quick_and_bench_task(tmp_path):
     assert sorted(os.listdir(out)) == ["base.pt", "draft_base.pt", "e2e_draft.pt", "e2e_medusa_frozen_self.pt",
                                        "e2e_medusa_frozen_self_pruned.pt", "e2e_ntp.pt", "e2e_self_targets.json",
                                        "e2e_ss_frozen_self.pt", "e2e_ss_frozen_self_pruned.pt"]
-    assert GPT.from_checkpoint(paths["ss_frozen_self_pruned"]).config.n_streams == 4
-    assert GPT.from_checkpoint(paths["medusa_frozen_self_pruned"]).config.n_medusa_heads == 4
-    assert GPT.from_checkpoint(paths["draft"]).config.n_layer == 1
+    assert load_model(paths["ss_frozen_self_pruned"]).config.n_streams == 4
+    assert load_model(paths["medusa_frozen_self_pruned"]).config.n_medusa_heads == 4
+    assert load_model(paths["draft"]).config.n_layer == 1
     bench.main(["task", "--task", "e2e", "--task-dir", str(out), "--results-dir", str(tmp_path / "res"),
                 "--n-eval", "3", "--prompts", "2", "--repeats", "1"])
     import json
@@ -246,7 +247,7 @@ def test_e2e_test_mrs_split_by_values_seen_in_training():
 
 
 def test_quality_metrics():
-    import report
+    from benchmarks import report
     refs = [["the cat sat on the mat", "a cat sat on a mat"], ["select * from t"]]
     assert report.quality("sql", ["SELECT *  from T", "x"], [["select * from t"], ["y"]]) == dict(exact_match=50.0)
     perfect = report.quality("e2e", ["the cat sat on the mat"], refs[:1])

@@ -1,4 +1,4 @@
-"""Unit tests of tree.py (METHOD.md §5) on small hand-made trees; expected values are written out literally.
+"""Unit tests of tree.py (docs/CONVENTIONS.md) on small hand-made trees; expected values are written out literally.
 
 Trees are flat and breadth first: node 0 is the root, parents come before their children, depth-j nodes hold
 candidates drafted from stream j.

@@ -12,6 +12,7 @@ from torch.nn import functional as F
 import generate
 import model as model_module
 import validate
+from checkpoint import load_hf_gpt2, load_portable, save_checkpoint
 from model import GPT
 
 REF = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "reference")
@@ -60,9 +61,9 @@ def test_export_round_trip_is_bit_exact(tiny_config, tmp_path, extra):
     config = tiny_config(**extra)
     m = trained_like(config)
     words = [f"w{i}" for i in range(config.vocab_size)]
-    m.save_checkpoint(str(tmp_path / "ckpt.pt"), vocabulary=words)
+    save_checkpoint(str(tmp_path / "ckpt.pt"), m, vocabulary=words)
     validate.export(str(tmp_path / "ckpt.pt"), str(tmp_path / "out"))
-    loaded = validate.gpt_from_pretrained_dir(str(tmp_path / "out"))
+    loaded = load_portable(str(tmp_path / "out"))
     assert loaded.config.lora_rank == 0 and loaded.config.n_drafts == config.n_drafts
     m.merge_lora()
     own, back = m.state_dict(), loaded.state_dict()
@@ -81,7 +82,7 @@ def test_export_base_loads_into_transformers_gpt2(tiny_config, tmp_path):
     transformers = pytest.importorskip("transformers")
     config = tiny_config(n_streams=2, n_msa_layers=1, lora_rank=4, prune_rank=2)
     m = trained_like(config)
-    m.save_checkpoint(str(tmp_path / "ckpt.pt"))
+    save_checkpoint(str(tmp_path / "ckpt.pt"), m)
     validate.export(str(tmp_path / "ckpt.pt"), str(tmp_path / "out"))
     hf = transformers.GPT2LMHeadModel.from_pretrained(str(tmp_path / "out"), attn_implementation="eager").eval()
     m.merge_lora()
@@ -93,7 +94,7 @@ def test_export_base_loads_into_transformers_gpt2(tiny_config, tmp_path):
 
 def test_export_rejects_a_wrong_vocabulary(tiny_config, tmp_path):
     m = GPT(tiny_config())
-    m.save_checkpoint(str(tmp_path / "ckpt.pt"), vocabulary=["a", "b"])
+    save_checkpoint(str(tmp_path / "ckpt.pt"), m, vocabulary=["a", "b"])
     with pytest.raises(ValueError, match="vocab_size"):
         validate.export(str(tmp_path / "ckpt.pt"), str(tmp_path / "out"))
 
@@ -103,7 +104,7 @@ def test_export_rejects_a_wrong_vocabulary(tiny_config, tmp_path):
 def test_reference_is_small_and_loads():
     size = sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(REF) for f in files)
     assert size <= 5 * 2 ** 20
-    model = validate.gpt_from_pretrained_dir(REF_MODEL)
+    model = load_portable(REF_MODEL)
     assert model.config.n_streams == 4 and model.config.prune_rank > 0
     vocab = json.load(open(f"{REF_MODEL}/vocabulary.json"))
     assert len(vocab["tokens"]) == model.config.vocab_size
@@ -375,7 +376,7 @@ def test_reference_command_runs_end_to_end(tmp_path, monkeypatch):
     monkeypatch.setattr(validate, "REFERENCE_TRAINING", validate.REFERENCE_TRAINING + quick)
     out = str(tmp_path / "ref")
     validate.make_reference(out, str(tmp_path / "work"), n_prompts=2, max_new_tokens=6)
-    assert validate.gpt_from_pretrained_dir(f"{out}/model").config.n_streams == 4
+    assert load_portable(f"{out}/model").config.n_streams == 4
     assert len(validate.read_prompts(f"{out}/prompts.jsonl")) == 2
     for name in validate.REFERENCE_TRACES:
         head, prompts, calls = validate.read_trace(f"{out}/{name}")
@@ -432,7 +433,7 @@ def greedy(logits_fn, prompt, n):
 @pytest.mark.parametrize("n_streams,n_msa_layers", [(0, 0), (3, 1), (2, 2)])
 def test_from_hf_gpt2_matches_transformers(hf_gpt2_dirs, fmt, n_streams, n_msa_layers):
     hf, st, binary = hf_gpt2_dirs
-    model = validate.gpt_from_hf_gpt2(str(st if fmt == "safetensors" else binary), n_streams=n_streams,
+    model = load_hf_gpt2(str(st if fmt == "safetensors" else binary), n_streams=n_streams,
                                       n_msa_layers=n_msa_layers).eval()
     assert model.config.n_streams == n_streams and model.config.n_layer == 2 and model.config.block_size == 64
     idx = torch.randint(0, 100, (2, 20), generator=torch.Generator().manual_seed(1))
@@ -456,7 +457,7 @@ def test_from_hf_gpt2_missing_weights(hf_gpt2_dirs, tmp_path):
     _, st, _ = hf_gpt2_dirs
     (tmp_path / "config.json").write_text((st / "config.json").read_text())
     with pytest.raises(FileNotFoundError):
-        validate.gpt_from_hf_gpt2(str(tmp_path))
+        load_hf_gpt2(str(tmp_path))
 
 
 def test_from_hf_gpt2_refuses_configs_it_cannot_represent(hf_gpt2_dirs, tmp_path):
@@ -469,4 +470,4 @@ def test_from_hf_gpt2_refuses_configs_it_cannot_represent(hf_gpt2_dirs, tmp_path
         cfg.update(change)
         (folder / "config.json").write_text(json.dumps(cfg))
         with pytest.raises(ValueError, match="gelu_new"):
-            validate.gpt_from_hf_gpt2(str(folder))
+            load_hf_gpt2(str(folder))

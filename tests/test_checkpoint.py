@@ -1,0 +1,92 @@
+"""Tests of checkpoint.py: training checkpoints round-trip bit for bit, are written atomically and fail with clear
+errors (the portable safetensors format is tested with the validation kit, test_validate.py)."""
+import os
+from dataclasses import asdict
+
+import pytest
+import torch
+
+from checkpoint import load_model, save_checkpoint, write_atomic
+from model import GPT
+from test_model import ATOL, make_model, tokens
+
+
+def save_pt(obj, path):
+    """A raw .pt file, written the way checkpoints are."""
+    write_atomic(str(path), lambda tmp: torch.save(obj, tmp))
+
+
+def test_checkpoint_round_trip(tiny_config, tmp_path):
+    model = make_model(tiny_config(lora_rank=2, prune_rank=2), seed=36, lora_b=True)
+    path = tmp_path / "ckpt.pt"
+    save_checkpoint(str(path), model, step=7)
+    save_checkpoint(str(path), model, step=8)  # overwrite
+    assert os.listdir(tmp_path) == ["ckpt.pt"]
+    loaded = load_model(str(path)).double().eval()
+    assert loaded.config == model.config
+    assert torch.load(path, weights_only=True)["step"] == 8
+    idx = tokens(model.config, 2, 12)
+    with torch.no_grad():
+        a, b = model(idx), loaded(idx)
+    assert torch.equal(a.logits, b.logits) and torch.equal(a.stream_logits, b.stream_logits)
+
+
+def test_checkpoint_of_a_merged_lora_model_round_trips(tiny_config, tmp_path):
+    """Saving after merge_lora must not apply the LoRA update twice after loading."""
+    model = make_model(tiny_config(lora_rank=2), seed=37, lora_b=True)
+    model.merge_lora()
+    path = tmp_path / "merged.pt"
+    save_checkpoint(str(path), model)
+    loaded = load_model(str(path)).double().eval()
+    idx = tokens(model.config, 1, 10)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(idx).logits, model(idx).logits, atol=ATOL, rtol=0)
+
+
+def test_save_is_atomic(tiny_config, tmp_path):
+    model = make_model(tiny_config(), seed=38)
+    path = tmp_path / "ckpt.pt"
+    save_checkpoint(str(path), model)
+    before = path.read_bytes()
+    with pytest.raises(Exception):
+        save_checkpoint(str(path), model, bad=lambda: 0)  # not serialisable: fails half-way
+    assert os.listdir(tmp_path) == ["ckpt.pt"]  # no temp file left behind
+    assert path.read_bytes() == before  # the old checkpoint is intact
+    load_model(str(path))
+    save_pt({"a": torch.zeros(2)}, tmp_path / "sub" / "x.pt")  # creates the folder
+    assert os.listdir(tmp_path / "sub") == ["x.pt"]
+
+
+def test_checkpoint_errors(tiny_config, tmp_path):
+    with pytest.raises(FileNotFoundError):
+        load_model(str(tmp_path / "missing.pt"))
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes(os.urandom(2048))
+    with pytest.raises(ValueError, match="corrupt"):
+        load_model(str(corrupt))
+    small = GPT(tiny_config(n_embd=16))
+    big_cfg = tiny_config(n_embd=32)
+    mism = tmp_path / "mismatch.pt"
+    save_pt(dict(config=asdict(big_cfg), model=small.state_dict()), mism)
+    with pytest.raises(ValueError, match="shape"):
+        load_model(str(mism))
+    unknown = tmp_path / "unknown.pt"
+    save_pt(dict(config=dict(asdict(small.config), foo=1), model=small.state_dict()), unknown)
+    with pytest.raises(ValueError, match="foo"):
+        load_model(str(unknown))
+    streams = tmp_path / "streams.pt"  # weights of a γ=3 model under a γ=0 config: unexpected stream_emb
+    save_pt(dict(config=asdict(tiny_config(n_streams=0)), model=small.state_dict()), streams)
+    with pytest.raises(ValueError, match="stream_emb"):
+        load_model(str(streams))
+    bad_cfg = tmp_path / "badcfg.pt"
+    save_pt(dict(config=dict(asdict(small.config), dropout=2.0), model=small.state_dict()), bad_cfg)
+    with pytest.raises(ValueError, match="dropout"):
+        load_model(str(bad_cfg))
+    no_model = tmp_path / "nomodel.pt"
+    save_pt(dict(config=asdict(small.config)), no_model)
+    with pytest.raises(ValueError):
+        load_model(str(no_model))
+    not_dict = tmp_path / "tensor.pt"
+    torch.save(torch.zeros(3), not_dict)
+    with pytest.raises(ValueError):
+        load_model(str(not_dict))
