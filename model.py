@@ -38,24 +38,19 @@ class GPTConfig:
         def check(ok: bool, field: str, allowed: str):
             if not ok:
                 raise ValueError(f"GPTConfig.{field}={getattr(self, field)!r} is invalid: it must be {allowed}")
+        is_int = lambda name, low: isinstance(getattr(self, name), int) and getattr(self, name) >= low
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
-            check(isinstance(getattr(self, name), int) and getattr(self, name) >= 1, name, "an integer >= 1")
+            check(is_int(name, 1), name, "an integer >= 1")
+        for name in ("n_streams", "lora_rank", "prune_rank", "stream_adapter_rank", "n_medusa_heads"):
+            check(is_int(name, 0), name, "an integer >= 0")
         check(self.n_embd % self.n_head == 0, "n_embd", f"divisible by n_head={self.n_head}")
         check(0.0 <= self.dropout < 1.0, "dropout", "in [0, 1)")
-        check(isinstance(self.n_streams, int) and self.n_streams >= 0, "n_streams", "an integer >= 0")
-        if self.n_streams > 0:
-            check(1 <= self.n_msa_layers <= self.n_layer, "n_msa_layers", f"in 1..n_layer={self.n_layer} when n_streams > 0")
-        else:  # no streams: N_s only places the pruning adapter's early exit (Medusa with pruning)
-            check(isinstance(self.n_msa_layers, int) and 0 <= self.n_msa_layers <= self.n_layer, "n_msa_layers",
-                  f"in 0..n_layer={self.n_layer}")
-        check(isinstance(self.lora_rank, int) and self.lora_rank >= 0, "lora_rank", "an integer >= 0")
+        low = 1 if self.n_streams > 0 else 0  # without streams, N_s only places the pruning adapter's early exit
+        check(is_int("n_msa_layers", low) and self.n_msa_layers <= self.n_layer, "n_msa_layers",
+              f"in {low}..n_layer={self.n_layer}" + (" when n_streams > 0" if low else ""))
         check(self.lora_alpha > 0, "lora_alpha", "> 0")
         check(self.stream_loss_weight >= 0, "stream_loss_weight", ">= 0")
-        check(isinstance(self.prune_rank, int) and self.prune_rank >= 0, "prune_rank", "an integer >= 0")
-        check(isinstance(self.n_medusa_heads, int) and self.n_medusa_heads >= 0, "n_medusa_heads", "an integer >= 0")
-        check(isinstance(self.stream_adapter_rank, int) and self.stream_adapter_rank >= 0
-              and (self.stream_adapter_rank == 0 or self.n_streams > 0), "stream_adapter_rank",
-              "an integer >= 0, and 0 when n_streams = 0")
+        check(self.stream_adapter_rank == 0 or self.n_streams > 0, "stream_adapter_rank", "0 when n_streams = 0")
         check(self.n_medusa_heads == 0 or self.n_streams == 0, "n_medusa_heads",
               "0 when n_streams > 0 (a model drafts with streams or with Medusa heads, not both)")
 
@@ -72,10 +67,8 @@ class GPTConfig:
 
 class LoRALinear(nn.Linear):
     """nn.Linear plus an optional low-rank update W + (alpha/r) B A; B starts at zero, so a fresh adapter is a no-op.
-
-    In MSA blocks of a "frozen"-mode model, a second low-rank update (stream_A, stream_B) applies to the stream
-    rows only: rows n_main.. of the input (the main rows come first, see `Block`). The main stream then computes
-    exactly what the frozen model computes, while the streams get trainable capacity of their own."""
+    In MSA blocks of a "frozen"-mode model, a second update (stream_A, stream_B) applies to the stream rows only
+    (rows n_main.. of the input): the main stream computes exactly what the frozen model computes."""
 
     def __init__(self, in_features: int, out_features: int, bias: bool, rank: int, alpha: float, stream_rank: int = 0):
         super().__init__(in_features, out_features, bias=bias)
@@ -113,10 +106,9 @@ class LoRALinear(nn.Linear):
 
     @torch.no_grad()
     def merge(self, merge: bool = True):
-        """Inference (merge=True): fold the low-rank update into the weight, and keep the weight transposed and
-        contiguous (W^T), which small-row matmuls read much faster on a CPU, plus, with a stream adapter, a second
-        copy (W + BA + B_s A_s)^T for the stream rows (the main rows never see the stream adapter). Used when
-        gradients are off. merge=False takes it all back out (do it before training again)."""
+        """Inference (merge=True): fold the update into the weight and keep W^T contiguous (small-row matmuls read it
+        much faster on a CPU), plus (W + BA + B_s A_s)^T for stream rows; used when gradients are off.
+        merge=False takes it all back out (do it before training again)."""
         if self.merged == merge:
             return
         if self.rank > 0:
@@ -138,13 +130,10 @@ def linear_t(x: torch.Tensor, weight_t: torch.Tensor, bias: torch.Tensor | None)
 
 
 class KVCache:
-    """Main-stream keys/values of every block, preallocated: (B, nh, max_len + γ, hs) per layer.
-
-    `length` entries are committed. A forward writes its T new entries at [length, length+T) ("pending");
-    `commit(keep)` moves the chosen pending entries right after the committed ones (cache compaction).
-    After a commit, GPT.streams_at uses [length, length+γ) as scratch for its stream keys/values (`write_scratch`).
-    Batched decoding with ragged acceptance keeps a length per row (batch.RowKVCache).
-    """
+    """Main-stream keys/values of every block, preallocated: (B, nh, max_len + γ, hs) per layer. `length` entries
+    are committed; a forward writes its T new entries at [length, length+T) ("pending"); `commit(keep)` moves the
+    chosen pending entries right after the committed ones (cache compaction). After a commit, GPT.streams_at uses
+    [length, length+γ) as scratch for its stream keys/values. Per-row lengths: batch.RowKVCache."""
 
     def __init__(self, config: GPTConfig, batch_size: int = 1, max_len: int | None = None,
                  device=None, dtype=torch.float32):
@@ -318,8 +307,7 @@ class PruneAdapter(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
         self.down = nn.Linear(config.n_embd, config.prune_rank, bias=False)
-        self.up = nn.Linear(config.prune_rank, config.n_embd, bias=False)
-        nn.init.zeros_(self.up.weight)
+        self.up = nn.Linear(config.prune_rank, config.n_embd, bias=False)  # zero at init (GPT.__init__)
 
     def forward(self, h):
         return h + self.up(self.down(h))
@@ -443,11 +431,10 @@ class GPT(nn.Module):
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None,
                 loss_mask: torch.Tensor | None = None, stream_rows: torch.Tensor | None = None,
                 main_loss: bool = True) -> GPTOutput:
-        """Full-sequence forward (training). idx, targets: (B, T) with targets[:, t] = x[t+1] (-1 = ignore);
-        loss_mask: (B, T) bool, False where targets[:, t] must not be learned (prompt tokens); stream_rows:
-        (T',) sorted positions that get streams / Medusa drafts (None = all; a subset is exact for those
-        positions, since a stream at t sees only main keys <= t and its own node's streams). main_loss=False
-        (frozen mode, α0 = 0): no main-stream LM head, the loss is the stream terms of Eq. 5 only."""
+        """Full-sequence forward (training). idx, targets: (B, T), targets[:, t] = x[t+1] (-1 = ignore); loss_mask:
+        (B, T) bool, False where nothing is learned (prompt tokens); stream_rows: (T',) sorted positions that get
+        streams / Medusa drafts (None = all; exact for those positions). main_loss=False (frozen mode, α0 = 0): no
+        main-stream LM head, the loss is the stream terms of Eq. 5 only."""
         B, T = idx.size()
         if T > self.config.block_size:
             raise ValueError(f"sequence of length {T} is longer than block_size={self.config.block_size}")
@@ -498,12 +485,9 @@ class GPT(nn.Module):
 
     def streams_at(self, h: torch.Tensor, cache: KVCache, n_streams: int | None = None,
                    mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Streams of the last committed node alone, after verification. h: (B, C), its hidden state at the input
-        of block N-N_s; the main keys/values it may see are the committed cache: all of it (mask None), or what
-        mask (B, 1, γ, L+γ) over [cache + the γ streams] allows (per-row lengths, generate.streams_at_rows).
-        Returns stream states (B, γ, C), equal to those of a forward with the node (Eq. 2: a stream sees main <= t
-        and streams 1..j of its own node only). Its stream keys/values go to the cache's scratch after the committed
-        entries (KVCache.write_scratch), so no pending entries may be there."""
+        """Streams of the last committed node alone, after verification (Eq. 2): h (B, C) is its state at the input of
+        block N-N_s; its streams see the committed cache (all of it, or what mask (B, 1, γ, L+γ) allows: batch.py)
+        and streams 1..j. Returns (B, γ, C), equal to a forward with the node; uses the cache's scratch columns."""
         if cache.pending:
             raise ValueError(f"streams_at needs a committed cache: {cache.pending} pending entries would be "
                              f"overwritten by its scratch; call cache.commit first")
@@ -520,9 +504,6 @@ class GPT(nn.Module):
         return self.lm_head(self.transformer.ln_f(self.prune_adapter(h)))
 
     # ---- LoRA ----
-
-    def lora_layers(self) -> list[LoRALinear]:
-        return [m for m in self.modules() if isinstance(m, LoRALinear) and m.rank > 0]
 
     def merge_lora(self, merge: bool = True):
         """Inference: fold LoRA into the weights and give every projection and the LM head the inference layout

@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from model import GPT, GPTConfig, KVCache, stream_targets
+from model import GPT, GPTConfig, KVCache, LoRALinear, stream_targets
 
 ATOL = 1e-10  # float64 comparisons between different computation orders
 
@@ -51,6 +51,10 @@ def copy_shared(src: GPT, dst: GPT) -> GPT:
     assert any(k.startswith("transformer.h.") for k in shared)
     dst.load_state_dict(shared, strict=False)
     return dst
+
+
+def lora_layers(model: GPT) -> list[LoRALinear]:
+    return [m for m in model.modules() if isinstance(m, LoRALinear) and m.rank > 0]
 
 
 def tokens(cfg: GPTConfig, B: int, T: int, seed: int = 0) -> torch.Tensor:
@@ -193,7 +197,7 @@ def test_efficient_msa_matches_naive_full_mask(tiny_config, bias, lora_rank, n_l
                       lora_rank=lora_rank, lora_alpha=8.0, dropout=0.0)
     model = make_model(cfg, seed=3, lora_b=True)
     if lora_rank:
-        assert all(m.lora_B.abs().sum() > 0 for m in model.lora_layers())
+        assert all(m.lora_B.abs().sum() > 0 for m in lora_layers(model))
     idx = tokens(cfg, 2, 11, seed=4)
     with torch.no_grad():
         out = model(idx)
@@ -572,15 +576,15 @@ def test_loss_with_sequences_not_longer_than_the_streams(tiny_config, T):
 def test_fresh_lora_is_a_no_op(tiny_config):
     base = make_model(tiny_config(lora_rank=0), seed=32)
     lora = copy_shared(base, GPT(tiny_config(lora_rank=4)).double().eval())  # fresh LoRA: B = 0, A random
-    assert lora.lora_layers() and all(torch.equal(m.lora_B, torch.zeros_like(m.lora_B)) for m in lora.lora_layers())
-    assert all(m.lora_A.abs().sum() > 0 for m in lora.lora_layers())
+    assert lora_layers(lora) and all(torch.equal(m.lora_B, torch.zeros_like(m.lora_B)) for m in lora_layers(lora))
+    assert all(m.lora_A.abs().sum() > 0 for m in lora_layers(lora))
     idx = tokens(base.config, 2, 12)
     with torch.no_grad():
         a, b = base(idx), lora(idx)
     torch.testing.assert_close(b.logits, a.logits, atol=1e-12, rtol=0)
     torch.testing.assert_close(b.stream_logits, a.stream_logits, atol=1e-12, rtol=0)
     with torch.no_grad():
-        lora.lora_layers()[0].lora_B.normal_()
+        lora_layers(lora)[0].lora_B.normal_()
         assert (lora(idx).logits - a.logits).abs().max() > 1e-6
 
 
@@ -593,7 +597,7 @@ def test_lora_merge_equals_unmerged_and_unmerge_restores(tiny_config):
         unmerged = model(idx)
         assert (unmerged.logits - base(idx).logits).abs().max() > 1e-6  # the adapter does something
         model.merge_lora()
-        assert all(m.merged for m in model.lora_layers())
+        assert all(m.merged for m in lora_layers(model))
         merged = model(idx)
         changed = [n for n, p in model.named_parameters() if not torch.equal(p, weights[n])]
         model.merge_lora()  # merging twice is a no-op
@@ -604,7 +608,7 @@ def test_lora_merge_equals_unmerged_and_unmerge_restores(tiny_config):
     n_lora_layers = 4 * model.config.n_layer
     assert len(changed) == n_lora_layers and all(n.endswith(".weight") and "lora" not in n for n in changed)
     model.merge_lora(False)
-    assert not any(m.merged for m in model.lora_layers())
+    assert not any(m.merged for m in lora_layers(model))
     for n, p in model.named_parameters():
         torch.testing.assert_close(p, weights[n], atol=1e-12, rtol=0)
     with torch.no_grad():
