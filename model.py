@@ -172,10 +172,6 @@ class KVCache:
             for buf in (self.k[layer], self.v[layer]):
                 buf[:, :, self.length:self.length + n] = buf[:, :, self.length + keep]
 
-    def truncate(self, length: int):
-        """Forget committed entries past `length` (a rejected draft's entries in a draft model's cache)."""
-        self.length, self.pending = min(self.length, length), 0
-
     def commit(self, keep=None):
         """Compaction after acceptance: the pending entries `keep` (in this order; None = all) become committed."""
         if keep is None:

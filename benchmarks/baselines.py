@@ -122,6 +122,6 @@ def generate_two_model(target: GPT, draft: GPT, prompt_ids, max_new_tokens: int,
         done = commit_tokens(result, new, max_new_tokens, eos_id)
         seq += result.step_tokens[-1]
         # roll the draft cache back to its accepted entries: root + accepted drafts (d_m itself was never fed)
-        draft_cache.truncate(n_before + len(new) - 1)
+        draft_cache.length, draft_cache.pending = min(draft_cache.length, n_before + len(new) - 1), 0
     result.wall_time = time.perf_counter() - start
     return result
