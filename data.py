@@ -78,9 +78,45 @@ class Example:
     slots: dict[str, str] = field(default_factory=dict)  # placeholder -> value, for `relexicalise` (E2E only)
 
 
+# Every data file is checked against the size and sha256 of the copy our results were measured on (FILES, at the
+# end of this file), once per file and modification time: a truncated or edited file is refused, never trained on.
+# Own data of other content is allowed with `use_unverified_data()` (train_task.py / bench.py --unverified-data);
+# `unverified_files()` then lists what was read unchecked, so that results can say so.
+ALLOW_UNVERIFIED = False
+_VERIFIED: dict[str, tuple[int, int]] = {}  # path -> (mtime_ns, size) of a file whose sha256 matched
+_UNVERIFIED: set[str] = set()
+
+
+def use_unverified_data(allowed: bool = True):
+    """Accept data files whose content differs from the published data sets (your own data)."""
+    global ALLOW_UNVERIFIED
+    ALLOW_UNVERIFIED = allowed
+
+
+def unverified_files() -> list[str]:
+    """The data files read so far whose content is not the published one (with use_unverified_data)."""
+    return sorted(_UNVERIFIED)
+
+
 def _check_file(path: pathlib.Path) -> pathlib.Path:
+    """`path` if it exists and holds the published content (see FILES), else a clear error."""
     if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: the data folder lacks this file (see ../shared/data/README.md)")
+        raise FileNotFoundError(f"{path} not found: the data folder lacks this file (make data fetches it)")
+    name = f"{path.parent.name}/{path.name}"
+    stat = path.stat()
+    if name not in FILES or _VERIFIED.get(str(path)) == (stat.st_mtime_ns, stat.st_size):
+        return path
+    size, digest = FILES[name]
+    problem = (f"has {stat.st_size:,} bytes, not {size:,} (truncated or edited?)" if stat.st_size != size
+               else "has other content than the published file (its sha256 differs)" if sha256_of(path) != digest
+               else None)
+    if problem is None:
+        _VERIFIED[str(path)] = (stat.st_mtime_ns, stat.st_size)
+    elif ALLOW_UNVERIFIED:
+        _UNVERIFIED.add(str(path))
+    else:
+        raise ValueError(f"{path} {problem}: run `make data` (python data.py download --to DIR) for the published "
+                         f"data sets, or pass --unverified-data to use your own")
     return path
 
 
@@ -142,11 +178,27 @@ def _load_e2e(folder: pathlib.Path, split: str) -> list[Example]:
 # MR and in the reference, the model learns to write the placeholder, and the output gets the value back by string
 # replacement. Copying is then exact by construction for any name, seen or not.
 E2E_PLACEHOLDERS = {"name": "X-name", "near": "X-near"}
+E2E_ATTRIBUTES = ("name", "eatType", "food", "priceRange", "customer rating", "area", "familyFriendly", "near")
 
 
 def mr_values(mr: str) -> dict[str, str]:
     """The attributes of an E2E MR: "name[Aromi], eatType[coffee shop]" -> {"name": "Aromi", "eatType": ...}."""
     return {key.strip(): value for key, value in re.findall(r"([^,\[\]]+)\[([^\]]*)\]", mr)}
+
+
+def mr_problems(mr: str) -> list[str]:
+    """What in an E2E MR is not `attribute[value]` with a known attribute and a value: each such part, described
+    (the model would see it as plain text, and a name in it would not be delexicalised)."""
+    problems = []
+    for part in (p.strip() for p in mr.split(",") if p.strip()):
+        m = re.fullmatch(r"([^\[\]]+)\[([^\[\]]*)\]", part)
+        if m is None:
+            problems.append(f"{part!r} is not attribute[value]")
+        elif m.group(1).strip() not in E2E_ATTRIBUTES:
+            problems.append(f"{m.group(1).strip()!r} is not an E2E attribute ({', '.join(E2E_ATTRIBUTES)})")
+        elif not m.group(2).strip():
+            problems.append(f"{part!r} has no value")
+    return problems
 
 
 def delexicalise(ex: Example) -> Example:
@@ -156,7 +208,7 @@ def delexicalise(ex: Example) -> Example:
     slots = {E2E_PLACEHOLDERS[k]: values[k] for k in E2E_PLACEHOLDERS if values.get(k)}
     prompt, completion = ex.prompt, ex.completion
     for key, placeholder in E2E_PLACEHOLDERS.items():
-        if key in values:
+        if values.get(key):  # an empty value stays as it is: no placeholder without a value to put back
             prompt = prompt.replace(f"{key}[{values[key]}]", f"{key}[{placeholder}]")
     for placeholder, value in sorted(slots.items(), key=lambda kv: -len(kv[1])):  # longer value first
         completion = completion.replace(value, placeholder)

@@ -78,16 +78,23 @@ class PromptCodec:
                                  + " ".join(self.words))
             ids = [self.index[w] for w in text.split()]
             return ids if ids[:1] == [self.eos_id] else [self.eos_id] + ids
-        from data import UNK, Example, delexicalise, prompt_ids
+        from data import UNK, Example, delexicalise, mr_problems, prompt_ids
         if is_mr and self.task != "e2e":
             raise SystemExit(f"error: --mr is for E2E models, this one is a {self.task} model: use --prompt")
         example = Example(text, "", [])
         if self.task == "e2e":
+            for problem in mr_problems(text):
+                warn(f"{problem}: the model reads it as plain text and a name in it is not delexicalised "
+                     f"(write attribute[value], e.g. name[Aromi])")
             example = delexicalise(example)
             self.slots = example.slots
         ids = prompt_ids(self.vocab, example, max_prompt_len)
+        whole = len(self.vocab.encode(example.prompt)) + 1  # + SEP
+        if whole > len(ids):
+            warn(f"the prompt has {whole} tokens but only {len(ids)} fit before the output budget: its first "
+                 f"{whole - len(ids)} tokens are cut (lower --max-new-tokens or shorten the prompt)")
         if UNK in ids:
-            print(f"warning: {ids.count(UNK)} prompt token(s) never occurred in training and are encoded as UNK")
+            warn(f"{ids.count(UNK)} prompt token(s) never occurred in training and are encoded as UNK")
         return ids
 
     def decode(self, ids: list[int]) -> str:
@@ -95,6 +102,11 @@ class PromptCodec:
             return " ".join(self.words[i] for i in ids)
         from data import relexicalise
         return relexicalise(self.vocab.decode(ids), self.slots)
+
+
+def warn(message: str):
+    """A one-line warning on stderr: the input was changed or may not mean what the user meant."""
+    print(f"warning: {message}", file=sys.stderr)
 
 
 def show_call(n: int, step: StepTrace, codec: PromptCodec, colour: bool) -> str:

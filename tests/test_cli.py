@@ -141,6 +141,14 @@ def test_e2e_quick_model_mr_is_delexicalised_and_output_equals_greedy(tmp_path, 
     expected = data.relexicalise(vocab.decode([t for t in greedy if t != data.EOS]), ex.slots).strip()
     assert line(printed, "output") == expected and line(printed, "equal to greedy AR") == "yes"
     assert os.path.basename(str(path)) in line(printed, "model")
+    # Input that is changed or not understood gets a warning: a malformed MR, a prompt cut to fit.
+    for mr, warning in [("name[Aromi", "'name[Aromi' is not attribute[value]"), ("name[]", "'name[]' has no value"),
+                        ("Name[Aromi]", "'Name' is not an E2E attribute"),
+                        (", ".join(["food[Italian]"] * 150), "tokens are cut")]:
+        assert decode.main(["--model", str(path), "--mr", mr, "--max-new-tokens", "12"]) == 0
+        assert any(l.startswith("warning: ") and warning in l for l in capsys.readouterr().err.splitlines())
+    assert decode.main(["--model", str(path), "--mr", "name[]", "--max-new-tokens", "12"]) == 0
+    assert "X-name" not in line(capsys.readouterr().out, "output")  # no placeholder without a value to put back
 
 
 def test_bench_profile_times_every_part_of_one_call(toy_dir, tmp_path):

@@ -122,7 +122,13 @@ def write(path, text):
     path.write_text(text)
 
 
-def test_bad_data(tmp_path):
+@pytest.fixture
+def own_data(monkeypatch):
+    """Data files of our own making (not the published content): accepted only with use_unverified_data."""
+    monkeypatch.setattr(data, "ALLOW_UNVERIFIED", True)
+
+
+def test_bad_data(tmp_path, own_data):
     with pytest.raises(FileNotFoundError, match="devset.csv"):
         load_task("e2e", "train", tmp_path)
     write(tmp_path / "e2e" / "devset.csv", 'meaning,ref\n"name[X]",X is.\n')
@@ -146,7 +152,7 @@ def test_bad_data(tmp_path):
         load_task("dialogsum", "dev", tmp_path)
 
 
-def test_sql_filling(tmp_path):
+def test_sql_filling(tmp_path, own_data):
     """Sentence values first, else the entry's example; whole words only (city_name1 is not in city_name10)."""
     entry = {"sql": ['SELECT X FROM T WHERE A = "city_name1" AND B = "city_name10" AND C = year0 ;', "SELECT 2"],
              "variables": [{"name": "city_name1", "example": "BOSTON"}, {"name": "city_name10", "example": "ROME"},
@@ -303,3 +309,28 @@ def test_batch_on_real_data(real):
         sep = (idx[row] == SEP).nonzero().flatten().tolist()
         assert len(sep) == 1 and mask[row].nonzero().flatten()[0] == sep[0]
         assert vocab.decode(targets[row][mask[row]].tolist()) in {ex.completion for ex in train}
+
+
+@pytest.mark.skipif(not all((data.DEFAULT_DATA_DIR / p).is_file() for p in data.FILES), reason="no reference data")
+def test_a_truncated_or_edited_data_file_is_refused(tmp_path, monkeypatch):
+    """Every data file is checked against the published size and sha256 when it is loaded; other content is read
+    only after use_unverified_data(), and unverified_files() then names it."""
+    folder = tmp_path / "data"
+    (folder / "e2e").mkdir(parents=True)
+    original = (data.DEFAULT_DATA_DIR / "e2e" / "devset.csv").read_bytes()
+    (folder / "e2e" / "devset.csv").write_bytes(original[:len(original) // 2])  # cut mid-file
+    with pytest.raises(ValueError, match=r"devset.csv has 580,652 bytes, not 1,161,305 \(truncated.*make data.*"
+                                         r"--unverified-data"):
+        load_task("e2e", "train", folder)
+    (folder / "e2e" / "devset.csv").write_bytes(original.replace(b"Aromi", b"Aroma", 1))  # same size, edited
+    with pytest.raises(ValueError, match="devset.csv has other content than the published file"):
+        load_task("e2e", "train", folder)
+    monkeypatch.setattr(data, "ALLOW_UNVERIFIED", True)
+    monkeypatch.setattr(data, "_UNVERIFIED", set())
+    assert len(load_task("e2e", "train", folder)) > 0
+    assert data.unverified_files() == [str(folder / "e2e" / "devset.csv")]
+    (folder / "e2e" / "devset.csv").write_bytes(original)  # the published file again: verified, and remembered
+    monkeypatch.setattr(data, "ALLOW_UNVERIFIED", False)
+    assert load_task("e2e", "train", folder) == load_task("e2e", "train")
+    assert str(folder / "e2e" / "devset.csv") in data._VERIFIED
+
