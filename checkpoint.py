@@ -92,11 +92,16 @@ def load_model(path: str, map_location="cpu") -> GPT:
 
 
 def config_from_dict(d: dict, source: str = "checkpoint") -> GPTConfig:
-    """GPTConfig(**d), refusing fields this version does not know."""
+    """GPTConfig(**d), refusing fields this version does not know and a config without the model's shape (a
+    default would silently build another model); features added later (e.g. stream_adapter_rank) default to off."""
+    if not isinstance(d, dict):
+        raise ValueError(f"{source}: the config is a {type(d).__name__}, not a dict of GPTConfig fields")
     known = {f.name for f in dataclasses.fields(GPTConfig)}
-    unknown = set(d) - known
+    unknown, missing = set(d) - known, {"vocab_size", "block_size", "n_layer", "n_head", "n_embd"} - set(d)
     if unknown:
         raise ValueError(f"{source}: unknown config fields {sorted(unknown)}; was it written by another version?")
+    if missing:
+        raise ValueError(f"{source}: the config lacks {sorted(missing)}; write it again with this version")
     return GPTConfig(**d)
 
 
@@ -110,7 +115,17 @@ def load_weights(model: nn.Module, state_dict: dict, source: str = "checkpoint")
     if missing or unexpected or shapes:
         raise ValueError(f"{source} does not match the model: missing {missing[:5]}, unexpected {unexpected[:5]}, "
                          f"shape mismatches {shapes[:5]}")
+    check_finite(state_dict, source)
     model.load_state_dict(state_dict)
+
+
+def check_finite(state_dict: dict[str, torch.Tensor], source: str):
+    """Refuse weights holding NaN or inf (a diverged run, a corrupt file): they decode to garbage silently."""
+    for name, t in state_dict.items():
+        if t.is_floating_point() and not torch.isfinite(t).all():
+            bad = (~torch.isfinite(t)).sum().item()
+            raise ValueError(f"{source}: tensor {name} holds {bad} NaN or inf value(s): the weights are broken; "
+                             f"train again or restore the file")
 
 
 # ---- the portable format: safetensors with Hugging Face GPT-2 names ----
@@ -193,14 +208,39 @@ def export_portable(checkpoint: str, out_dir: str, vocabulary=None) -> str:
 def read_portable(model_dir: str) -> tuple[dict, dict[str, torch.Tensor]]:
     """An `export_portable` folder as (config.json, state dict under our own names, nn.Linear layout, with the
     tied lm_head.weight): what another implementation reads by hand."""
-    from safetensors.torch import load_file
-    with open(os.path.join(model_dir, "config.json")) as f:
-        config = json.load(f)
+    config = read_json(os.path.join(model_dir, "config.json"))
     weights = {}
-    for name, t in load_file(os.path.join(model_dir, "model.safetensors")).items():
+    for name, t in read_safetensors(os.path.join(model_dir, "model.safetensors")).items():
         weights[name.removeprefix("specstream.")] = conv1d_layout(name, t)
     weights["lm_head.weight"] = weights["transformer.wte.weight"]
     return config, weights
+
+
+def read_json(path: str) -> dict:
+    """A JSON object from a file, with errors that name the file and the line."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            obj = json.load(f)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path} does not exist: write the folder with validate.py export") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        where = f"line {e.lineno}: " if isinstance(e, json.JSONDecodeError) else ""
+        raise ValueError(f"{path}: {where}not valid JSON ({e}); write it again with validate.py export") from None
+    if not isinstance(obj, dict):
+        raise ValueError(f"{path} holds a JSON {type(obj).__name__}, expected an object")
+    return obj
+
+
+def read_safetensors(path: str) -> dict[str, torch.Tensor]:
+    """safetensors' load_file, with errors that name the file."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path} does not exist: write the folder with validate.py export")
+    try:
+        return load_file(path)
+    except (SafetensorError, OSError, ValueError) as e:
+        raise ValueError(f"{path} is not a readable safetensors file ({e}): export it again") from None
 
 
 def load_portable(model_dir: str) -> GPT:
@@ -217,8 +257,7 @@ def load_portable(model_dir: str) -> GPT:
 def load_hf_gpt2(local_dir: str, n_streams: int = 0, n_msa_layers: int = 0, **overrides) -> GPT:
     """A Hugging Face GPT-2 checkpoint (config.json + model.safetensors or pytorch_model.bin) in a local folder
     as GPT, optionally with streams (their new parameters keep a fresh initialisation)."""
-    with open(os.path.join(local_dir, "config.json")) as f:
-        hf = json.load(f)
+    hf = read_json(os.path.join(local_dir, "config.json"))
     if hf.get("activation_function", "gelu_new") != "gelu_new" or hf.get("layer_norm_epsilon", 1e-5) != 1e-5 \
             or hf.get("n_inner") not in (None, 4 * hf["n_embd"]):
         raise ValueError(f"{local_dir}: only GPT-2's gelu_new activation, layer_norm_epsilon=1e-5 and a 4x MLP "
@@ -228,8 +267,7 @@ def load_hf_gpt2(local_dir: str, n_streams: int = 0, n_msa_layers: int = 0, **ov
                        n_msa_layers=n_msa_layers, **overrides)
     st, bin_ = os.path.join(local_dir, "model.safetensors"), os.path.join(local_dir, "pytorch_model.bin")
     if os.path.exists(st):
-        from safetensors.torch import load_file
-        hf_sd = load_file(st)
+        hf_sd = read_safetensors(st)
     elif os.path.exists(bin_):
         hf_sd = torch.load(bin_, map_location="cpu", weights_only=True)
     else:
@@ -242,4 +280,5 @@ def load_hf_gpt2(local_dir: str, n_streams: int = 0, n_msa_layers: int = 0, **ov
                 continue  # new parameters: keep their initialisation
             src = hf_sd["wte.weight"] if name == "lm_head.weight" else hf_sd[name.removeprefix("transformer.")]
             p.copy_(conv1d_layout(name, src))
+    check_finite(model.state_dict(), local_dir)
     return model

@@ -1,5 +1,6 @@
 """Tests of checkpoint.py: training checkpoints round-trip bit for bit, are written atomically and fail with clear
 errors (the portable safetensors format is tested with the validation kit, test_validate.py)."""
+import json
 import os
 from dataclasses import asdict
 
@@ -90,3 +91,49 @@ def test_checkpoint_errors(tiny_config, tmp_path):
     torch.save(torch.zeros(3), not_dict)
     with pytest.raises(ValueError):
         load_model(str(not_dict))
+
+
+def test_non_finite_weights_are_refused_with_the_tensor_named(tiny_config, tmp_path):
+    """One NaN in a checkpoint or in the portable safetensors: loading stops and names the tensor (it would decode
+    to an empty output silently)."""
+    from checkpoint import export_portable, load_portable
+    model = make_model(tiny_config(), seed=39).float()
+    with torch.no_grad():
+        model.transformer.h[1].mlp.c_fc.weight[3, 2] = float("nan")
+    save_checkpoint(str(tmp_path / "nan.pt"), model)
+    with pytest.raises(ValueError, match=r"nan.pt: tensor transformer.h.1.mlp.c_fc.weight holds 1 NaN or inf"):
+        load_model(str(tmp_path / "nan.pt"))
+    with torch.no_grad():
+        model.transformer.h[1].mlp.c_fc.weight[3, 2] = 0.0
+    save_checkpoint(str(tmp_path / "ok.pt"), model)
+    export_portable(str(tmp_path / "ok.pt"), str(tmp_path / "portable"))
+    from safetensors.torch import load_file, save_file
+    weights = load_file(str(tmp_path / "portable" / "model.safetensors"))
+    weights["transformer.wpe.weight"][0, 0] = float("inf")
+    save_file(weights, str(tmp_path / "portable" / "model.safetensors"))
+    with pytest.raises(ValueError, match="tensor transformer.wpe.weight holds 1 NaN or inf"):
+        load_portable(str(tmp_path / "portable"))
+
+
+def test_broken_portable_files_name_the_file(tiny_config, tmp_path):
+    """A truncated or garbage safetensors file, an invalid config.json and a config without the model's shape each
+    get one clear error that names the file."""
+    from checkpoint import export_portable, load_portable
+    save_checkpoint(str(tmp_path / "ok.pt"), make_model(tiny_config(), seed=40).float())
+    folder = tmp_path / "portable"
+    export_portable(str(tmp_path / "ok.pt"), str(folder))
+    weights = (folder / "model.safetensors").read_bytes()
+    (folder / "model.safetensors").write_bytes(weights[:len(weights) // 2])
+    with pytest.raises(ValueError, match="model.safetensors is not a readable safetensors file"):
+        load_portable(str(folder))
+    (folder / "model.safetensors").write_bytes(weights)
+    config = (folder / "config.json").read_text()
+    (folder / "config.json").write_text(config[:-10])
+    with pytest.raises(ValueError, match=r"config.json: line \d+: not valid JSON"):
+        load_portable(str(folder))
+    broken = json.loads(config)
+    del broken["specstream"]["n_embd"]
+    (folder / "config.json").write_text(json.dumps(broken))
+    with pytest.raises(ValueError, match=r"the config lacks \['n_embd'\]"):
+        load_portable(str(folder))
+
