@@ -192,6 +192,8 @@ def export_portable(checkpoint: str, out_dir: str, vocabulary=None) -> str:
     """CHECKPOINT (.pt) -> OUT_DIR/model.safetensors, config.json and, when known, vocabulary.json (the
     checkpoint's own vocabulary, else `vocabulary`: a word list or CompactVocab.to_dict())."""
     from safetensors.torch import save_file
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise ValueError(f"{out_dir} is a file, not a folder: give the folder to export into")
     ckpt = read_checkpoint(checkpoint)
     model = load_model(checkpoint)
     vocab = ckpt.get("vocabulary", vocabulary)
@@ -202,6 +204,8 @@ def export_portable(checkpoint: str, out_dir: str, vocabulary=None) -> str:
     write_json(os.path.join(out_dir, "config.json"), hf_config(model, None if voc is None else voc["eos_id"]))
     if voc is not None:
         write_json(os.path.join(out_dir, "vocabulary.json"), voc)
+    elif os.path.exists(os.path.join(out_dir, "vocabulary.json")):  # an earlier export's: not these weights'
+        os.remove(os.path.join(out_dir, "vocabulary.json"))
     return out_dir
 
 

@@ -19,6 +19,7 @@ import csv
 import functools
 import hashlib
 import http.client
+import io
 import json
 import os
 import pathlib
@@ -120,35 +121,41 @@ def _check_file(path: pathlib.Path) -> pathlib.Path:
     return path
 
 
+def _read_text(path: pathlib.Path) -> str:
+    """A checked UTF-8 text file, or an error naming the file."""
+    try:
+        return _check_file(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start}): is it the right file?") from None
+
+
 def _read_csv(path: pathlib.Path, columns: tuple[str, ...]) -> list[tuple[str, ...]]:
-    with open(_check_file(path), newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        missing = [c for c in columns if c not in (reader.fieldnames or [])]
-        if missing:
-            raise ValueError(f"{path}: line 1: header {reader.fieldnames} lacks column(s) {missing}")
-        rows = []
-        for row in reader:
-            empty = [c for c in columns if not row.get(c)]
-            if empty:
-                raise ValueError(f"{path}: line {reader.line_num}: missing or empty {empty}")
-            rows.append(tuple(row[c] for c in columns))
+    reader = csv.DictReader(io.StringIO(_read_text(path), newline=""))
+    missing = [c for c in columns if c not in (reader.fieldnames or [])]
+    if missing:
+        raise ValueError(f"{path}: line 1: header {reader.fieldnames} lacks column(s) {missing}")
+    rows = []
+    for row in reader:
+        empty = [c for c in columns if not row.get(c)]
+        if empty:
+            raise ValueError(f"{path}: line {reader.line_num}: missing or empty {empty}")
+        rows.append(tuple(row[c] for c in columns))
     return rows
 
 
 def _read_jsonl(path: pathlib.Path, keys: tuple[str, ...]) -> list[tuple[str, ...]]:
     rows = []
-    with open(_check_file(path), encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}: line {n}: not valid JSON ({e.msg})") from None
-            missing = [k for k in keys if not isinstance(row, dict) or not isinstance(row.get(k), str)]
-            if missing:
-                raise ValueError(f"{path}: line {n}: missing key(s) {missing} (or not a string)")
-            rows.append(tuple(row[k] for k in keys))
+    for n, line in enumerate(_read_text(path).split("\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: line {n}: not valid JSON ({e.msg})") from None
+        missing = [k for k in keys if not isinstance(row, dict) or not isinstance(row.get(k), str)]
+        if missing:
+            raise ValueError(f"{path}: line {n}: missing key(s) {missing} (or not a string)")
+        rows.append(tuple(row[k] for k in keys))
     return rows
 
 
@@ -233,9 +240,9 @@ def _fill(template: str, values: dict[str, str]) -> str:
 def _load_sql(folder: pathlib.Path, split: str) -> list[Example]:
     """ATIS: one example per question of the split; variables filled with the question's values, else with
     the entry's `example` values. Completion = the first SQL query."""
-    path = _check_file(folder / "text2sql" / "atis.json")
+    path = folder / "text2sql" / "atis.json"
     try:
-        entries = json.loads(path.read_text(encoding="utf-8"))
+        entries = json.loads(_read_text(path))
     except json.JSONDecodeError as e:
         raise ValueError(f"{path}: line {e.lineno}: not valid JSON ({e.msg})") from None
     examples = []
@@ -484,6 +491,8 @@ def download(to: str | os.PathLike, base_url: str = GITHUB_RAW, quiet: bool = Fa
     """Fetch every file of FILES into `to`, laid out like ../shared/data (e2e/, text2sql/, dialogsum/). Files
     already there with the right sha256 are kept, so a second run downloads nothing. Returns the local paths."""
     to = pathlib.Path(to)
+    if to.exists() and not to.is_dir():
+        raise ValueError(f"{to} is a file, not a folder: give --to the folder to download into")
     todo = [p for p in FILES if not ((to / p).is_file() and sha256_of(to / p) == FILES[p][1])]
     with tqdm(total=sum(FILES[p][0] for p in todo), unit="B", unit_scale=True, desc="download", disable=quiet,
               dynamic_ncols=True) as bar:

@@ -15,6 +15,7 @@ import torch
 
 from checkpoint import load_model, read_checkpoint
 from generate import StepTrace, generate_autoregressive, generate_speculative
+from model import GPT
 
 
 CLI_HELP = """Decode one prompt with a trained toy or task model, by Speculative Streaming and by greedy
@@ -54,18 +55,25 @@ def find_checkpoint(path: str) -> str:
 class PromptCodec:
     """Text <-> token ids with a checkpoint's vocabulary: toy words, or a task's compact GPT-2 vocabulary."""
 
-    def __init__(self, ckpt: dict, path: str):
+    def __init__(self, ckpt: dict, path: str, vocab_size: int):
         vocabulary = ckpt.get("vocabulary")
         self.task = ckpt.get("task")
         if isinstance(vocabulary, list):  # train_toy.py: the toy words
             self.words, self.index = vocabulary, {w: i for i, w in enumerate(vocabulary)}
-            self.eos_id = self.index["<eos>"]
+            if "<eos>" not in self.index:
+                raise SystemExit(f"error: the vocabulary of {path} has no <eos> word: it is not a toy vocabulary of "
+                                 f"train_toy.py; train the model again")
+            self.eos_id, size = self.index["<eos>"], len(vocabulary)
         elif isinstance(vocabulary, dict):  # train_task.py: a CompactVocab
             from data import EOS, CompactVocab
             self.words, self.vocab, self.eos_id = None, CompactVocab.from_dict(vocabulary), EOS
+            size = self.vocab.size
         else:
             raise SystemExit(f"error: {path} holds no vocabulary, so prompts cannot be encoded: use the final "
                              f"checkpoint of a run (the *_pruned.pt one), which stores it")
+        if size != vocab_size:
+            raise SystemExit(f"error: the vocabulary of {path} has {size} tokens but its model has "
+                             f"vocab_size={vocab_size}: the checkpoint is inconsistent; train the model again")
         self.slots: dict[str, str] = {}
 
     def encode(self, text: str, is_mr: bool, max_prompt_len: int) -> list[int]:
@@ -126,6 +134,13 @@ def show_call(n: int, step: StepTrace, codec: PromptCodec, colour: bool) -> str:
     return "\n".join(lines)
 
 
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    if not text.lstrip("-").isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be an integer >= 1")
+    return int(text)
+
+
 def cli_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=CLI_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="a checkpoint file, or a folder (its newest ss_*_pruned.pt)")
@@ -138,10 +153,28 @@ def cli_parser() -> argparse.ArgumentParser:
     p.add_argument("--prune-threshold", type=float, default=None, help="early-exit pruning threshold (e.g. 0.05)")
     p.add_argument("--stream-pass", choices=["tree", "accepted"], default="tree",
                    help="tree: streams on every tree node (the paper); accepted: streams of the accepted node only")
-    p.add_argument("--max-new-tokens", type=int, default=None, help="default: the task's budget (toy: 60)")
+    p.add_argument("--max-new-tokens", type=positive_int, default=None, help="default: the task's budget (toy: 60)")
     p.add_argument("--show", action="store_true", help="print each decode call's tree, accepted path marked")
-    p.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest for these small models)")
+    p.add_argument("--threads", type=positive_int, default=1,
+                   help="torch threads (1 is fastest for these small models)")
     return p
+
+
+def load(path: str) -> tuple[dict, GPT]:
+    """The checkpoint dict and its model, ready to decode (eval mode, LoRA merged); one-line errors."""
+    try:
+        ckpt = read_checkpoint(path)
+        model = load_model(path).eval()
+    except (FileNotFoundError, ValueError) as e:
+        raise SystemExit(f"error: {e}") from None
+    if model.config.n_drafts == 0:
+        raise SystemExit(f"error: {path} is a model without streams (n_streams=0): give a Speculative Streaming "
+                         f"checkpoint (ss_*_pruned.pt or <task>_ss_*_pruned.pt)")
+    if ckpt.get("done") is False:
+        warn(f"{path} is an unfinished checkpoint (stage {ckpt.get('stage')!r} stopped at step {ckpt.get('step')}): "
+             f"its run was interrupted; run the training command again to finish it")
+    model.merge_lora()  # inference: fold LoRA into the weights (the same for SS and AR)
+    return ckpt, model
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -149,22 +182,14 @@ def main(argv: list[str] | None = None) -> int:
     args = cli_parser().parse_args(argv)
     torch.set_num_threads(args.threads)
     path = find_checkpoint(args.model)
-    try:
-        ckpt = read_checkpoint(path)
-        model = load_model(path).eval()
-    except (FileNotFoundError, ValueError) as e:
-        raise SystemExit(f"error: {e}") from None
+    ckpt, model = load(path)
     cfg = model.config
-    if cfg.n_drafts == 0:
-        raise SystemExit(f"error: {path} is a model without streams (n_streams=0): give a Speculative Streaming "
-                         f"checkpoint (ss_*_pruned.pt or <task>_ss_*_pruned.pt)")
-    model.merge_lora()  # inference: fold LoRA into the weights (the same for SS and AR)
-    codec = PromptCodec(ckpt, path)
+    codec = PromptCodec(ckpt, path, cfg.vocab_size)
     if args.max_new_tokens is None:
         from data import MAX_NEW_TOKENS
         args.max_new_tokens = MAX_NEW_TOKENS.get(codec.task, 60)
-    if not 0 <= args.max_new_tokens < cfg.block_size:
-        raise SystemExit(f"error: --max-new-tokens={args.max_new_tokens} must be in 0..{cfg.block_size - 1}: the model's "
+    if not args.max_new_tokens < cfg.block_size:
+        raise SystemExit(f"error: --max-new-tokens={args.max_new_tokens} must be in 1..{cfg.block_size - 1}: the model's "
                          f"block_size={cfg.block_size} holds the prompt and the output together")
     prompt = codec.encode(args.prompt if args.mr is None else args.mr, args.mr is not None or codec.task == "e2e",
                           cfg.block_size - args.max_new_tokens + 1)

@@ -137,3 +137,18 @@ def test_broken_portable_files_name_the_file(tiny_config, tmp_path):
     with pytest.raises(ValueError, match=r"the config lacks \['n_embd'\]"):
         load_portable(str(folder))
 
+
+def test_export_into_an_earlier_export_or_a_file(tiny_config, tmp_path):
+    """Exporting over an earlier export leaves no file of the old one (its vocabulary.json would describe other
+    weights); a path that is a file is refused."""
+    from checkpoint import export_portable
+    save_checkpoint(str(tmp_path / "words.pt"), make_model(tiny_config(), seed=41).float(),
+                    vocabulary=[f"w{i}" for i in range(64)])
+    save_checkpoint(str(tmp_path / "plain.pt"), make_model(tiny_config(), seed=42).float())
+    export_portable(str(tmp_path / "words.pt"), str(tmp_path / "out"))
+    assert (tmp_path / "out" / "vocabulary.json").exists()
+    export_portable(str(tmp_path / "plain.pt"), str(tmp_path / "out"))
+    assert sorted(os.listdir(tmp_path / "out")) == ["config.json", "model.safetensors"]
+    with pytest.raises(ValueError, match="is a file, not a folder"):
+        export_portable(str(tmp_path / "plain.pt"), str(tmp_path / "plain.pt"))
+

@@ -94,6 +94,21 @@ def test_errors_name_the_problem(toy_dir, argv, message):
     assert message in str(e.value)
 
 
+def test_inconsistent_or_unfinished_checkpoints(toy_dir, tmp_path, capsys):
+    """A vocabulary without <eos> or of another size than the model's is refused; an unfinished checkpoint (a run
+    interrupted in its stage) decodes with a warning that says so."""
+    ckpt = torch.load(toy_dir / "ss_gamma2_pruned.pt", weights_only=True)
+    cases = [(dict(vocabulary=["<end>"] + ckpt["vocabulary"][1:]), "has no <eos> word"),
+             (dict(vocabulary=ckpt["vocabulary"][:-3]), "tokens but its model has vocab_size=")]
+    for change, message in cases:
+        torch.save({**ckpt, **change}, tmp_path / "ss_bad_pruned.pt")
+        with pytest.raises(SystemExit, match=message):
+            decode.main(["--model", str(tmp_path / "ss_bad_pruned.pt"), "--prompt", "the"])
+    torch.save({**ckpt, "done": False, "step": 2}, tmp_path / "ss_bad_pruned.pt")
+    assert decode.main(["--model", str(tmp_path / "ss_bad_pruned.pt"), "--prompt", "the", "--max-new-tokens", "4"]) == 0
+    assert "is an unfinished checkpoint" in capsys.readouterr().err
+
+
 def test_folder_picks_the_newest_ss_checkpoint(toy_dir, tmp_path, capsys):
     import shutil
     for name, mtime in (("ss_gamma2_pruned.pt", 2_000_000_000), ("ss_old_pruned.pt", 1_000_000_000)):
