@@ -177,7 +177,7 @@ MISTAKES = [  # (exercise, solution text, what the student wrote instead, words 
     (6, "kept[p] and ", "", "takes its whole subtree with it"),
     (6, ">= threshold", "> threshold", "strictly below the threshold"),
     (6, "for i in range(1, len(tokens)):", "for i in range(len(tokens)):", "never pruned"),
-    (6, "return [i for i, k in enumerate(kept) if k]", "return kept", "INDICES of the surviving nodes", "threshold"),
+    (6, "return [i for i, k in enumerate(kept) if k]", "return kept", "INDICES of the surviving nodes", "probability"),
     (6, "return [i for i, k in enumerate(kept) if k]", "return list(range(len(tokens)))", "Nothing was pruned",
      "toy model"),
     (7, "max_new_tokens - generated - 1)", "max_new_tokens - generated)", "always comes on top"),
@@ -266,7 +266,7 @@ SAFETY = [  # (exercise, code appended to the stub, status, words the report mus
     (1, "def msa_mask(T, n_streams):\n    raise KeyboardInterrupt\n", "error", "KeyboardInterrupt"),
     (1, "def msa_mask(T, n_streams):\n    import os\n    os._exit(0)\n", "error",
      "ended with exit code 0 while `msa_mask` was running"),
-    (1, "def msa_mask(T, n_streams):\n    return 1 / 0\n", "error", "line 18 of ex1_msa_mask.py: return 1 / 0"),
+    (1, "def msa_mask(T, n_streams):\n    return 1 / 0\n", "error", "ZeroDivisionError: division by zero (line"),
     (1, "def msa_mask(T, n_streams):\n    return None\n", "fail", "got None"),
     (1, "def msa_mask(T, n_streams):\n    return 'mask'\n", "fail", "got a str"),
     (1, "class Weird:\n    def __repr__(self):\n        raise ValueError\n\ndef msa_mask(T, n_streams):\n"
@@ -289,6 +289,13 @@ def test_student_code_never_breaks_the_checker(tmp_path, case):
     assert outcome.status == status, text
     assert words in text, text
     assert "Traceback" not in text and "CHECKER ERROR" not in text
+
+
+def test_an_exception_names_the_students_line(tmp_path):
+    path = student_file(tmp_path, 1, "def msa_mask(T, n_streams):\n    return 1 / 0\n")
+    line = path.read_text().splitlines().index("    return 1 / 0") + 1
+    outcome, text = check(1, path)
+    assert outcome.status == "error" and f"(line {line} of ex1_msa_mask.py: return 1 / 0)" in text, text
 
 
 def test_an_endless_loop_times_out_and_keeps_the_earlier_subchecks(tmp_path):

@@ -68,6 +68,10 @@ VARIANTS = {  # exercise -> {name: [(text of the solution, what a typical wrong 
         "no_update": [("p = residual(p, qs[i])", "pass")],
         "accept_above": [("coins[i] < accept", "coins[i] > accept")]},
 }
+OWNER = {"draft_alone": "accept_probability", "target_alone": "accept_probability", "not_renormalised": "residual",
+         "target_again": "residual", "swapped": "residual", "with_replacement": "sibling_distributions",
+         "siblings_not_renormalised": "sibling_distributions", "no_update": "verify_children",
+         "accept_above": "verify_children"}  # exercise 8: the function each wrong version changes
 POOLED = '''
 
 def pooled(logits, targets, alpha, first):
@@ -250,7 +254,7 @@ def ex8() -> dict:
         run = lambda module, c, name=name: check8.answer(module, name, c)
         for c in data[key]:
             c["expected"] = run(m, c)
-        data["variants"][name] = variants(8, run, data[key])
+        data["variants"][name] = variants(8, run, data[key], [v for v, owner in OWNER.items() if owner == name])
     data["variants"]["exact"] = variants(8, check8.exact_distribution, exact)
     return data
 

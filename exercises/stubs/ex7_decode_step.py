@@ -1,5 +1,7 @@
 """Exercise 7: the decode step after verification: what one call commits, and the next call's state.
 See exercises/ex7_decode_step.md."""
+from __future__ import annotations
+
 from typing import NamedTuple
 
 
