@@ -24,10 +24,14 @@ def label(column: int | str) -> str:
     return f"ex{column}" if isinstance(column, int) else column
 
 
-def first_hint(message: str, width: int = 160) -> str:
-    """The first line of a message, cut to `width` characters."""
+def first_hint(message: str, width: int | None = None) -> str:
+    """The hint of a message: its "Hint:" or "Rule:" part when it has one, else its first line (cut to width)."""
+    for marker in ("Hint: ", "Rule: "):
+        if marker in message:
+            message = message[message.index(marker) + len(marker):]
+            break
     line = message.strip().splitlines()[0] if message.strip() else ""
-    return line if len(line) <= width else line[:width - 3] + "..."
+    return line if width is None or len(line) <= width else line[:width - 3] + "..."
 
 
 def student_folders(folder: Path) -> list[Path]:
@@ -47,7 +51,7 @@ def table(names: list[str], results: dict[tuple[str, int | str], Outcome]) -> st
         for c in COLUMNS:
             o = results[name, c]
             if o.status != "pass":
-                lines.append(f"  {name:<{width}}  {label(c):<5}  {o.status:<7}  {first_hint(o.message)}")
+                lines.append(f"  {name:<{width}}  {label(c):<5}  {o.status:<7}  {first_hint(o.message, 150)}")
     return "\n".join(lines)
 
 
@@ -85,7 +89,8 @@ def grade(folder: Path, timeout: float = 20.0, workers: int | None = None, out: 
 
     def progress(index: int, outcome: Outcome):
         finished[0] += 1
-        print(f"\rchecked {finished[0]}/{len(jobs)}", end="", file=sys.stderr, flush=True)
+        if sys.stderr.isatty():
+            print(f"\rchecked {finished[0]}/{len(jobs)}", end="", file=sys.stderr, flush=True)
 
     outcomes = run_jobs(jobs, timeout, workers, quiet=True, on_done=progress)
     seconds = time.monotonic() - start
@@ -98,7 +103,8 @@ def grade(folder: Path, timeout: float = 20.0, workers: int | None = None, out: 
     print(f"\nwrote {out / 'grades.csv'} and {out / 'grades.json'}")
     internal = [k for k, o in results.items() if o.status == "internal"]
     if internal:
-        print(f"error: the checker itself failed on {len(internal)} check(s) ({', '.join(f'{n} {label(c)}' for n, c in internal[:5])}) "
-              f"— their messages are in grades.json; please report them")
+        where = ", ".join(f"{n} {label(c)}" for n, c in internal[:5])
+        print(f"error: the checker itself failed on {len(internal)} check(s) ({where}) — their messages are in "
+              f"grades.json; please report them")
         return 3
     return 0

@@ -134,7 +134,8 @@ def check(m: ModuleType) -> Iterator[str]:
     for case in data["exact"]:
         p, q, k = case["p"], case["q"], len(case["draws"][0])
         what = (f"exact distribution at a node with target p = {fmt(p.tolist(), 2)}, drafts from q = "
-                f"{fmt(q.tolist(), 2)}, k = {k} children ({len(case['draws'])} draw orders enumerated)")
+                f"{fmt(q.tolist(), 2)}, k = {k} {'child' if k == 1 else 'children'} ({len(case['draws'])} draw orders "
+                f"enumerated)")
         got = exact_distribution(m, case)
         if torch.allclose(got, p, atol=1e-9, rtol=0):
             yield f"{what}: the committed token has distribution p exactly"

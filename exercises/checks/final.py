@@ -156,8 +156,8 @@ class Where:
 
     def differ(self, field: str, ref, got, function: str, number: int, why: str = "") -> CheckFailed:
         return CheckFailed(
-            f"decode run ({self.setting}) on prompt {self.prompt}, call {self.call} of {self.calls}: {field} differ: "
-            f"the reference loop has {ref}, yours {got}. They come from your {function} (exercise {number}). "
+            f"{field} differ, from your {function} (exercise {number}): the reference loop has {ref}, yours {got} "
+            f"(decode run {self.setting} on prompt {self.prompt}, call {self.call} of {self.calls}). "
             + (why + " " if why else "") + alone(number, self.modules[number]))
 
 
