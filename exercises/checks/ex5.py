@@ -59,8 +59,9 @@ def check_verify(m: ModuleType) -> Iterator[str]:
             continue
         outputs += [run(c) for c in cases[i + 1:]]
         hint = matching_mistake(outputs, data["verify_variants"], HINTS)
+        why = explain_path(got, expected, tokens, parents, argmax)
         raise CheckFailed(f"{what}: expected {expected}, got {got}. "
-                          + (f"Hint: {hint}." if hint else explain_path(got, expected, tokens, parents, argmax)))
+                          + (f"Hint: {hint}." if hint else why[0].upper() + why[1:]))
 
 
 def check_compact(m: ModuleType) -> Iterator[str]:
