@@ -79,7 +79,8 @@ def main(argv=None) -> int:
     g = sub.add_parser("grade", help="check every exercise of every student of a class")
     g.add_argument("submissions", help="a folder with one folder per student, holding their exN_*.py files")
     g.add_argument("--timeout", type=positive(float), default=20.0, help="seconds each sub-check may take (default 20)")
-    g.add_argument("--jobs", type=positive(int), default=None, help="checks run at once (default: the cores, at most 4)")
+    g.add_argument("--jobs", type=positive(int), default=None,
+                   help="checks run at once (default: the cores, at most 4)")
     g.add_argument("--out", help="folder for grades.csv and grades.json (default: SUBMISSIONS)")
     h = sub.add_parser("handout", help="write the student copy of the project (no solutions)")
     h.add_argument("out", help="a new folder, outside the project")

@@ -106,9 +106,10 @@ def load_module(path: str | Path, number: int) -> ModuleType:
         raise StudentError(f"{path.name} is not valid Python: {e.msg} (line {e.lineno}: {(e.text or '').strip()})")
     if found:
         line, name = found
-        raise CheckFailed(f"refused: {path.name} imports `{name}` (line {line}: {source.splitlines()[line - 1].strip()})"
-                          f". An exercise file may use torch, math and Python's standard library, not the project's "
-                          f"own modules: they hold the answers. Write {', '.join(FUNCTIONS[number])} yourself.")
+        code = source.splitlines()[line - 1].strip()
+        raise CheckFailed(f"refused: {path.name} imports `{name}` (line {line}: {code}). An exercise file may use "
+                          f"torch, math and Python's standard library, not the project's own modules: they hold the "
+                          f"answers. Write {', '.join(FUNCTIONS[number])} yourself.")
     spec = importlib.util.spec_from_file_location(f"student_{path.stem}", path)
     module = importlib.util.module_from_spec(spec)
     tell(("call", f"importing {path.name}"))

@@ -233,6 +233,8 @@ FINAL_MISTAKES = [  # (exercise, solution text, wrong text, words the report mus
      ("the nodes kept by pruning differ", "prune_tree (exercise 6)")),
     (7, "for node in path[1:]] + [bonus]", "for node in path[1:]]", ("committed tokens", "commit_step (exercise 7)")),
     (7, "max_new_tokens - generated - 1)", "max_new_tokens - generated)", ("tree depths", "draft_depth")),
+    (4, "return [cache_len + d for d in depths]", "return [min(cache_len, 9) + d for d in depths]",  # caches < 10 only
+     ("the position ids differ", "Check 4 alone passes")),
 ]
 
 
@@ -271,10 +273,12 @@ SAFETY = [  # (exercise, code appended to the stub, status, words the report mus
     (1, "def msa_mask(T, n_streams):\n    return 'mask'\n", "fail", "got a str"),
     (1, "class Weird:\n    def __repr__(self):\n        raise ValueError\n\ndef msa_mask(T, n_streams):\n"
         "    return Weird()\n", "fail", "got a Weird"),
-    (1, "def msa_mask(T, n_streams):\n    return torch.ones(3, 3, dtype=torch.bool)\n", "fail", "returned shape (3, 3)"),
+    (1, "def msa_mask(T, n_streams):\n    return torch.ones(3, 3, dtype=torch.bool)\n", "fail",
+     "returned shape (3, 3)"),
     (2, "def init_streams(main, stream_emb):\n    return torch.full_like(stream_emb, float('nan'))\n", "fail",
      "returned nan"),
-    (3, "def eq5_targets(tokens, n_streams, prompt_len=0):\n    return [[1]]\n", "fail", "should return a torch tensor"),
+    (3, "def eq5_targets(tokens, n_streams, prompt_len=0):\n    return [[1]]\n", "fail",
+     "should return a torch tensor"),
     (4, "def draft_tree(root, topk):\n    return [float(root)], [-1], [0]\n", "fail", "should hold integers"),
     (5, "def verify_greedy(tokens, parents, main_argmax):\n    return [0.0]\n", "fail", "should hold integers"),
     (7, "def draft_depth(gamma, generated, max_new_tokens):\n    return 2.5\n", "fail", "should be an integer"),
@@ -304,6 +308,15 @@ def test_an_endless_loop_times_out_and_keeps_the_earlier_subchecks(tmp_path):
     assert outcome.status == "timeout", text
     assert "`tree_attention_mask` did not return within 2 s" in text and text.count("  ok  draft_tree") == 3
     assert outcome.seconds < 15
+
+
+def test_spawned_children_work_too(tmp_path, monkeypatch):
+    """Where fork is not used (macOS, Windows), each check is a spawned process that imports torch itself."""
+    import multiprocessing
+    from exercises import sandbox
+    monkeypatch.setattr(sandbox, "context", lambda: multiprocessing.get_context("spawn"))
+    outcome, text = check(1, student_file(tmp_path, 1, "def msa_mask(T, n_streams):\n    import sys\n    sys.exit(3)\n"))
+    assert outcome.status == "error" and "sys.exit(3)" in text, text
 
 
 def test_an_endless_loop_at_import_times_out(tmp_path):

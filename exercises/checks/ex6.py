@@ -26,8 +26,9 @@ def explain(got: list[int], expected: list[int], data: dict, threshold: float) -
             if dropped_above:
                 return (f"node {i} hangs under node {dropped_above[0]}, which is pruned: a pruned node takes its "
                         f"whole subtree with it.")
-            own = (f" (Read it in the parent's row, early_exit_probs[{parents[i]}], which predicts the token after "
-                   f"the parent; row {i} is node {i}'s own prediction of the NEXT token.)" if p_own >= threshold else "")
+            own = "" if p_own < threshold else (
+                f" (Read it in the parent's row, early_exit_probs[{parents[i]}], which predicts the token after the "
+                f"parent; row {i} is node {i}'s own prediction of the NEXT token.)")
             return f"node {i} (token {tokens[i]}) has probability {p_parent} < {threshold} at its parent, node " \
                    f"{parents[i]}: drop it.{own}"
         if i in expected and i not in got:
@@ -46,7 +47,8 @@ def check(m: ModuleType) -> Iterator[str]:
     tokens, parents = data["tokens"], data["parents"]
     for case in data["cases"]:
         threshold, expected = case["threshold"], case["expected"]
-        what = f"prune_tree(tokens={tokens}, parents={parents}, threshold={threshold}) [probabilities in ex6_pruning.md]"
+        what = (f"prune_tree(tokens={tokens}, parents={parents}, threshold={threshold}) "
+                f"[probabilities in ex6_pruning.md]")
         got = int_list(call(m, "prune_tree", list(tokens), list(parents), data["probs"].clone(), threshold),
                        f"prune_tree(..., threshold={threshold})", bools=BOOLS)
         if got == expected:

@@ -9,7 +9,6 @@ the solutions, so it is not in the student handout.
 """
 from __future__ import annotations
 
-import importlib.util
 import itertools
 import json
 import math
