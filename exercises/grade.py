@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -25,7 +26,9 @@ def label(column: int | str) -> str:
 
 
 def first_hint(message: str, width: int | None = None) -> str:
-    """The hint of a message: its "Hint:" or "Rule:" part when it has one, else its first line (cut to width)."""
+    """The hint of a message: its "Hint:" or "Rule:" part when it has one, else its first line (cut to width). The
+    final check's report of another exercise's own check ("Check N alone ...") is left out."""
+    message = re.split(r" Check \d alone", message)[0]
     for marker in ("Hint: ", "Rule: "):
         if marker in message:
             message = message[message.index(marker) + len(marker):]

@@ -152,7 +152,7 @@ def run_jobs(jobs: list[Job], timeout: float = 20.0, workers: int = 1, quiet: bo
              on_done: Callable[[int, Outcome], None] | None = None) -> list[Outcome]:
     """Run every job in a child process, at most `workers` at a time, each sub-check limited to `timeout` seconds.
     on_done(index, outcome) is called as each job ends. Ctrl-C stops every child."""
-    ctx, todo, running = context(), list(range(len(jobs))), {}
+    ctx, waiting, running = context(), list(range(len(jobs))), {}
     outcomes: list[Outcome | None] = [None] * len(jobs)
 
     def done(r: Running, timed_out: float | None = None):
@@ -162,9 +162,9 @@ def run_jobs(jobs: list[Job], timeout: float = 20.0, workers: int = 1, quiet: bo
             on_done(r.index, outcomes[r.index])
 
     try:
-        while todo or running:
-            while todo and len(running) < workers:
-                i = todo.pop(0)
+        while waiting or running:
+            while waiting and len(running) < workers:
+                i = waiting.pop(0)
                 r = start(ctx, i, jobs[i], quiet, timeout)
                 running[r.conn] = r
             soonest = min(r.deadline for r in running.values())

@@ -233,6 +233,8 @@ FINAL_MISTAKES = [  # (exercise, solution text, wrong text, words the report mus
      ("the nodes kept by pruning differ", "prune_tree (exercise 6)")),
     (7, "for node in path[1:]] + [bonus]", "for node in path[1:]]", ("committed tokens", "commit_step (exercise 7)")),
     (7, "max_new_tokens - generated - 1)", "max_new_tokens - generated)", ("tree depths", "draft_depth")),
+    (4, "return [cache_len + d for d in depths]", "return [float(cache_len + d) for d in depths]",
+     ("position_ids should hold integers",)),
     (4, "return [cache_len + d for d in depths]", "return [min(cache_len, 9) + d for d in depths]",  # caches < 10 only
      ("the position ids differ", "Check 4 alone passes")),
 ]
