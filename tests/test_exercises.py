@@ -357,7 +357,7 @@ def test_grading_a_class(tmp_path, capsys):
     (cy / core.EXERCISES[8]).unlink()
     student_file(cy, 1, "def msa_mask(T, n_streams):\n    import sys\n    sys.exit(0)\n")
     broken_copy(cy, 4, "            a = parents[a]\n", "")
-    code = grade.grade(tmp_path / "class", timeout=3, workers=2, out=tmp_path)
+    code = grade.grade(tmp_path / "class", timeout=8, workers=2, out=tmp_path)  # ample on a busy machine
     out = capsys.readouterr().out
     assert code == 0, out
     rows = {(r["student"], r["exercise"]): r for r in csv.DictReader(open(tmp_path / "grades.csv"))}
