@@ -108,9 +108,21 @@ notebooks: $(STAMP)
 	cd notebooks && JUPYTER_PATH=$(abspath $(VENV))/share/jupyter $(abspath $(VENV))/bin/jupyter-execute --inplace \
 		--timeout=600 $(notdir $(patsubst %.py,%.ipynb,$(wildcard notebooks/$(NB)_*.py)))
 
-# The exercises' checker: make check EX=3 (one exercise), EX=7 (your pieces in the decode loop) or EX=all;
+# The exercises' checker: make check EX=3 (one exercise), EX=final (your pieces in the decode loop) or EX=all;
 # MODULE=path/to/your_file.py checks another file than exercises/exN_*.py.
 EX ?= all
 .PHONY: check
 check: $(STAMP)
 	$(PY) -m exercises check $(EX) $(if $(MODULE),--module $(MODULE))
+
+# The teacher's side (docs/TEACHING.md): make handout OUT=dir (the student copy, without the solutions), make reset
+# (the stubs back in exercises/, changed files backed up), make grade SUBMISSIONS=dir (one folder per student).
+.PHONY: handout reset grade
+handout: $(STAMP)
+	$(PY) -m exercises handout $(OUT)
+
+reset: $(STAMP)
+	$(PY) -m exercises reset
+
+grade: $(STAMP)
+	$(PY) -m exercises grade $(SUBMISSIONS)

@@ -57,25 +57,8 @@ plt.rcParams.update({"figure.dpi": 90, "font.size": 9})
 # | `draft_tree`, `verify_tree`, `speculative_decode` | a $k$-ary tree from the streams' top-$k$, greedy verification, the decode loop |
 #
 # No KV cache, no tree mask: every step recomputes the whole sequence, one batch row per root-to-leaf path. The
-# tests check that it gives the same logits and accepts the same tokens as `model.py` + `generate.py`. Here it is
-# at work: a tiny model trained for a few seconds on template sentences, then decoded with $\gamma = 2$, $k = 2$.
-
-# %%
-import time
-import specstream_minimal as ssm
-
-words = ssm.toy_text(seed=0, n_sentences=400)
-vocab = sorted(set(words))
-encode = lambda text: [vocab.index(w) for w in text.split()]
-decode = lambda ids: " ".join(vocab[i] for i in ids)
-mini = ssm.MiniGPT(ssm.MiniConfig(vocab_size=len(vocab), block_size=48, n_layer=2, n_head=2, n_embd=48,
-                                  n_streams=2, n_msa_layers=1))
-start = time.time()
-ssm.train(mini, torch.tensor(encode(" ".join(words))), steps=150, batch_size=16, seq_len=24, lr=3e-3)
-print(f"trained in {time.time() - start:.0f} s")
-mini.double()  # float64: batched and unbatched forwards agree on every argmax
-tokens, steps = ssm.speculative_decode(mini, encode("the cat"), 16, gamma=2, k=2, verbose=True, decode=decode)
-print("identical to greedy decoding:", tokens == ssm.greedy_decode(mini, encode("the cat"), 16))
+# tests check that it gives the same logits and accepts the same tokens as `model.py` + `generate.py`. At the end
+# of this notebook, once the streams are defined, we train a tiny `MiniGPT` and watch it decode.
 
 # %% [markdown]
 # **Predict, then run.** `ssm.msa_mask(T=2, n_streams=2)` is a 6 x 6 mask with rows and columns ordered
@@ -83,6 +66,8 @@ print("identical to greedy decoding:", tokens == ssm.greedy_decode(mini, encode(
 # `S2@1` (stream 2 at position 1), which keys it may attend to. Then run the cell.
 
 # %%
+import specstream_minimal as ssm
+
 labels = ["M0", "M1", "S1@0", "S1@1", "S2@0", "S2@1"]
 small = ssm.msa_mask(2, 2)
 print("query  | " + " ".join(f"{c:>5}" for c in labels))
@@ -341,3 +326,43 @@ print("the lower block(s) never see streams:", cfg.first_msa_layer, "block(s) ru
 # * Training (Eq. 5, notebook 03) adds $\sum_j \alpha_j\,\mathrm{CE}(\text{stream}_{t,j}, x_{t+1+j})$ to the
 #   next-token loss. Notebook 02 shows how a single forward pass uses the streams to draft and the main stream to
 #   verify.
+
+# %% [markdown]
+# ## The whole method at work
+#
+# The streams are what a model needs to draft for itself. One decode step of Speculative Streaming, in the words the
+# printout below uses:
+#
+# * **root**: the last token the main stream committed (its greedy choice); the draft tree hangs below it;
+# * **drafts** `dj`: the top-$k$ tokens of stream $j$ at the root's position, candidates for the token $j$ steps
+#   after the root (stream $j$ at $t$ predicts $x_{t+1+j}$, the main stream $x_{t+1}$); every depth-$j$ candidate
+#   goes under every depth-$(j-1)$ one, a tree of paths;
+# * **accepted**: one forward pass over the tree verifies it with the main stream: a draft is accepted iff it equals
+#   the main stream's argmax at its parent, so every accepted token is the one greedy decoding would produce;
+# * **commits**: the accepted drafts, plus the main stream's argmax after the last accepted one (the *bonus* token,
+#   always right), which becomes the next root. The same pass also runs the streams there, drafting the next tree.
+#
+# A tiny `MiniGPT` trained for a few seconds on template sentences, decoded with $\gamma = 2$, $k = 2$ (notebook 02
+# takes one such step apart):
+
+# %%
+import time
+
+torch.manual_seed(0)
+torch.set_grad_enabled(True)  # training needs gradients (switched off above for the model's forward passes)
+words = ssm.toy_text(seed=0, n_sentences=400)
+vocab = sorted(set(words))
+encode = lambda text: [vocab.index(w) for w in text.split()]
+decode = lambda ids: " ".join(vocab[i] for i in ids)
+mini = ssm.MiniGPT(ssm.MiniConfig(vocab_size=len(vocab), block_size=48, n_layer=2, n_head=2, n_embd=48,
+                                  n_streams=2, n_msa_layers=1))
+start = time.time()
+ssm.train(mini, torch.tensor(encode(" ".join(words))), steps=150, batch_size=16, seq_len=24, lr=3e-3)
+print(f"trained in {time.time() - start:.0f} s")
+mini.double()  # float64: batched and unbatched forwards agree on every argmax
+tokens, steps = ssm.speculative_decode(mini, encode("the cat"), 16, gamma=2, k=2, verbose=True, decode=decode)
+print("identical to greedy decoding:", tokens == ssm.greedy_decode(mini, encode("the cat"), 16))
+
+# %% [markdown]
+# Each step commits between 1 token (no draft accepted: the bonus token alone) and $\gamma + 1 = 3$ (both drafts
+# accepted, plus the bonus token); the output is exactly greedy decoding, in fewer forward passes.

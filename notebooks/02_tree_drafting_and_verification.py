@@ -98,24 +98,65 @@ print(f"\n{len(result.tokens)} tokens in {result.forward_calls} forward calls (p
 # %% [markdown]
 # ## One step, drawn
 #
-# We pick the step that accepted the longest path. Each node shows its token; green nodes form the accepted path,
-# grey nodes were rejected (or hang below a rejected node). Under each node: the main stream's argmax there,
-# which is what its children are checked against.
+# We pick the step that accepted the longest path. Each node shows its index and its token; green nodes form the
+# accepted path, grey nodes were rejected (or hang below a rejected node). Under each node: the main stream's argmax
+# there, the model's own next token after that node, which is what its children are checked against. The gold box
+# is the **bonus token**: the argmax at the last accepted node. It is not a node of the tree, but the call commits
+# it too, so every call commits at least one token.
 
 # %%
 from drawing import GREEN, GREY, RED, draw_tree  # notebooks/drawing.py: shared by notebooks 02 and 04
 
-i_step = max(range(len(result.trace)), key=lambda i: len(result.trace[i].path))
+i_step = max(range(len(result.trace) - 1), key=lambda i: len(result.trace[i].path))  # a call followed by another
 step = result.trace[i_step]
+last = step.path[-1]
+bonus = step.main_argmax[last]
 colors = [GREEN if i in step.path else GREY for i in range(len(step.tree))]
 notes = ["argmax: " + data.words[a] for a in step.main_argmax]
-fig, ax = plt.subplots(figsize=(8, 5.5))
-words = [data.words[t] for t in step.tree.tokens.tolist()]
-draw_tree(ax, step.tree, words, colors, f"decode call {i_step + 1}: {len(step.tree)} nodes (k=2, γ=3), "
-          f"accepted depth {len(step.path) - 1}", notes)
+labels = [f"{i}: {data.words[t]}" for i, t in enumerate(step.tree.tokens.tolist())]
+fig, ax = plt.subplots(figsize=(9, 5.5))
+draw_tree(ax, step.tree, labels, colors, f"decode call {i_step + 1}: {len(step.tree)} nodes (k=2, γ=3), "
+          f"accepted depth {len(step.path) - 1}", notes, bonus=(last, "bonus: " + data.words[bonus]))
 plt.show()
+accepted = step.tree.tokens[step.path[1:]].tolist()
 print("accepted path (node indices):", step.path, "->", data.decode(step.tree.tokens[step.path].tolist()))
-print("committed by this call (accepted drafts + new root):", data.decode(step.committed))
+print(f"node 0 ({data.words[int(step.tree.tokens[0])]!r}) was committed by the previous call; this call commits")
+print(f"  the accepted drafts {data.decode(accepted)!r} (nodes {step.path[1:]})")
+print(f"  + the bonus token {data.words[bonus]!r} (the main argmax at node {last}, the last accepted node)")
+print(f"  = {data.decode(step.committed)!r}")
+
+# %% [markdown]
+# ## Where the next tree comes from
+#
+# The same forward pass also ran the $\gamma$ streams of the last accepted node. Stream $j$ there predicts the
+# token $j + 1$ steps after it, that is $j$ steps after the bonus token. So the next call's tree has the bonus
+# token as its root (node 0), and at depth $j$ the top-$k$ of stream $j$ of the last accepted node
+# (`StepTrace.draft_topk`), every depth-$j$ candidate under every depth-$(j-1)$ node.
+#
+# **Predict, then run.** Which tokens will the two depth-1 nodes of the next tree carry?
+
+# %%
+nxt = result.trace[i_step + 1]
+topk_tokens, topk_probs = nxt.draft_topk
+print(f"call {i_step + 2} is drafted from node {last} of call {i_step + 1}:")
+print(f"  root (node 0) = the bonus token {data.words[int(nxt.drafted.tokens[0])]!r}")
+for j, (toks, probs) in enumerate(zip(topk_tokens.tolist(), topk_probs.tolist()), start=1):
+    shown = ", ".join(f"{data.words[t]!r} ({p:.2f})" for t, p in zip(toks, probs))
+    print(f"  stream {j} of node {last}: top-2 {shown} -> the depth-{j} nodes of the next tree")
+assert int(nxt.drafted.tokens[0]) == bonus
+for j, toks in enumerate(topk_tokens.tolist(), start=1):  # every depth-j node carries one of stream j's top-k
+    assert set(nxt.drafted.tokens[nxt.drafted.depths == j].tolist()) == set(toks)
+fig, ax = plt.subplots(figsize=(9, 5.5))
+labels = [f"{i}: {data.words[t]}" for i, t in enumerate(nxt.drafted.tokens.tolist())]
+colors = [GREEN if i in nxt.path else GREY for i in range(len(nxt.drafted))]
+draw_tree(ax, nxt.drafted, labels, colors, f"decode call {i_step + 2}: drafted from node {last} of call "
+          f"{i_step + 1}; accepted depth {len(nxt.path) - 1}")
+plt.show()
+
+# %% [markdown]
+# **Answer.** The two most probable tokens of stream 1 at the last accepted node, printed above: the streams are
+# the model's own guesses of the tokens after the bonus token. The next call verifies this tree with the main
+# stream, and its streams draft the tree after it.
 
 # %% [markdown]
 # ## The tree attention mask
@@ -157,44 +198,34 @@ print("position ids:", position_ids(step.tree, L).tolist(), f"(L = {L})")
 # %% [markdown]
 # ## Cache compaction
 #
-# The forward pass writes the main-stream keys/values of all $n$ tree nodes as *pending* entries after the $L$
-# committed ones. After verification only the accepted path is kept: `cache.commit(path)` moves those entries right
-# after the committed ones, in path order, and the rest is forgotten (stream keys/values never enter the cache).
+# The KV cache holds one row per committed token: that token's keys and values, for every layer. The tree forward
+# appended one row per tree node after the $L$ committed ones, in node order: the same order as the columns of the
+# mask above. Each accepted node's row was computed seeing exactly the cache and its own ancestors (the mask), that
+# is, exactly what it would have seen had the accepted tokens been decoded one by one. So after verification the
+# rows of the accepted path are kept, moved right after the committed rows in path order, and the rest is
+# forgotten. The bonus token gets its row in the next call, where it is node 0.
 #
-# We replay this step by hand with a `KVCache` and check that the compacted cache equals the cache of a plain
-# prefill of the same tokens.
+# **Predict, then run.** Which cache rows does the accepted path keep, and where do they go?
 
 # %%
-from generate import causal_mask
-from model import KVCache
+L, n = step.cache_len, len(step.tree)
+context = prompt + result.tokens  # the whole text: the first L tokens are the committed cache rows
+rows = [data.words[t] for t in context[:L]] + [f"node {i}: {data.words[t]}" for i, t in
+                                                enumerate(step.tree.tokens.tolist())]
+kept = list(range(L)) + [L + i for i in step.path]  # committed rows, then the path's rows, in path order
+print(f"before verification: {L} committed rows + {n} tree rows")
+print("  last committed rows:", rows[L - 3:L], "| tree rows:", rows[L:L + 4], "...")
+print(f"keep rows 0..{L - 1}, then rows {[L + i for i in step.path]} (= L + path, path {step.path})")
+print(f"after compaction: {len(kept)} rows =", rows[L - 3:L], "+", [rows[r] for r in kept[L:]])
+assert [r.split(": ")[-1] for r in (rows[r] for r in kept)] == [data.words[t] for t in context[:len(kept)]]
+print("the same tokens, in the same order, as decoding them one by one:", data.decode(context[len(kept) - 4:len(kept)]))
 
-committed_before = sum(len(s) for s in result.step_tokens[:i_step + 1])  # tokens before this call (root incl.)
-ctx = prompt + result.tokens[:committed_before]       # its last token is the root, node 0 of the tree
-cache = KVCache(model.config, 1, 64)
-no_streams = torch.empty(0, dtype=torch.long)
-with torch.inference_mode():
-    model.forward_nodes(torch.tensor([ctx[:-1]]), torch.arange(len(ctx) - 1), causal_mask(len(ctx) - 1, "cpu"),
-                        cache, stream_rows=no_streams)
-    cache.commit()
-    print(f"cache before the call: {cache.length} committed entries (= L = {step.cache_len})")
-    logits, _ = model.forward_nodes(step.tree.tokens[None], position_ids(step.tree, cache.length),
-                                    tree_attention_mask(step.tree, cache.length), cache)
-    print(f"after the tree forward: {cache.length} committed + {cache.pending} pending (one per tree node)")
-    assert logits[0].argmax(-1).tolist() == step.main_argmax
-    cache.commit(torch.tensor(step.path))
-    print(f"commit(path={step.path}): kept pending entries {step.path} -> cache length {cache.length} "
-          f"= {step.cache_len} + {len(step.path)}")
-
-    accepted = step.tree.tokens[step.path[1:]].tolist()
-    ref = KVCache(model.config, 1, 64)
-    seq = ctx + accepted
-    model.forward_nodes(torch.tensor([seq]), torch.arange(len(seq)), causal_mask(len(seq), "cpu"), ref,
-                        stream_rows=no_streams)
-    ref.commit()
-diff = max((a[:, :, :ref.length] - b[:, :, :ref.length]).abs().max().item()
-           for a, b in zip(cache.k + cache.v, ref.k + ref.v))
-print(f"compacted cache vs plain prefill of {ref.length} tokens: max |diff| = {diff:.1e} (float32)")
-assert cache.length == ref.length and diff < 1e-4
+# %% [markdown]
+# **Answer.** The committed rows stay where they are; the rows of the path's nodes, `L + path`, move to rows
+# $L, L+1, \dots$ in path order (the root first), and the other tree rows are overwritten by the next forward.
+# The rows hold numbers, not words, of course: `tests/test_generate.py` checks that the compacted cache equals the
+# cache of a plain prefill of the same tokens (`test_compacted_cache_equals_fresh_prefill`), and exercise 5 asks
+# you to write the compaction.
 
 # %% [markdown]
 # ## Pruning (optional)
@@ -219,6 +250,27 @@ draw_tree(ax, st.drafted, [data.words[t] for t in st.drafted.tokens.tolist()], c
 plt.show()
 assert pruned.tokens == result.tokens
 print("pruned decoding gives the same output as unpruned:", pruned.tokens == result.tokens)
+
+# %% [markdown]
+# **Forward calls with and without pruning.** Pruning removes rows from the MSA layers and never changes the
+# output, but it can lose accepted tokens: when the early-exit head drops a node that the full model would have
+# accepted, the call commits less and decoding needs more calls. Over ten prompts:
+
+# %%
+for name, threshold in [("no pruning", None), ("pruning 0.1", 0.1), ("pruning 0.3", 0.3)]:
+    runs = [generate_speculative(model, p, 40, k=2, prune_threshold=threshold, eos_id=data.eos_id)
+            for p in data.prompts(10)]
+    calls = sum(r.forward_calls for r in runs)
+    drafted, verified = sum(sum(r.tree_sizes) for r in runs), sum(sum(r.pruned_tree_sizes) for r in runs)
+    tokens = sum(len(r.tokens) for r in runs)
+    print(f"{name:12s}: {tokens} tokens in {calls} forward calls; {drafted} nodes drafted, {verified} through the "
+          f"MSA layers; {tokens / calls:.2f} tokens per call")
+
+# %% [markdown]
+# The pruning adapter of this notebook had 30 training steps, so its early exits often disagree with the full
+# model: pruning costs calls here, and saves most of the rows. Whether the trade pays depends on what a row costs
+# (notebook 00): on a CPU, where rows cost, fewer rows per call can outweigh more calls; on a GPU, where a few more
+# rows are nearly free, pruning rarely pays.
 
 # %% [markdown]
 # ## Lossless: the output is exactly greedy decoding
