@@ -1,7 +1,22 @@
-"""Parameter accounting: what Speculative Streaming and each baseline add to the model they speed up."""
+"""Parameter accounting: what Speculative Streaming and each baseline add to the model they speed up, and the table of
+`bench.py params` (SS vs 4 Medusa heads, from the toy model to 7B-sized configs)."""
 from __future__ import annotations
 
-from model import GPT, is_stream_param
+import argparse
+import os
+
+import torch
+
+from benchmarks.report import write_params
+from model import GPT, GPTConfig, is_stream_param
+
+CONFIGS = {  # (d, V, layers, heads, context): toy, our task models, GPT-2 124M and the paper's model sizes
+    "toy (train_toy.py defaults)": (128, 81, 4, 4, 128),
+    "task models (train_task.py defaults; V of the compact vocabulary)": (256, 9960, 4, 4, 512),
+    "GPT-2 124M": (768, 50257, 12, 12, 1024),
+    "OPT-1.3b-sized": (2048, 50272, 24, 32, 2048),
+    "7B-sized (d, V of OpenLlama-7b; GPT-2 layout)": (4096, 32000, 32, 32, 2048),
+}
 
 
 def parameter_counts(model: GPT) -> dict[str, int]:
@@ -35,3 +50,17 @@ def extra_parameters(models: dict[str, GPT]) -> dict[str, int]:
     if "draft" in models:
         out["two-model"] = sum(p.numel() for p in models["draft"].parameters())
     return out
+
+
+def run_params(args: argparse.Namespace):
+    """Parameter accounting: base, LoRA, stream embeddings, the frozen mode's stream adapter, pruning adapter, and 4
+    Medusa heads on the same config. Every model is built (on PyTorch's "meta" device for the large ones: shapes
+    without memory) and counted by benchmarks.params.parameter_counts, the one source of the formulas."""
+    counts = {}
+    for name, (d, V, L, H, ctx) in CONFIGS.items():
+        cfg = GPTConfig(vocab_size=V, block_size=ctx, n_layer=L, n_head=H, n_embd=d, n_streams=args.gamma_params,
+                        n_msa_layers=2, lora_rank=32, prune_rank=8, stream_adapter_rank=args.stream_adapter_params)
+        with torch.device("meta"):
+            c = parameter_counts(GPT(cfg))
+        counts[name] = dict(c, ss_shared=ss_extra_parameters(c, frozen=False), ss_frozen=ss_extra_parameters(c))
+    write_params(counts, args.gamma_params, args.stream_adapter_params, os.path.join(args.results_dir, "params.md"))
