@@ -1,6 +1,6 @@
-"""What bench.py reports: quality metrics (BLEU, ROUGE, exact match, E2E name realisation), the Markdown tables
-and the plots of each benchmark, and the formatting helpers they share. bench.py measures and calls these; this
-module never imports bench.py.
+"""What the benchmarks report: quality metrics (BLEU, ROUGE, exact match, E2E name realisation), the Markdown
+tables and the plots of each benchmark, and the formatting helpers they share. The other modules of the package
+measure and call these; this module imports none of them, nor bench.py.
 """
 from __future__ import annotations
 
@@ -433,3 +433,65 @@ def plot_sampling(rows: list[dict], tests: dict | None, exact: torch.Tensor | No
                  "per rule", fontsize=9)
     ax.legend(fontsize=7), ax.grid(alpha=0.3, axis="y")
     fig.tight_layout(), fig.savefig(os.path.join(out, f"{title}_distribution.png"), dpi=120), plt.close(fig)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# `bench.py profile`: one decode call, part by part
+# ---------------------------------------------------------------------------------------------------------
+
+PROFILE_NOTE = (
+    "The calls are generate.py's own (generate_autoregressive, generate_speculative), timed through hooks that wrap "
+    "the functions their loops call, for the duration of the profile: the model's embed, lower, upper, "
+    "early_exit_logits, streams_at, draft_logits and LM head, the tree functions, KVCache.commit / select_pending and "
+    "generate.py's argmax and top-k drafting helpers. A hooked function called inside another counts toward the "
+    "outer one's part (the LM head of drafting is drafting). Python bookkeeping is what no hook covers: the loop's "
+    "own Python and the few tensor operations generate.py runs inline (e.g. the softmax of the early-exit logits), "
+    "plus the hooks' own overhead, given in two rows: measured (the whole call minus the same call without the "
+    "hooks; on a busy machine this difference is noisy) and estimated (the number of hooked calls times the cost of "
+    "one hook on a no-op). The "
+    "bare forward runs the same rows through the same model functions with the masks given: the drafted rows through "
+    "embed and the lower blocks (and the early-exit head when pruning), the kept rows through the MSA blocks (with γ "
+    "streams on every node in the tree pass; the γ stream rows of the accepted node after verification in the "
+    "accepted pass), the LM head on the kept rows and on the γ stream rows. call / bare - 1 is the share of "
+    "bookkeeping that is not arithmetic. profile_before.md next to this file holds the tables of an earlier version "
+    "of the code, before the inference layout and the streams-only pass (each timed call then followed a call of "
+    "another setting).")
+
+
+def write_profile(profile: dict, path: str, title: str, command: str):
+    """RESULTS_DIR/<toy|task>/profile.md, printed too: per setting the median time of each part of its timed call
+    (share of the call), the whole call with and without the timing hooks, the bare forward, and the call's sizes."""
+    cols, hook_us = profile["columns"], profile["hook_cost"] * 1e6
+    ar = cols["AR step"]["unhooked"]
+    lines = [f"# Profile of one decode call: {title}", "", f"    {command}", "",
+             f"One context: a test prompt decoded greedily to the middle of its output ({profile['context_len']} "
+             f"tokens), γ = {profile['gamma']}. Each setting decodes it with generate.py and times its second decode "
+             "call, which follows a call of the same setting as in a decode loop; the settings take turns, so that "
+             "load on the machine hits all alike. Median per part over the calls (so the parts need not add up to "
+             f"the median whole call exactly). {torch.get_num_threads()} thread(s), device {profile['device']}. "
+             "Times in ms (share of the call).", "",
+             "| part | " + " | ".join(cols) + " |", "|---|" + "---:|" * len(cols)]
+    for part in profile["parts"]:
+        if any(part in c["parts"] for c in cols.values()):
+            lines.append(f"| {part} | " + " | ".join(
+                f"{c['parts'][part] * 1e3:.3f} ({100 * c['parts'][part] / c['total']:.0f}%)" if part in c["parts"]
+                else "-" for c in cols.values()) + " |")
+    rows = [("**whole call**", lambda c: f"**{c['total'] * 1e3:.3f}**"),
+            ("the same call without the timing hooks", lambda c: f"{c['unhooked'] * 1e3:.3f}"),
+            ("the timing hooks' overhead: whole call - the same call without them",
+             lambda c: f"{(c['total'] - c['unhooked']) * 1e3:.3f}"),
+            ("the same, estimated: hooked calls x the cost of one hook on a no-op",
+             lambda c: f"{c['hooked_calls']} x {hook_us:.1f} µs = {c['hooked_calls'] * hook_us / 1e3:.3f}"),
+            ("bare forward of the same rows", lambda c: f"{c['bare'] * 1e3:.3f}"),
+            ("call / bare forward (without the hooks)", lambda c: f"{c['unhooked'] / c['bare']:.2f}x"),
+            ("call / AR step (without the hooks)", lambda c: f"{c['unhooked'] / ar:.2f}x"),
+            ("cache entries before the call", lambda c: f"{c['cache_len']}"),
+            ("tree nodes drafted / after pruning", lambda c: f"{c['n_drafted']} / {c['n_kept']}"),
+            ("tokens committed by the call (root included)", lambda c: f"{c['accepted']}")]
+    lines += [f"| {name} | " + " | ".join(cell(c) for c in cols.values()) + " |" for name, cell in rows]
+    lines += ["", PROFILE_NOTE]
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    print("\n".join(lines[6:]))
+    print(f"wrote {path}")
