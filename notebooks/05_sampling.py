@@ -99,12 +99,12 @@ print("empirical:", " ".join(f"{v:.3f}" for v in counts / n), f"({n} draws)")
 # first three sampled tokens that we can enumerate (512 cells). We sample them with `generate_speculative`
 # ($k = 2$, a depth-2 tree verified in one call, temperature 0.8, top-$k$ 6, top-$p$ 0.95) under the lossless rule
 # and under the two **lossy** rules: the later paper's per-path rule and Medusa's typical acceptance.
-# `bench.distribution_test` gives the chi-square p-value and the total-variation distance with its sampling
-# bound (the test suite's main setting uses 20,000 samples; here fewer, to stay quick).
+# `distribution_test` (benchmarks/sampling.py) gives the chi-square p-value and the total-variation distance with its
+# sampling bound (the test suite's main setting uses 20,000 samples; here fewer, to stay quick).
 
 # %%
 import math
-from bench import distribution_test, first_tokens_distribution
+from benchmarks.sampling import distribution_test, first_tokens_distribution
 from generate import generate_speculative
 from model import GPT, GPTConfig
 
@@ -143,14 +143,14 @@ fig.tight_layout()
 # %% [markdown]
 # ## Acceptance against temperature, on a small trained model
 #
-# A toy model trained right here (smaller than notebook 02's, about 20 s; the sweep does not prune). `bench.sampling_sweep`
-# decodes the same prompts at $T = 0$ (greedy), 0.5, 0.7 and 1.0 with the recursive rule, and with the two lossy
-# rules for comparison. Tokens per call count the root/bonus token; acceptance at depth $j$ is
+# A toy model trained right here (smaller than notebook 02's, about 20 s; the sweep does not prune). `sampling_sweep`
+# (benchmarks/sampling.py) decodes the same prompts at $T = 0$ (greedy), 0.5, 0.7 and 1.0 with the recursive rule,
+# and with the two lossy rules for comparison. Tokens per call count the root/bonus token; acceptance at depth $j$ is
 # P(depth $j$ accepted | depth $j-1$ accepted), nodes removed by the cap counting as rejections.
 
 # %%
 import tempfile, time
-from bench import sampling_sweep
+from benchmarks.sampling import sampling_sweep
 from train_toy import parser, train_pipeline
 
 start = time.time()

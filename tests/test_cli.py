@@ -165,23 +165,3 @@ def test_e2e_quick_model_mr_is_delexicalised_and_output_equals_greedy(tmp_path, 
     assert decode.main(["--model", str(path), "--mr", "name[]", "--max-new-tokens", "12"]) == 0
     assert "X-name" not in line(capsys.readouterr().out, "output")  # no placeholder without a value to put back
 
-
-def test_bench_profile_times_every_part_of_one_call(toy_dir, tmp_path):
-    """`bench.py profile`: each setting times the parts of its own step (drafting and tree parts only in SS calls,
-    the stream sub-pass only in the accepted pass) and the bare forward; the table is written with its command."""
-    import bench
-    model, data, prompt, _ = toy_greedy(toy_dir, "the owl", 12)
-    profile = bench.profile_model(model, prompt, data.eos_id, 12, "cpu", reps=10, prune_threshold=0.05)
-    assert list(profile["columns"]) == ["AR step", "SS k=1, tree pass", "SS k=1, accepted pass",
-                                        "SS k=3, cap 16, prune 0.05, tree pass", "SS k=3, cap 16, prune 0.05, accepted pass"]
-    for name, column in profile["columns"].items():
-        assert set(column["parts"]) <= set(bench.PROFILE_PARTS) and column["bare"] > 0
-        assert (column["loop"] is None) == (name == "AR step")  # generate.py's own loop body, timed whole
-        assert ("drafting LM head + top-k" in column["parts"]) == name.startswith("SS")
-        assert ("MSA blocks, γ stream rows of the accepted node" in column["parts"]) == name.endswith("accepted pass")
-    bench.main(["profile", "--toy", "--toy-dir", str(toy_dir), "--toy-gamma", "2", "--n-stories", "100",
-                "--max-new-tokens", "12", "--profile-calls", "10", "--results-dir", str(tmp_path)])
-    table = (tmp_path / "toy" / "profile.md").read_text()
-    assert "python bench.py" in table and "| **whole call** |" in table and "call / bare forward" in table
-    with pytest.raises(SystemExit, match="train_task.py"):
-        bench.main(["profile", "--task-dir", str(tmp_path), "--results-dir", str(tmp_path)])

@@ -19,16 +19,16 @@ import pytest
 import torch
 
 import tree as tree_module
-from bench import distribution_test, first_tokens_distribution
+from benchmarks.sampling import distribution_test, first_tokens_distribution
 from generate import generate_autoregressive, generate_speculative
 from test_generate import random_model
 from tree import draft_tree_sampled, prune_tree, sample, sampling_probs, subtree, verify_sampled
 
-pytest.importorskip("scipy")  # bench.distribution_test uses scipy.stats
+pytest.importorskip("scipy")  # benchmarks.sampling.distribution_test uses scipy.stats
 
 V = 8
 N_STEP = 20_000  # samples per tree-step setting
-ALPHA = 1e-3     # the level of the chi-square test and of the TV bound (bench.distribution_test); fixed seeds
+ALPHA = 1e-3     # the level of the chi-square test and of the TV bound (distribution_test); fixed seeds
 
 
 # ------------------------------------------------------------------------------------------------------------

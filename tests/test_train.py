@@ -231,19 +231,19 @@ def test_e2e_test_mrs_split_by_values_seen_in_training():
     MRs whose every attribute value occurs in a training MR (the training file has coffee shops only: no pub)."""
     require_task_data()
     import argparse
-    import bench
+    from benchmarks.tasks import by_training_values
     from data import load_task, mr_values
     test = load_task("e2e", "test", None, delexicalised=True)
     known = {kv for ex in load_task("e2e", "train", None, True) for kv in mr_values(ex.prompt).items()}
     args, ids = argparse.Namespace(task="e2e", data_dir=None), list(range(len(test)))
-    seen, seen_ids = bench.by_training_values(args, test, ids, seen=True)
-    unseen, unseen_ids = bench.by_training_values(args, test, ids, seen=False)
+    seen, seen_ids = by_training_values(args, test, ids, seen=True)
+    unseen, unseen_ids = by_training_values(args, test, ids, seen=False)
     assert sorted(seen_ids + unseen_ids) == ids and seen and unseen
     assert all(set(mr_values(ex.prompt).items()) <= known for ex in seen)
     assert all(not set(mr_values(ex.prompt).items()) <= known for ex in unseen)
     assert any(mr_values(ex.prompt).get("eatType") == "pub" for ex in unseen)
     with pytest.raises(SystemExit, match="E2E"):
-        bench.by_training_values(argparse.Namespace(task="sql", data_dir=None), test, ids, seen=True)
+        by_training_values(argparse.Namespace(task="sql", data_dir=None), test, ids, seen=True)
 
 
 def test_quality_metrics():
