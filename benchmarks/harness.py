@@ -41,13 +41,15 @@ def interleave(runs: dict[str, Callable[[Any], Any]], items: list, repeats: int,
                desc: str | None = None) -> tuple[dict[str, list[float]], dict[str, list[list]]]:
     """Every run on every item, back to back per item (interleaved: load on the machine hits all runs alike),
     `repeats` times, after one untimed pass of every run over the first `warmup` items. Returns per run its total
-    time of each repetition (seconds) and its results, results[name][repetition][item]."""
+    time of each repetition (seconds) and its results, results[name][repetition][item]. With `desc`, a progress bar
+    counts the items done."""
     for item in items[:warmup]:
         for run in runs.values():
             run(item)
     times = {name: [] for name in runs}
     results = {name: [] for name in runs}
-    for _ in tqdm(range(repeats), desc=desc, leave=False, disable=desc is None):
+    progress = tqdm(total=repeats * len(items), desc=desc, leave=False, disable=desc is None)
+    for _ in range(repeats):
         total = dict.fromkeys(runs, 0.0)
         outs = {name: [] for name in runs}
         for item in items:
@@ -55,9 +57,11 @@ def interleave(runs: dict[str, Callable[[Any], Any]], items: list, repeats: int,
                 out, seconds = clock.time(lambda: run(item))
                 total[name] += seconds
                 outs[name].append(out)
+            progress.update()
         for name in runs:
             times[name].append(total[name])
             results[name].append(outs[name])
+    progress.close()
     return times, results
 
 
@@ -87,12 +91,13 @@ def summary(results: list[GenerationResult], seconds: float) -> dict:
 
 def compare(decoders: dict[str, tuple[Decoder, str | None]], prompts: list[list[int]], repeats: int,
             device: str = "cpu") -> dict:
-    """Every decoder on every prompt, interleaved (`interleave`), `repeats` times after a warm-up on two prompts.
-    decoders[name] = (run, baseline): a decoder with a baseline (an autoregressive run of its target) must
+    """Every decoder on every prompt, interleaved (`interleave`: each decode timed whole by the Clock), `repeats`
+    times after a warm-up on two prompts. decoders[name] = (run, baseline): a decoder with a baseline (an autoregressive run of its target) must
     reproduce the baseline's output (counted in `outputs_differing`: in float32 a batched tree forward can flip a
     near-tie that float64 never flips), and its speedup is median(baseline time) / median(own time); CR = baseline
     forward calls / own forward (target) calls. Returns per decoder its `summary` and these."""
-    times, results = interleave({name: run for name, (run, _) in decoders.items()}, prompts, repeats, Clock(device))
+    times, results = interleave({name: run for name, (run, _) in decoders.items()}, prompts, repeats, Clock(device),
+                                desc=f"{len(decoders)} decoders")
     out = {}
     for name, (_, baseline) in decoders.items():
         first, differing = results[name][0], 0  # counts are deterministic: the first repetition's

@@ -38,7 +38,7 @@ def batch_throughput(model: GPT, prompts: list[list[int]], max_new: int, eos: in
     decoders, rows = batch_decoders(model, max_new, eos), []
     for B in tqdm(sizes, desc="batch sizes"):
         groups = [prompts[i:i + B] for i in range(0, len(prompts), B)]
-        times, results = interleave(decoders, groups, repeats, Clock(device), warmup=1)
+        times, results = interleave(decoders, groups, repeats, Clock(device), warmup=1, desc=f"batch {B}")
         first = {name: results[name][0] for name in decoders}  # per group, its rows' results
         ar = [r for g in first["ar"] for r in g]
         ar_forwards = sum(max(r.forward_calls for r in g) for g in first["ar"])
