@@ -1,5 +1,5 @@
 """The validation kit (validate.py, the validation package): portable weights, golden traces, trace reading,
-compare's causes, the outputs-only mode, specstream_minimal.py as another implementation.
+compare's causes, the outputs-only mode, ports on specstream_minimal.py and on Hugging Face transformers.
 The bug zoo (wrong implementations compare must name) is tests/test_validate_zoo.py."""
 import dataclasses
 import json
@@ -188,6 +188,17 @@ def test_minimal_implementation_passes_compare(good_trace, small_prompts, tmp_pa
     assert divergence is None, str(divergence)
     assert skipped == []  # it records every field (no pruning in either run)
     assert len(calls_of(out)) == len(calls_of(good_trace))
+
+
+def test_a_port_on_transformers_passes_compare(good_trace, small_prompts, tmp_path):
+    """A second engine: GPT2LMHeadModel from the exported folder (no download), the streams on its blocks; its
+    trace agrees with ours."""
+    pytest.importorskip("transformers")
+    from validation import hf_port
+    out = minimal_trace(REF_MODEL, small_prompts, str(tmp_path / "hf.jsonl"), k=2,
+                        model=hf_port.HFStreams(REF_MODEL), implementation="validation.hf_port")
+    divergence, skipped, _ = compare_traces(good_trace, out)
+    assert divergence is None and skipped == [], str(divergence)
 
 
 # ---- reading traces: every malformed input is exit status 2, named with its file and line ----

@@ -6,4 +6,5 @@
     compare.py  the first divergence of a candidate trace from a reference trace
     outputs.py  the outputs-only check: answers files, accounting of accepted lengths, drafting against the reference
     minimal.py  specstream_minimal.py as "the other implementation" (weights read by hand, its own trace)
+    hf_port.py  the same on top of Hugging Face transformers (GPT2LMHeadModel + the streams on its blocks)
 """
