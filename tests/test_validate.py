@@ -191,14 +191,17 @@ def test_minimal_implementation_passes_compare(good_trace, small_prompts, tmp_pa
 
 
 def test_a_port_on_transformers_passes_compare(good_trace, small_prompts, tmp_path):
-    """A second engine: GPT2LMHeadModel from the exported folder (no download), the streams on its blocks; its
-    trace agrees with ours."""
+    """The guide's second engine: GPT2LMHeadModel from the exported folder (no download), the streams on its
+    blocks; its trace agrees with ours, and the code the guide shows is the code tested here."""
     pytest.importorskip("transformers")
     from validation import hf_port
     out = minimal_trace(REF_MODEL, small_prompts, str(tmp_path / "hf.jsonl"), k=2,
                         model=hf_port.HFStreams(REF_MODEL), implementation="validation.hf_port")
     divergence, skipped, _ = compare_traces(good_trace, out)
     assert divergence is None and skipped == [], str(divergence)
+    guide = open(os.path.join(ROOT, "VALIDATING.md")).read()
+    shown = re.search(r"```python\n(class HFStreams.*?)```", guide, re.S).group(1)
+    assert shown.strip() in open(hf_port.__file__).read()
 
 
 # ---- reading traces: every malformed input is exit status 2, named with its file and line ----
@@ -521,6 +524,14 @@ def test_accounting_recognises_the_usual_mistakes():
     # drafted depths min(γ, 10 - len(output) - 1): 4 (2 accepted: depths 1-3 attempted), 4 (4 accepted), 0
     assert m["attempted"] == [2, 2, 2, 1] and m["accepted"] == [2, 2, 1, 1]
 
+
+# ---- the guide ----
+
+def test_the_guide_points_inside_the_repository():
+    guide = open(os.path.join(ROOT, "VALIDATING.md")).read()
+    for target in re.findall(r"\]\(([^)#]+)", guide):
+        if not target.startswith("http"):
+            assert os.path.exists(os.path.join(ROOT, target)), target
 
 # ---- Hugging Face GPT-2 checkpoints (no downloads: a small random GPT-2 saved locally) ----
 

@@ -312,3 +312,7 @@ def test_compare_names_the_bug(name, good_traces, prompt_files, tmp_path, monkey
     else:
         assert late is None  # what the guide's table of optional fields says
 
+
+def test_the_guide_lists_every_bug():
+    guide = " ".join(open(os.path.join(os.path.dirname(REF), "VALIDATING.md")).read().split())
+    assert all(name in guide for name in BUGS)
