@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     try:
         return run_command(args)
-    except (InputError, ValueError, OSError) as e:  # bad input, named with its fix
+    except (ValueError, OSError) as e:  # bad input (InputError: a file the kit reads), named with its fix
         message = str(e) if isinstance(e, InputError) or " — " in str(e) else f"{e} — check the command's arguments"
         print(f"error: {message}")
         return 2

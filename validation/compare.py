@@ -14,7 +14,7 @@ from validation.causes import CAUSE
 from validation.records import Trace, get, read_trace
 
 LOGPROB_ATOL = 1e-5  # absolute tolerance on log-probabilities and probabilities; tokens must be equal
-Found = tuple[str, "int | None", object, object, str]  # field, node, reference value, candidate value, cause
+Found = tuple[str, int | None, object, object, str]  # field, node, reference value, candidate value, cause
 
 
 @dataclasses.dataclass

@@ -81,7 +81,8 @@ def accounting(output: list[int], lengths: list[int], gamma: int) -> tuple[list[
 
 
 def metrics(lengths: list[int], n_out: int, gamma: int, max_new_tokens: int) -> dict:
-    """docs/CONVENTIONS.md from per-decode-call lengths: CR (plain greedy calls / calls), tokens per call, acceptance."""
+    """docs/CONVENTIONS.md §8 from per-decode-call lengths: CR (plain greedy calls / calls), tokens per call,
+    acceptance by depth."""
     attempted, accepted, done = [0] * gamma, [0] * gamma, 1
     for a in lengths:
         drafted = min(gamma, max_new_tokens - done - 1)
