@@ -1,21 +1,26 @@
-"""validate.py: portable weights, golden traces, compare (and the bugs it must catch), outputs-only mode."""
+"""The validation kit (validate.py, the validation package): portable weights, golden traces, trace reading,
+compare's causes, the outputs-only mode, ports on specstream_minimal.py and on Hugging Face transformers.
+The bug zoo (wrong implementations compare must name) is tests/test_validate_zoo.py."""
 import dataclasses
 import json
 import math
 import os
-from typing import Callable, NamedTuple
+import re
 
 import pytest
 import torch
-from torch.nn import functional as F
 
 import generate
-import model as model_module
 import validate
 from checkpoint import load_hf_gpt2, load_portable, save_checkpoint
 from model import GPT
+from validation import outputs, traces
+from validation.compare import LOGPROB_ATOL, compare_traces
+from validation.minimal import minimal_trace
+from validation.records import read_prompts, read_trace, write_jsonl
 
-REF = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "reference")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REF = os.path.join(ROOT, "reference")
 REF_MODEL = os.path.join(REF, "model")
 
 
@@ -31,16 +36,21 @@ def calls_of(path):
 def small_prompts(tmp_path_factory):
     """Two of the reference prompts, with fewer new tokens: fast enough for the slow minimal implementation."""
     path = tmp_path_factory.mktemp("prompts") / "prompts.jsonl"
-    prompts = validate.read_prompts(f"{REF}/prompts.jsonl")[:2]
-    validate.write_jsonl(str(path), [dict(p, max_new_tokens=16) for p in prompts])
+    write_jsonl(str(path), [dict(p, max_new_tokens=16) for p in read_prompts(f"{REF}/prompts.jsonl")[:2]])
     return str(path)
 
 
 @pytest.fixture(scope="module")
 def good_trace(small_prompts, tmp_path_factory):
     """The correct trace of the small prompts, k = 2, full tree."""
-    out = str(tmp_path_factory.mktemp("good") / "good.jsonl")
-    return validate.trace(REF_MODEL, small_prompts, out, k=2)
+    return traces.trace(REF_MODEL, small_prompts, str(tmp_path_factory.mktemp("good") / "good.jsonl"), k=2)
+
+
+def run(argv, capsys) -> tuple[int, str]:
+    """validate.main's exit status and printed output."""
+    capsys.readouterr()
+    status = validate.main(argv)
+    return status, capsys.readouterr().out
 
 
 # ---- export ----
@@ -88,8 +98,8 @@ def test_export_base_loads_into_transformers_gpt2(tiny_config, tmp_path):
     m.merge_lora()
     idx = torch.randint(config.vocab_size, (2, 11))
     with torch.no_grad():
-        ours, theirs = m.double()(idx).logits, hf.double()(idx).logits
-    assert (ours - theirs).abs().max() < 1e-10
+        reference, candidate = m.double()(idx).logits, hf.double()(idx).logits
+    assert (reference - candidate).abs().max() < 1e-10
 
 
 def test_export_rejects_a_wrong_vocabulary(tiny_config, tmp_path):
@@ -112,16 +122,26 @@ def test_reference_is_small_and_loads():
 
 @pytest.mark.parametrize("name", sorted(validate.REFERENCE_TRACES))
 def test_committed_golden_traces_are_reproduced(name, tmp_path):
-    out = validate.trace(REF_MODEL, f"{REF}/prompts.jsonl", str(tmp_path / name), **validate.REFERENCE_TRACES[name])
-    divergence, skipped, notes = validate.compare_traces(f"{REF}/{name}", out)
+    out = traces.trace(REF_MODEL, f"{REF}/prompts.jsonl", str(tmp_path / name), **validate.REFERENCE_TRACES[name])
+    divergence, skipped, notes = compare_traces(f"{REF}/{name}", out)
     assert divergence is None and skipped == [] and notes == []
-    assert read(f"{REF}/{name}")[0]["model_sha256"] == validate.model_hash(REF_MODEL)
+    assert read(f"{REF}/{name}")[0]["model_sha256"] == traces.model_hash(REF_MODEL)
+
+
+@pytest.mark.parametrize("name", sorted(validate.REFERENCE_TRACES))
+def test_the_repeated_prompt_gives_the_same_records(name):
+    """p3 is p0 again (VALIDATING.md says why it stays): its records are p0's, call for call."""
+    trace = read_trace(f"{REF}/{name}")
+    assert trace.prompts["p3"]["prompt_ids"] == trace.prompts["p0"]["prompt_ids"]
+    assert [dict(r, prompt="p0") for r in trace.calls["p3"]] == trace.calls["p0"]
+    ids = [tuple(r["prompt_ids"]) for r in trace.prompts.values()]
+    assert len(ids) - len(set(ids)) == 1  # p3 is the only repeat
 
 
 def test_trace_is_the_real_run(good_trace, small_prompts):
-    """Call 0 is the prefill over the prompt; committed tokens over all calls are the greedy output."""
-    model = validate.load_model(REF_MODEL)
-    for p in validate.read_prompts(small_prompts):
+    """Call 0 is the prefill over the prompt; the committed tokens over all calls are the greedy output."""
+    model = traces.load_model(REF_MODEL)
+    for p in read_prompts(small_prompts):
         calls = [r for r in calls_of(good_trace) if r["prompt"] == p["id"]]
         P = len(p["prompt_ids"])
         assert calls[0]["cache_len"] == 0 and calls[0]["tree"]["positions"] == list(range(P))
@@ -134,240 +154,17 @@ def test_trace_is_the_real_run(good_trace, small_prompts):
 
 
 def test_stream_pass_does_not_change_the_trace(good_trace, small_prompts, tmp_path):
-    out = validate.trace(REF_MODEL, small_prompts, str(tmp_path / "acc.jsonl"), k=2, stream_pass="accepted")
-    divergence, _, notes = validate.compare_traces(good_trace, out)
+    out = traces.trace(REF_MODEL, small_prompts, str(tmp_path / "acc.jsonl"), k=2, stream_pass="accepted")
+    divergence, _, notes = compare_traces(good_trace, out)
     assert divergence is None and any("stream_pass" in n for n in notes)
-
-
-# ---- specstream_minimal.py as the other implementation ----
-
-def test_minimal_implementation_passes_compare(good_trace, small_prompts, tmp_path):
-    out = validate.minimal_trace(REF_MODEL, small_prompts, str(tmp_path / "minimal.jsonl"), k=2)
-    divergence, skipped, _ = validate.compare_traces(good_trace, out)
-    assert divergence is None, str(divergence)
-    assert skipped == []  # it records every field (no pruning in either run)
-    assert len(calls_of(out)) == len(calls_of(good_trace))
-
-
-# ---- the bug zoo: wrong implementations compare must stop at the right place ----
-
-def stream_attention_sees_all_streams(self, qs, ks, vs, km, vm, mask):
-    """Bug: stream j attends to every stream of its node (Eq. 2 allows streams 1..j only)."""
-    scale = 1.0 / math.sqrt(qs.size(-1))
-    att_main = (qs.transpose(2, 3) @ km.unsqueeze(2).transpose(-2, -1)) * scale  # (B, nh, γ, T', L+T)
-    att_main = att_main.masked_fill(~mask, float("-inf"))
-    att_self = ((qs @ ks.transpose(-2, -1)) * scale).transpose(2, 3)  # (B, nh, γ, T', γ): no stream mask
-    att = F.softmax(torch.cat([att_main, att_self], dim=-1), dim=-1)
-    att_main, att_self = att.split([km.size(2), qs.size(3)], dim=-1)
-    return (att_main @ vm.unsqueeze(2)).transpose(2, 3) + att_self.transpose(2, 3) @ vs
-
-
-def positions_off_by_one(tree, cache_len):
-    """Bug: the root is placed one position after the cache's end."""
-    return cache_len + tree.depths + 1
-
-
-def commit_without_compaction(self, keep=None):
-    """Bug: counts the accepted entries but leaves the tree's entries where the forward wrote them."""
-    self.length += self.pending if keep is None else len(keep)
-    self.pending = 0
-
-
-def verify_with_own_argmax(tree, main_argmax):
-    """Bug: accepts a child whose token equals the main argmax at the child itself (not at its parent)."""
-    tokens, parents, path = tree.tokens.tolist(), tree.parents.tolist(), [0]
-    for node in range(1, len(tokens)):
-        if parents[node] == path[-1] and tokens[node] == main_argmax[node]:
-            path.append(node)
-    return path
-
-
-def commit_tokens_without_bonus(result, new, max_new_tokens, eos_id):
-    """Bug: a decode call that accepted drafts commits them but drops the bonus token (the new root)."""
-    dropped = new[:-1] if result.step_tokens and len(new) > 1 else new
-    return REAL_COMMIT(result, dropped, max_new_tokens, eos_id)
-
-
-REAL_COMMIT = generate.commit_tokens
-
-
-def first_call(calls, predicate):
-    return next(r["call"] for r in calls if r["call"] > 0 and predicate(r))
-
-
-def own_argmax_path(r):
-    path = [0]
-    for node in range(1, len(r["tree"]["tokens"])):
-        if r["tree"]["parents"][node] == path[-1] and r["tree"]["tokens"][node] == r["main_argmax"][node]:
-            path.append(node)
-    return path
-
-
-def select_pending_keeps_pruned_entries(self, keep, layers):
-    """Bug: pruning leaves the pruned nodes' lower-layer keys/values in the cache (compaction still works)."""
-    if len(layers) == len(self.k):
-        REAL_SELECT_PENDING(self, keep, layers)
-
-
-REAL_SELECT_PENDING = model_module.KVCache.select_pending
-
-
-def path_moved_by_pruning(r):
-    """The accepted path holds a node whose lower-layer entry pruning had to move (a node before it was pruned)."""
-    survivors = r["early_exit"]["survivors"] if r["early_exit"] else []
-    return any(survivors.index(node) != node for node in r["path"] if survivors)
-
-
-class Bug(NamedTuple):
-    owner: object          # where the wrong version goes
-    attribute: str
-    wrong: Callable
-    field: str             # compare must name a field starting with this
-    cause: str             # ... and a likely cause containing these words
-    expected_call: Callable  # the correct trace's call records of prompt p0 -> the call where the bug first shows
-    pruned: bool = False   # run with the pruned settings (k = 3, cap 10, threshold 0.05) instead of k = 2
-
-
-BUGS = {
-    "stream sees later streams": Bug(model_module.CausalSelfAttention, "stream_attention",
-                                     stream_attention_sees_all_streams, "draft_topk", "streams 1..j", lambda c: 1),
-    "positions off by one": Bug(generate, "position_ids", positions_off_by_one, "tree.positions",
-                                "position = cache length + depth", lambda c: 1),
-    "cache not compacted": Bug(model_module.KVCache, "commit", commit_without_compaction, "main_", "cache compaction",
-                               lambda c: 1 + first_call(c, lambda r: r["path"] != list(range(len(r["path"]))))),
-    "verification at the child": Bug(generate, "verify_greedy", verify_with_own_argmax, "path", "argmax at its parent",
-                                     lambda c: first_call(c, lambda r: own_argmax_path(r) != r["path"])),
-    "bonus token dropped": Bug(generate, "commit_tokens", commit_tokens_without_bonus, "committed", "bonus token",
-                               lambda c: first_call(c, lambda r: len(r["path"]) > 1)),
-    "pruned entries kept": Bug(model_module.KVCache, "select_pending", select_pending_keeps_pruned_entries,
-                               "early_exit.probs", "pruned nodes' lower-layer",
-                               lambda c: 1 + first_call(c, path_moved_by_pruning), pruned=True),
-}
-PRUNED = dict(k=3, tree_cap=10, prune_threshold=0.05)
-
-
-@pytest.fixture(scope="module")
-def pruned_trace(small_prompts, tmp_path_factory):
-    """The correct trace of the small prompts with pruning."""
-    return validate.trace(REF_MODEL, small_prompts, str(tmp_path_factory.mktemp("pruned") / "good.jsonl"), **PRUNED)
-
-
-@pytest.mark.parametrize("name", sorted(BUGS))
-def test_compare_catches_the_bug(name, good_trace, pruned_trace, small_prompts, tmp_path, monkeypatch):
-    bug = BUGS[name]
-    good, settings = (pruned_trace, PRUNED) if bug.pruned else (good_trace, dict(k=2))
-    monkeypatch.setattr(bug.owner, bug.attribute, bug.wrong)
-    bad = validate.trace(REF_MODEL, small_prompts, str(tmp_path / "bad.jsonl"), **settings)
-    divergence, _, _ = validate.compare_traces(good, bad)
-    expected_call = bug.expected_call([r for r in calls_of(good) if r["prompt"] == "p0"])
-    assert (divergence.prompt, divergence.call) == ("p0", expected_call), str(divergence)
-    assert divergence.field.startswith(bug.field) and bug.cause in divergence.cause, str(divergence)
-    # a trace with the required fields only still catches it, at that call or later (maybe in a later prompt)
-    validate.write_jsonl(str(tmp_path / "required.jsonl"), [required_fields_only(r) for r in read(bad)])
-    late, skipped, _ = validate.compare_traces(good, str(tmp_path / "required.jsonl"))
-    assert late is not None and (late.prompt != "p0" or late.call >= expected_call) and "main_top5" in skipped
-
-
-def required_fields_only(record: dict) -> dict:
-    if record["type"] != "call":
-        return record
-    tree = dict(tokens=record["tree"]["tokens"], parents=record["tree"]["parents"])
-    return dict(type="call", prompt=record["prompt"], call=record["call"], tree=tree, path=record["path"],
-                committed=record["committed"])
-
-
-# ---- compare: tolerances, optional fields, exit status ----
-
-def test_compare_tolerance_and_exit_status(good_trace, tmp_path, capsys):
-    assert validate.main(["compare", good_trace, good_trace]) == 0
-    records = read(good_trace)
-    call = next(r for r in records if r["type"] == "call" and r["call"] == 2)
-    call["main_top5"]["logprobs"][0][1] += validate.LOGPROB_ATOL / 2  # inside the tolerance
-    validate.write_jsonl(str(tmp_path / "near.jsonl"), records)
-    assert validate.main(["compare", good_trace, str(tmp_path / "near.jsonl")]) == 0
-    call["main_top5"]["logprobs"][0][1] += 2 * validate.LOGPROB_ATOL  # outside
-    validate.write_jsonl(str(tmp_path / "far.jsonl"), records)
-    capsys.readouterr()
-    assert validate.main(["compare", good_trace, str(tmp_path / "far.jsonl")]) == 1
-    report = capsys.readouterr().out
-    assert "call 2 (decode), field main_top5.logprobs, node 0" in report and "cache compaction" in report
-    (tmp_path / "broken.jsonl").write_text('{"type": "call"}\n')
-    assert validate.main(["compare", good_trace, str(tmp_path / "broken.jsonl")]) == 2
-
-
-def test_compare_skips_what_the_candidate_omits(good_trace, tmp_path, capsys):
-    records = read(good_trace)
-    for r in records:
-        if r["type"] == "call":
-            for key in ("cache_len", "draft_topk", "early_exit", "main_argmax", "main_top5"):
-                r.pop(key)
-            r["tree"] = dict(tokens=r["tree"]["tokens"], parents=r["tree"]["parents"])
-    validate.write_jsonl(str(tmp_path / "minimal_fields.jsonl"), records)
-    assert validate.main(["compare", good_trace, str(tmp_path / "minimal_fields.jsonl")]) == 0
-    out = capsys.readouterr().out
-    assert "skipped" in out and "main_top5" in out and "tree.positions" in out
-    call = next(r for r in records if r["type"] == "call" and r["call"] > 0 and len(r["path"]) > 1)
-    call["path"] = call["path"][:1]  # a bug in a minimal trace is still caught, with the hint that says so
-    validate.write_jsonl(str(tmp_path / "minimal_bad.jsonl"), records)
-    divergence, skipped, _ = validate.compare_traces(good_trace, str(tmp_path / "minimal_bad.jsonl"))
-    assert divergence.field == "path" and "did not record main_argmax" in divergence.cause
-    assert "draft_topk" in skipped  # the whole field is absent
-
-
-def test_compare_refuses_other_settings(good_trace, small_prompts, tmp_path):
-    other = validate.trace(REF_MODEL, small_prompts, str(tmp_path / "k1.jsonl"), k=1)
-    divergence, _, _ = validate.compare_traces(good_trace, other)
-    assert divergence.field == "settings.k" and divergence.prompt is None
-
-
-# ---- outputs-only mode ----
-
-def test_outputs_mode_checks_outputs_and_accounting(small_prompts, tmp_path):
-    model = validate.load_model(REF_MODEL)
-    answers = []
-    for p in validate.read_prompts(small_prompts):
-        r = generate.generate_speculative(model, p["prompt_ids"], p["max_new_tokens"], k=2, eos_id=p["eos_id"])
-        answers.append(dict(prompt_id=p["id"], output_ids=r.tokens, accept_lengths=r.accepted_lengths))
-    path = str(tmp_path / "answers.jsonl")
-    validate.write_jsonl(path, answers)
-    ok, lines = validate.check_outputs(REF_MODEL, path, small_prompts)
-    assert ok, lines
-    tokens = len(answers[0]["output_ids"])
-    assert f"CR {tokens / (1 + len(answers[0]['accept_lengths'])):.2f}" in lines[0]
-
-    validate.write_jsonl(path, [dict(a, accept_lengths=[n + 1 for n in a["accept_lengths"]]) for a in answers])
-    ok, lines = validate.check_outputs(REF_MODEL, path, small_prompts)
-    assert not ok and "bonus token counted twice" in lines[0]
-    assert f"CR {tokens / (1 + len(answers[0]['accept_lengths'])):.2f}" in lines[1]  # recomputed after the fix
-
-    validate.write_jsonl(path, [dict(a, output_ids=a["output_ids"][:3] + [a["output_ids"][3] + 1]) for a in answers])
-    ok, lines = validate.check_outputs(REF_MODEL, path, small_prompts)
-    assert not ok and "differs from greedy at token 3" in lines[0]
 
 
 def test_a_float32_run_is_within_the_tolerance(good_trace, small_prompts, tmp_path):
     """The documented tolerance is loose enough for float32 on the reference model (tokens still exact)."""
-    out = validate.trace(REF_MODEL, small_prompts, str(tmp_path / "f32.jsonl"), k=2, dtype="float32")
-    divergence, _, notes = validate.compare_traces(good_trace, out)
+    out = traces.trace(REF_MODEL, small_prompts, str(tmp_path / "f32.jsonl"), k=2, dtype="float32")
+    divergence, _, notes = compare_traces(good_trace, out)
     assert divergence is None and any("float32" in n for n in notes)
-    assert validate.compare_traces(good_trace, out, atol=1e-9)[0] is not None  # yet float32 is not float64
-
-
-def test_accounting_recognises_the_usual_mistakes():
-    out, gamma = list(range(10)), 4  # 10 tokens: the prefill's first one, then 9 from decode calls
-    assert validate.accounting(out, [3, 5, 1], gamma) == ([3, 5, 1], None)
-    lengths, problem = validate.accounting(out, [1, 3, 5, 1], gamma)
-    assert lengths == [3, 5, 1] and "prefill" in problem
-    lengths, problem = validate.accounting(out, [4, 6, 2], gamma)
-    assert lengths == [3, 5, 1] and "counted twice" in problem
-    lengths, problem = validate.accounting(out, [2, 4, 0], gamma)
-    assert lengths == [3, 5, 1] and "not counted" in problem
-    assert validate.accounting(out, [6, 2, 1], gamma)[0] is None  # 6 > γ + 1
-    assert validate.accounting(out, [3, 3], gamma)[0] is None     # adds up to nothing recognisable
-    m = validate.metrics([3, 5, 1], len(out), gamma, max_new_tokens=10)
-    assert m["calls"] == 4 and m["cr"] == 10 / 4 and m["tokens_per_call"] == 3
-    # drafted depths min(γ, 10 - committed - 1): 4 (2 accepted: depths 1-3 attempted), 4 (4 accepted), 0
-    assert m["attempted"] == [2, 2, 2, 1] and m["accepted"] == [2, 2, 1, 1]
+    assert compare_traces(good_trace, out, atol=1e-9)[0] is not None  # yet float32 is not float64
 
 
 def test_reference_command_runs_end_to_end(tmp_path, monkeypatch):
@@ -377,18 +174,364 @@ def test_reference_command_runs_end_to_end(tmp_path, monkeypatch):
     out = str(tmp_path / "ref")
     validate.make_reference(out, str(tmp_path / "work"), n_prompts=2, max_new_tokens=6)
     assert load_portable(f"{out}/model").config.n_streams == 4
-    assert len(validate.read_prompts(f"{out}/prompts.jsonl")) == 2
+    assert len(read_prompts(f"{out}/prompts.jsonl")) == 2
     for name in validate.REFERENCE_TRACES:
-        head, prompts, calls = validate.read_trace(f"{out}/{name}")
-        assert head["model_sha256"] == validate.model_hash(f"{out}/model") and set(calls) == {"p0", "p1"}
+        trace = read_trace(f"{out}/{name}")
+        assert trace.header["model_sha256"] == traces.model_hash(f"{out}/model") and set(trace.calls) == {"p0", "p1"}
+
+
+# ---- other implementations: specstream_minimal.py, Hugging Face transformers ----
+
+def test_minimal_implementation_passes_compare(good_trace, small_prompts, tmp_path):
+    out = minimal_trace(REF_MODEL, small_prompts, str(tmp_path / "minimal.jsonl"), k=2)
+    divergence, skipped, _ = compare_traces(good_trace, out)
+    assert divergence is None, str(divergence)
+    assert skipped == []  # it records every field (no pruning in either run)
+    assert len(calls_of(out)) == len(calls_of(good_trace))
+
+
+def test_a_port_on_transformers_passes_compare(good_trace, small_prompts, tmp_path):
+    """The guide's second engine: GPT2LMHeadModel from the exported folder (no download), the streams on its
+    blocks; its trace agrees with ours, and the code the guide shows is the code tested here."""
+    pytest.importorskip("transformers")
+    from validation import hf_port
+    out = minimal_trace(REF_MODEL, small_prompts, str(tmp_path / "hf.jsonl"), k=2,
+                        model=hf_port.HFStreams(REF_MODEL), implementation="validation.hf_port")
+    divergence, skipped, _ = compare_traces(good_trace, out)
+    assert divergence is None and skipped == [], str(divergence)
+    guide = open(os.path.join(ROOT, "VALIDATING.md")).read()
+    shown = re.search(r"```python\n(class HFStreams.*?)```", guide, re.S).group(1)
+    assert shown.strip() in open(hf_port.__file__).read()
+
+
+# ---- reading traces: every malformed input is exit status 2, named with its file and line ----
+
+def test_traces_may_be_a_json_array_with_a_bom_and_blank_lines(good_trace, tmp_path, capsys):
+    records = read(good_trace)
+    (tmp_path / "array.json").write_text(json.dumps(records, indent=1))
+    (tmp_path / "bom.jsonl").write_bytes(b"\xef\xbb\xbf" + "\n\n".join(json.dumps(r) for r in records).encode()
+                                         + b"\n\n")
+    for name in ("array.json", "bom.jsonl"):
+        assert run(["compare", good_trace, str(tmp_path / name)], capsys)[0] == 0
+    records[3]["path"] = "0 1"  # a type error inside the array: the file line where that record starts
+    text = json.dumps(records, indent=1)
+    (tmp_path / "array.json").write_text(text)
+    line = [n for n, item in enumerate(text.split("\n"), 1) if item == " {"][3]  # where the fourth item starts
+    status, out = run(["compare", good_trace, str(tmp_path / "array.json")], capsys)
+    assert status == 2 and f"array.json, line {line}: path must be a list of integers" in out
+
+
+def edit_line(n: int, edit):
+    """A mutation of a trace file's text: apply `edit` to the JSON record of line n (1-based)."""
+    def mutate(lines: list[str]) -> list[str]:
+        r = json.loads(lines[n - 1])
+        edit(r)
+        return lines[:n - 1] + [json.dumps(r)] + lines[n:]
+    return mutate
+
+
+MALFORMED = {  # mutation of the good trace's lines -> what the one-line error must say
+    "binary": (lambda lines: None, ["not UTF-8"]),
+    "empty": (lambda lines: [], ["the file is empty"]),
+    "bad JSON": (lambda lines: lines[:2] + ['{"type": "call", "prompt": "p0",'] + lines[3:], ["line 3, column"]),
+    "no header": (lambda lines: lines[1:], ["line 1: the first record must be the header"]),
+    "schema": (edit_line(1, lambda r: r.update(schema="specstream-trace-v2")),
+               ['line 1: schema "specstream-trace-v2", this tool reads "specstream-trace"']),
+    "version": (edit_line(1, lambda r: r.update(version=2)), ["line 1: specstream-trace version 2"]),
+    "settings": (edit_line(1, lambda r: r["settings"].update(k="2")), ['line 1: k must be an integer >= 1, got "2"']),
+    "path as a string": (edit_line(4, lambda r: r.update(path="0 1 2")),
+                         ['line 4: path must be a list of integers, got "0 1 2"']),
+    "required field": (edit_line(3, lambda r: r.pop("committed")), ["line 3: the required field committed"]),
+    "NaN token": (edit_line(4, lambda r: r["main_argmax"].__setitem__(1, float("nan"))),
+                  ["line 4: main_argmax must be a list of integers", "NaN"]),
+    "tree as a list": (edit_line(4, lambda r: r.update(tree=[1, 2])), ["line 4: tree must be an object"]),
+    "per-node length": (edit_line(4, lambda r: r["main_argmax"].pop()), ["line 4: main_argmax has"]),
+    "node index": (edit_line(4, lambda r: r["path"].append(999)), ["line 4: path holds 999"]),
+    "record type": (edit_line(4, lambda r: r.update(type="step")), ['line 4: type "step"']),
+    "duplicate call": (lambda lines: lines + [lines[3]], ["a second record of prompt p0, call 1 (first at line 4)"]),
+}
+
+
+@pytest.mark.parametrize("case", list(MALFORMED))
+def test_a_malformed_trace_is_exit_2_with_file_and_line(case, good_trace, tmp_path, capsys):
+    mutate, wanted = MALFORMED[case]
+    bad = tmp_path / "bad.jsonl"
+    lines = mutate(open(good_trace).read().splitlines())
+    if lines is None:
+        bad.write_bytes(b"\x80\x81PK\x03\x04" + bytes(range(256)))
+    else:
+        bad.write_text("".join(line + "\n" for line in lines))
+    status, out = run(["compare", good_trace, str(bad)], capsys)
+    assert status == 2 and out.startswith("error: ") and out.count("\n") == 1, out
+    assert str(bad) in out and " — " in out and all(w in out for w in wanted), out
+
+
+def test_bad_arguments_are_exit_2(good_trace, tmp_path, capsys):
+    status, out = run(["compare", good_trace, str(tmp_path / "missing.jsonl")], capsys)
+    assert status == 2 and "missing.jsonl: cannot read it" in out
+    (tmp_path / "prompts.jsonl").write_text('{"id": "a", "prompt_ids": [1], "max_new_tokens": 4}\n'
+                                            '{"id": "a", "prompt_ids": [2], "max_new_tokens": 4}\n')
+    status, out = run(["trace", "--model", REF_MODEL, "--prompts", str(tmp_path / "prompts.jsonl"),
+                       "--out", str(tmp_path / "t.jsonl")], capsys)
+    assert status == 2 and "prompts.jsonl, line 2: prompt id \"a\" again (first at line 1)" in out
+
+
+# ---- compare: tolerances, optional fields, causes, the report ----
+
+def test_compare_tolerance_and_exit_status(good_trace, tmp_path, capsys):
+    assert run(["compare", good_trace, good_trace], capsys)[0] == 0
+    records = read(good_trace)
+    call = next(r for r in records if r["type"] == "call" and r["call"] == 2)
+    call["main_top5"]["logprobs"][0][1] += LOGPROB_ATOL / 2  # inside the tolerance
+    write_jsonl(str(tmp_path / "near.jsonl"), records)
+    assert run(["compare", good_trace, str(tmp_path / "near.jsonl")], capsys)[0] == 0
+    call["main_top5"]["logprobs"][0][1] += 2 * LOGPROB_ATOL  # outside
+    write_jsonl(str(tmp_path / "far.jsonl"), records)
+    status, report = run(["compare", good_trace, str(tmp_path / "far.jsonl")], capsys)
+    assert status == 1 and "call 2 (decode), field main_top5.logprobs, node 0" in report
+    assert "cache compaction" in report and "reference line 5, candidate line 5" in report
+    assert "reference:" in report and "candidate:" in report
+    assert not re.search(r"\b(ours|theirs|our|their)\b", report)
+
+
+def test_compare_skips_what_the_candidate_omits(good_trace, tmp_path, capsys):
+    records = read(good_trace)
+    for r in records:
+        if r["type"] == "call":
+            for key in ("cache_len", "draft_topk", "early_exit", "main_argmax", "main_top5"):
+                r.pop(key)
+            r["tree"] = dict(tokens=r["tree"]["tokens"], parents=r["tree"]["parents"])
+    write_jsonl(str(tmp_path / "minimal_fields.jsonl"), records)
+    status, out = run(["compare", good_trace, str(tmp_path / "minimal_fields.jsonl")], capsys)
+    assert status == 0 and "skipped" in out and "main_top5" in out and "tree.positions" in out
+    call = next(r for r in records if r["type"] == "call" and r["call"] > 0 and len(r["path"]) > 1)
+    call["path"] = call["path"][:1]  # a bug in a minimal trace is still caught, with the hint that says so
+    write_jsonl(str(tmp_path / "minimal_bad.jsonl"), records)
+    divergence, skipped, _ = compare_traces(good_trace, str(tmp_path / "minimal_bad.jsonl"))
+    assert divergence.field == "path" and "did not record main_argmax" in divergence.cause
+    assert "draft_topk" in skipped  # the whole field is absent
+
+
+def test_compare_refuses_other_settings(good_trace, small_prompts, tmp_path):
+    other = traces.trace(REF_MODEL, small_prompts, str(tmp_path / "k1.jsonl"), k=1)
+    divergence, _, _ = compare_traces(good_trace, other)
+    assert divergence.field == "settings.k" and divergence.prompt is None
 
 
 def test_compare_needs_the_prefill_record(good_trace, tmp_path):
     records = [r for r in read(good_trace) if not (r["type"] == "call" and r["call"] == 0)]
-    validate.write_jsonl(str(tmp_path / "no_prefill.jsonl"), records)
-    divergence, _, _ = validate.compare_traces(good_trace, str(tmp_path / "no_prefill.jsonl"))
+    write_jsonl(str(tmp_path / "no_prefill.jsonl"), records)
+    divergence, _, _ = compare_traces(good_trace, str(tmp_path / "no_prefill.jsonl"))
     assert (divergence.call, divergence.field) == (0, "call") and "prefill" in divergence.cause
 
+
+@pytest.mark.parametrize("field,value,where", [("main_top5.logprobs", float("nan"), "node 1"),
+                                               ("draft_topk.logprobs", float("inf"), "depth 2"),
+                                               ("early_exit.probs", float("-inf"), "node 1")])
+def test_nan_and_infinities_are_named(field, value, where, good_trace, small_prompts, tmp_path):
+    """A non-finite number is reported as such, with its field, wherever it is."""
+    base = good_trace
+    if field.startswith("early_exit"):
+        base = traces.trace(REF_MODEL, small_prompts, str(tmp_path / "pruned.jsonl"), k=3, tree_cap=10,
+                            prune_threshold=0.05)
+    records = read(base)
+    call = next(r for r in records if r["type"] == "call" and r["call"] == 2)
+    outer, inner = field.split(".")
+    row = call[outer][inner][1]
+    if isinstance(row, list):
+        row[0] = value
+    else:
+        call[outer][inner][1] = value
+    write_jsonl(str(tmp_path / "bad.jsonl"), records)
+    divergence, _, _ = compare_traces(base, str(tmp_path / "bad.jsonl"))
+    what = "NaN" if value != value else "+inf" if value > 0 else "-inf"
+    assert divergence.call == 2 and divergence.field == f"{field} ({what})", str(divergence)
+    assert f"holds {what} at {where}" in divergence.cause
+
+
+def test_another_prompt_without_prompt_records(good_trace, small_prompts, tmp_path):
+    """No prompt records: call 0's tree is the prompt, and a different one is named as such."""
+    prompts = read_prompts(small_prompts)
+    prompts[0]["prompt_ids"] = prompts[0]["prompt_ids"][:-1] + [prompts[0]["prompt_ids"][-1] + 1]
+    write_jsonl(str(tmp_path / "other.jsonl"), prompts)
+    out = traces.trace(REF_MODEL, str(tmp_path / "other.jsonl"), str(tmp_path / "t.jsonl"), k=2)
+    write_jsonl(out, [r for r in read(out) if r["type"] != "prompt"])
+    divergence, _, _ = compare_traces(good_trace, out)
+    assert (divergence.prompt, divergence.call, divergence.field) == ("p0", 0, "tree.tokens")
+    assert "ran another prompt" in divergence.cause
+    records = read(good_trace)  # with prompt records: the field that differs is named
+    next(r for r in records if r["type"] == "prompt")["eos_id"] = None
+    write_jsonl(str(tmp_path / "eos.jsonl"), records)
+    divergence, _, _ = compare_traces(good_trace, str(tmp_path / "eos.jsonl"))
+    assert (divergence.prompt, divergence.field) == ("p0", "eos_id") and "prompts file" in divergence.cause
+
+
+def test_main_top5_in_another_order_is_an_order_problem(good_trace, tmp_path):
+    records = read(good_trace)
+    call = next(r for r in records if r["type"] == "call" and r["call"] == 1)
+    for key in ("tokens", "logprobs"):
+        call["main_top5"][key][2].reverse()
+    write_jsonl(str(tmp_path / "bad.jsonl"), records)
+    divergence, _, _ = compare_traces(good_trace, str(tmp_path / "bad.jsonl"))
+    assert (divergence.call, divergence.field, divergence.node) == (1, "main_top5.tokens", 2)
+    assert "the same tokens in another order" in divergence.cause
+
+
+# ---- outputs-only mode ----
+
+K2 = dict(gamma=4, k=2, tree_cap=None, prune_threshold=None, stream_pass="tree")
+
+
+def answers_file(path, prompts_path, settings=K2, edit=None, header=True, dtype="float64") -> str:
+    """An answers file of this project's own run with `settings`; edit(list of records) may change them."""
+    model = traces.load_model(REF_MODEL, dtype)
+    records = []
+    for p in read_prompts(prompts_path):
+        r = generate.generate_speculative(model, p["prompt_ids"], p["max_new_tokens"], settings["gamma"],
+                                          settings["k"], settings["tree_cap"], settings["prune_threshold"],
+                                          p["eos_id"])
+        records.append(dict(prompt_id=p["id"], output_ids=r.tokens, accept_lengths=r.accepted_lengths,
+                            forward_calls=r.forward_calls))
+    if edit:
+        records = edit(records)
+    write_jsonl(str(path), ([outputs.answers_header(settings, "test")] if header else []) + records)
+    return str(path)
+
+
+def check(path, prompts_path, capsys) -> tuple[int, str]:
+    return run(["outputs", "--model", REF_MODEL, "--answers", path, "--prompts", prompts_path], capsys)
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_outputs_passes_an_exact_run(dtype, tmp_path, capsys):
+    """Our own run passes, in float32 too, with identical drafting (the guide's tolerance is for other ports)."""
+    prompts = f"{REF}/prompts.jsonl"
+    for settings in (K2, dict(K2, k=3, tree_cap=10, prune_threshold=0.05)):
+        status, out = check(answers_file(tmp_path / "a.jsonl", prompts, settings, dtype=dtype), prompts, capsys)
+        assert status == 0 and out.endswith("OK\n") and "every decode call commits as many tokens" in out, out
+        assert "p0: output == reference" in out and "p1: output == reference" in out
+
+
+def drop(pid):
+    return lambda records: [r for r in records if r["prompt_id"] != pid]
+
+
+@pytest.mark.parametrize("case,edit,wanted", [
+    ("missing", drop("p1"), "no answer for p1"),
+    ("extra", lambda rs: rs + [dict(rs[0], prompt_id="p9")], "answers for prompts that"),
+    ("duplicate", lambda rs: rs + [rs[0]], "p0: 2 answers (lines 2, 4)"),
+    ("header only", lambda rs: [], "holds no answers: every prompt of"),
+])
+def test_outputs_fails_an_incomplete_file(case, edit, wanted, small_prompts, tmp_path, capsys):
+    status, out = check(answers_file(tmp_path / "a.jsonl", small_prompts, edit=edit), small_prompts, capsys)
+    assert status == 1 and out.endswith("FAILED\n") and wanted in out, out
+    (tmp_path / "empty.jsonl").write_text("")
+    status, out = check(str(tmp_path / "empty.jsonl"), small_prompts, capsys)
+    assert status == 1 and "holds no answers" in out and "(p0, p1)" in out
+
+
+def test_outputs_fails_a_slow_but_exact_port(small_prompts, tmp_path, capsys):
+    """Verifying each node against its own argmax: exact outputs, one token per call (CR 1.00)."""
+    def one_token_per_call(records):
+        return [dict(r, accept_lengths=[1] * (len(r["output_ids"]) - 1), forward_calls=len(r["output_ids"]))
+                for r in records]
+    status, out = check(answers_file(tmp_path / "a.jsonl", small_prompts, edit=one_token_per_call), small_prompts,
+                        capsys)
+    assert status == 1 and "p0: output == reference" in out and out.endswith("FAILED\n")
+    assert "FAILED: lossless but drafting differs: the candidate needs 32 forward calls, the reference 11" in out
+    assert "no draft was ever accepted (CR 1.00)" in out and "candidate: CR 1.00" in out
+
+
+def test_outputs_tolerates_a_small_drafting_difference(small_prompts, tmp_path, capsys):
+    def split_one_call(records, times=1):
+        r = records[0]
+        lengths = list(r["accept_lengths"])
+        for _ in range(times):  # a long call becomes two shorter ones
+            i = max(range(len(lengths)), key=lambda i: lengths[i])
+            lengths[i:i + 1] = [lengths[i] - 1, 1]
+        return [dict(r, accept_lengths=lengths, forward_calls=1 + len(lengths))] + records[1:]
+    status, out = check(answers_file(tmp_path / "a.jsonl", small_prompts, edit=split_one_call), small_prompts,
+                        capsys)
+    assert status == 0 and "drafting: within the tolerance (12 forward calls, reference 11, ± 1 allowed)" in out
+    assert "differ most at prompt p0" in out
+    path = answers_file(tmp_path / "a.jsonl", small_prompts, edit=lambda records: split_one_call(records, times=2))
+    status, out = check(path, small_prompts, capsys)
+    assert status == 1 and "lossless but drafting differs" in out
+
+
+def test_outputs_fails_a_wrong_output_or_accounting(small_prompts, tmp_path, capsys):
+    def wrong_token(records):
+        return [dict(r, output_ids=r["output_ids"][:3] + [r["output_ids"][3] + 1] + r["output_ids"][4:])
+                for r in records]
+    status, out = check(answers_file(tmp_path / "a.jsonl", small_prompts, edit=wrong_token), small_prompts, capsys)
+    assert status == 1 and "p0: FAILED: the output differs from the reference at token 3" in out
+    assert not re.search(r"\b(ours|theirs)\b", out)
+    path = answers_file(tmp_path / "a.jsonl", small_prompts,
+                        edit=lambda records: [dict(r, forward_calls=r["forward_calls"] + 1) for r in records])
+    status, out = check(path, small_prompts, capsys)
+    assert status == 1 and "p0: FAILED: forward_calls is" in out
+    path = answers_file(tmp_path / "a.jsonl", small_prompts,
+                        edit=lambda records: [dict(r, accept_lengths=[n + 1 for n in r["accept_lengths"]])
+                                              for r in records])
+    status, out = check(path, small_prompts, capsys)
+    assert status == 1 and "bonus token counted twice" in out
+
+
+@pytest.mark.parametrize("case,wanted", [
+    ("no header", "line 1: the first record must be the header"),
+    ("no stream_pass", "line 1: settings.stream_pass is missing"),
+    ("a string for a list", 'line 2: accept_lengths must be a list of integers (tokens committed by each decode call), '
+                            'got "3 4"'),
+    ("no forward_calls", "line 3: the required field forward_calls is missing"),
+    ("gamma too large", "the reference model cannot decode with these settings"),
+])
+def test_outputs_bad_input_is_exit_2(case, wanted, small_prompts, tmp_path, capsys):
+    path = tmp_path / "a.jsonl"
+    answers_file(path, small_prompts, header=case != "no header")
+    records = read(path)
+    if case == "no stream_pass":
+        records[0]["settings"].pop("stream_pass")
+    elif case == "a string for a list":
+        records[1]["accept_lengths"] = "3 4"
+    elif case == "no forward_calls":
+        records[2].pop("forward_calls")
+    elif case == "gamma too large":
+        records[0]["settings"]["gamma"] = 9
+    write_jsonl(str(path), records)
+    status, out = check(str(path), small_prompts, capsys)
+    assert status == 2 and out.startswith(f"error: {path}") and wanted in out and " — " in out, out
+
+
+def test_minimal_answers_pass_the_outputs_mode(small_prompts, tmp_path, capsys):
+    minimal_trace(REF_MODEL, small_prompts, str(tmp_path / "m.jsonl"), k=2, answers=str(tmp_path / "a.jsonl"))
+    status, out = check(str(tmp_path / "a.jsonl"), small_prompts, capsys)
+    assert status == 0, out
+
+
+def test_accounting_recognises_the_usual_mistakes():
+    out, gamma = list(range(10)), 4  # 10 tokens: the prefill's first one, then 9 from decode calls
+    assert outputs.accounting(out, [3, 5, 1], gamma) == ([3, 5, 1], None)
+    lengths, problem = outputs.accounting(out, [1, 3, 5, 1], gamma)
+    assert lengths == [3, 5, 1] and "prefill" in problem
+    lengths, problem = outputs.accounting(out, [4, 6, 2], gamma)
+    assert lengths == [3, 5, 1] and "counted twice" in problem
+    lengths, problem = outputs.accounting(out, [2, 4, 0], gamma)
+    assert lengths == [3, 5, 1] and "not counted" in problem
+    assert outputs.accounting(out, [6, 2, 1], gamma)[0] is None  # 6 > γ + 1
+    assert outputs.accounting(out, [3, 3], gamma)[0] is None     # adds up to nothing recognisable
+    m = outputs.metrics([3, 5, 1], len(out), gamma, max_new_tokens=10)
+    assert m["calls"] == 4 and m["cr"] == 10 / 4 and m["tokens_per_call"] == 3
+    # drafted depths min(γ, 10 - len(output) - 1): 4 (2 accepted: depths 1-3 attempted), 4 (4 accepted), 0
+    assert m["attempted"] == [2, 2, 2, 1] and m["accepted"] == [2, 2, 1, 1]
+
+
+# ---- the guide ----
+
+def test_the_guide_points_inside_the_repository():
+    guide = open(os.path.join(ROOT, "VALIDATING.md")).read()
+    for target in re.findall(r"\]\(([^)#]+)", guide):
+        if not target.startswith("http"):
+            assert os.path.exists(os.path.join(ROOT, target)), target
 
 # ---- Hugging Face GPT-2 checkpoints (no downloads: a small random GPT-2 saved locally) ----
 
