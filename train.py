@@ -1,5 +1,9 @@
 """The training loop shared by train_toy.py and train_task.py: one stage = one set of trainable parameters
 and one loss, with a progress bar, a linear learning-rate schedule, and atomic, resumable checkpoints.
+
+`train_stage` is the loop; its parts are `resume` (an unfinished checkpoint, or a finished one), `step_batch`,
+`stage_loss` (Eq. 5, its stream terms alone, or the pruning adapter's early-exit loss), `optimizer_step`,
+`log_step` (history and progress bar) and `save_stage`. `from_base` starts a fine-tuning from a trained model.
 Data-parallel under torchrun (see `train_stage`): `torchrun --nproc_per_node=N train_task.py ...`."""
 from __future__ import annotations
 
@@ -12,10 +16,12 @@ from typing import Callable
 import numpy as np
 import torch
 import torch.distributed as dist
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LambdaLR
 from tqdm import tqdm
 
 from checkpoint import load_weights, read_checkpoint, save_checkpoint
-from model import GPT, cross_entropy, is_stream_param, stream_targets
+from model import GPT, GPTConfig, GPTOutput, cross_entropy, is_stream_param, stream_targets
 
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # idx (B, T), targets (B, T), loss_mask (B, T) bool
 
@@ -35,7 +41,8 @@ class StageConfig:
     stream_fraction: float = 1.0  # share of positions whose streams (or Medusa heads) are trained each step
 
 
-def sample_stream_rows(targets: torch.Tensor, loss_mask: torch.Tensor, n_ahead: int, fraction: float):
+def sample_stream_rows(targets: torch.Tensor, loss_mask: torch.Tensor, n_ahead: int,
+                       fraction: float) -> torch.Tensor | None:
     """A random share of the positions that have a stream target somewhere in the batch, sorted (None = all).
     Scoring the streams at a random subset is an unbiased estimate of Eq. 5's stream term, at a fraction of the
     cost: streams are (1+γ)x the rows in the MSA blocks and γ LM-head rows per position."""
@@ -46,7 +53,7 @@ def sample_stream_rows(targets: torch.Tensor, loss_mask: torch.Tensor, n_ahead: 
     return candidates[torch.randperm(len(candidates), device=targets.device)[:n]].sort().values
 
 
-def seed_everything(seed: int):
+def seed_everything(seed: int) -> None:
     random.seed(seed), np.random.seed(seed), torch.manual_seed(seed)
 
 
@@ -64,7 +71,7 @@ def early_exit_loss(model: GPT, idx: torch.Tensor, targets: torch.Tensor, loss_m
     return cross_entropy(model.early_exit_logits(h[rows]), targets[rows])
 
 
-def trainable_for(model: GPT, loss: str):
+def trainable_for(model: GPT, loss: str) -> list[torch.nn.Parameter]:
     """Which parameters a stage trains: "early_exit" only the pruning adapter; "streams" only what the drafters
     alone use (stream embeddings and stream adapter, or Medusa heads): the main stream stays the frozen model's;
     "eq5" with LoRA the LoRA tensors, stream parameters and Medusa heads (the paper's fine-tuning, "shared" mode);
@@ -96,7 +103,7 @@ def mean_over_ranks(x: torch.Tensor) -> torch.Tensor:
     return x / world
 
 
-def average_gradients(params: list[torch.nn.Parameter]):
+def average_gradients(params: list[torch.nn.Parameter]) -> None:
     """Data parallelism by hand: each gradient becomes its mean over the processes, in one all-reduce. Every rank
     runs the same code on the same stream rows, so the same parameters have a gradient on every rank."""
     grads = [p.grad for p in params if p.grad is not None]
@@ -105,11 +112,123 @@ def average_gradients(params: list[torch.nn.Parameter]):
         g.copy_(mean.view_as(g))
 
 
+def from_base(source: GPT, config: GPTConfig, device: str | torch.device = "cpu") -> GPT:
+    """A new model of `config` that starts a fine-tuning stage from a trained one: every tensor `source` has is
+    copied (a base, or the next-token model of frozen mode); the new parts (LoRA, streams, stream adapter, Medusa
+    heads, pruning adapter) keep their fresh init, except Medusa's LM heads, which start as copies of the LM head."""
+    model = GPT(config).to(device)
+    own = model.state_dict()
+    own.update(source.state_dict())
+    load_weights(model, own, "the base model")
+    if config.n_medusa_heads > 0:
+        model.init_medusa_from_lm_head()
+    return model
+
+
+# ---- one stage, in named parts ----
+
+def new_history() -> dict:
+    """Per logged step: the loss, the main-stream loss and each stream's loss and top-1 accuracy."""
+    return dict(step=[], loss=[], main_loss=[], stream_loss=[], stream_acc=[])
+
+
+def make_optimizer(params: list[torch.nn.Parameter], stage: StageConfig) -> tuple[Optimizer, LambdaLR]:
+    """AdamW, and a schedule of `stage.warmup` linear warm-up steps, then a linear decay to zero at stage.steps."""
+    optimizer = torch.optim.AdamW(params, lr=stage.lr, weight_decay=stage.weight_decay, betas=(0.9, 0.95))
+    schedule = lambda s: min(1.0, (s + 1) / stage.warmup) * max(0.0, 1.0 - s / stage.steps)
+    return optimizer, LambdaLR(optimizer, schedule)
+
+
+def resume(model: GPT, optimizer: Optimizer, scheduler: LambdaLR, stage: StageConfig,
+           ckpt_path: str | None) -> tuple[int, dict, bool]:
+    """Load the stage's checkpoint, if there is one: (step, history, done). A finished stage loads its weights
+    only; an unfinished one also its optimizer and schedule. A checkpoint of another stage is refused."""
+    if not (ckpt_path and os.path.exists(ckpt_path)):
+        return 0, new_history(), False
+    ckpt = read_checkpoint(ckpt_path)
+    if ckpt.get("stage") != stage.name:
+        raise ValueError(f"{ckpt_path} belongs to stage {ckpt.get('stage')!r}, not {stage.name!r}; "
+                         f"delete it or use another checkpoint folder")
+    load_weights(model, ckpt["model"], ckpt_path)
+    if not ckpt["done"]:
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+    return ckpt["step"], ckpt["history"], ckpt["done"]
+
+
+def step_batch(get_batch: Callable[[int], Batch], stage: StageConfig, step: int, n_drafts: int,
+               device: torch.device) -> tuple[Batch, torch.Tensor | None]:
+    """This rank's share of the step's batch, and the positions whose streams are scored (None = all).
+    Seeds torch first: the stream rows and the dropout masks are a function of the step (and of the rank)."""
+    rank, world = rank_and_world()
+    torch.manual_seed(stage.seed * 1_000_003 + step)
+    batch = [x.to(device) for x in get_batch(step)]  # the step's whole batch: idx, targets, loss_mask
+    rows = None
+    if stage.loss != "early_exit":  # drawn from the whole batch: the same stream rows on every rank
+        rows = sample_stream_rows(batch[1], batch[2], n_drafts, stage.stream_fraction)
+    if world > 1:  # this rank's slice of the batch, and dropout masks of its own
+        if len(batch[0]) % world:
+            raise ValueError(f"a batch of {len(batch[0])} sequences does not split over {world} processes: "
+                             f"use a batch size divisible by --nproc_per_node")
+        batch = [x.chunk(world)[rank] for x in batch]
+        torch.manual_seed((stage.seed * 1_000_003 + step) * world + rank)
+    return tuple(batch), rows
+
+
+def stage_loss(model: GPT, batch: Batch, rows: torch.Tensor | None,
+               loss: str) -> tuple[torch.Tensor, GPTOutput | None]:
+    """The loss a stage minimises, and the model's output when it has one (for the stream accuracies)."""
+    idx, targets, loss_mask = batch
+    if loss == "early_exit":
+        return early_exit_loss(model, idx, targets, loss_mask), None
+    # Eq. 5; "streams" (frozen mode): α_0 = 0, only the stream terms (and no main-stream LM head)
+    out = model(idx, targets, loss_mask, rows, main_loss=loss == "eq5")
+    return out.loss, out
+
+
+def optimizer_step(loss: torch.Tensor, params: list[torch.nn.Parameter], optimizer: Optimizer, scheduler: LambdaLR,
+                   grad_clip: float) -> None:
+    """Backward, gradients averaged over the processes, clipping, one AdamW step, one schedule step."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if rank_and_world()[1] > 1:
+        average_gradients(params)
+    torch.nn.utils.clip_grad_norm_(params, grad_clip)
+    optimizer.step()
+    scheduler.step()
+
+
+def log_step(history: dict, bar: tqdm, step: int, loss: torch.Tensor, out: GPTOutput | None) -> None:
+    """Append the step's losses and stream accuracies (means over the processes) to `history`; show them on the
+    progress bar."""
+    history["step"].append(step)
+    history["loss"].append(mean_over_ranks(loss.detach()).item())
+    postfix = dict(loss=f"{history['loss'][-1]:.3f}")
+    if out is not None:
+        if out.main_loss is not None:  # (none in frozen mode: no main LM head)
+            history["main_loss"].append(mean_over_ranks(out.main_loss.detach()).item())
+        if out.stream_losses is not None:
+            accs = stream_accuracy(out.stream_logits.detach(), out.stream_targets)
+            accs = mean_over_ranks(torch.tensor(accs, device=loss.device)).tolist()
+            history["stream_loss"].append(mean_over_ranks(out.stream_losses.detach()).tolist())
+            history["stream_acc"].append(accs)
+            postfix["acc"] = "/".join(f"{a:.2f}" for a in accs)
+    bar.set_postfix(postfix)
+
+
+def save_stage(ckpt_path: str | None, model: GPT, stage: StageConfig, step: int, done: bool, optimizer: Optimizer,
+               scheduler: LambdaLR, history: dict, extra: dict | None) -> None:
+    """The stage's checkpoint (rank 0 only): weights, optimizer, schedule, step, history and the caller's entries."""
+    if ckpt_path and rank_and_world()[0] == 0:
+        save_checkpoint(ckpt_path, model, stage=stage.name, done=done, step=step, optimizer=optimizer.state_dict(),
+                        scheduler=scheduler.state_dict(), history=history, **(extra or {}))
+
+
 def train_stage(model: GPT, get_batch: Callable[[int], Batch], stage: StageConfig, ckpt_path: str | None = None,
                 extra: dict | None = None, quiet: bool = False) -> dict:
     """Train one stage. get_batch(step) must be deterministic in `step` so that a resumed run is identical.
-    The checkpoint at ckpt_path holds model, optimizer, step and history; an unfinished one is resumed.
-    Returns the history: per logged step, the losses and per-stream accuracies.
+    The checkpoint at ckpt_path holds model, optimizer, step and history; an unfinished one is resumed, a finished
+    one is loaded and returned. Returns the history: per logged step, the losses and per-stream accuracies.
 
     Under torchrun (`torchrun --nproc_per_node=N`, a process group initialised) the N processes share each step's
     batch: rank r trains on the r-th of N equal slices of get_batch(step), with the stream rows drawn from the
@@ -121,28 +240,10 @@ def train_stage(model: GPT, get_batch: Callable[[int], Batch], stage: StageConfi
     a little more). N = 1 is the single-process run exactly."""
     rank, world = rank_and_world()
     params = trainable_for(model, stage.loss)
-    optimizer = torch.optim.AdamW(params, lr=stage.lr, weight_decay=stage.weight_decay, betas=(0.9, 0.95))
-    schedule = lambda s: min(1.0, (s + 1) / stage.warmup) * max(0.0, 1.0 - s / stage.steps)  # warmup, then linear
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-    step, history = 0, dict(step=[], loss=[], main_loss=[], stream_loss=[], stream_acc=[])
-    if ckpt_path and os.path.exists(ckpt_path):
-        ckpt = read_checkpoint(ckpt_path)
-        if ckpt.get("stage") != stage.name:
-            raise ValueError(f"{ckpt_path} belongs to stage {ckpt.get('stage')!r}, not {stage.name!r}; "
-                             f"delete it or use another checkpoint folder")
-        load_weights(model, ckpt["model"], ckpt_path)
-        if ckpt["done"]:
-            return ckpt["history"]
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        step, history = ckpt["step"], ckpt["history"]
-
-    def save(done: bool):
-        if ckpt_path and rank == 0:
-            save_checkpoint(ckpt_path, model, stage=stage.name, done=done, step=step,
-                            optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(), history=history,
-                            **(extra or {}))
-
+    optimizer, scheduler = make_optimizer(params, stage)
+    step, history, done = resume(model, optimizer, scheduler, stage, ckpt_path)
+    if done:
+        return history
     # Frozen mode ("streams"): the frozen model runs as it will at decode time, without dropout, so the drafters
     # learn from the very hidden states they will see (and a step is cheaper: no dropout masks, fused attention).
     model.train(stage.loss != "streams")
@@ -152,51 +253,17 @@ def train_stage(model: GPT, get_batch: Callable[[int], Batch], stage: StageConfi
             dist.broadcast(t, 0)
     bar = tqdm(total=stage.steps, initial=step, desc=stage.name, disable=quiet or rank > 0, dynamic_ncols=True)
     while step < stage.steps:
-        torch.manual_seed(stage.seed * 1_000_003 + step)  # stream rows and dropout masks are a function of the step
-        batch = [x.to(device) for x in get_batch(step)]  # the step's whole batch: idx, targets, loss_mask
-        if stage.loss != "early_exit":  # drawn from the whole batch: the same stream rows on every rank
-            rows = sample_stream_rows(batch[1], batch[2], model.config.n_drafts, stage.stream_fraction)
-        if world > 1:  # this rank's slice of the batch, and dropout masks of its own
-            if len(batch[0]) % world:
-                raise ValueError(f"a batch of {len(batch[0])} sequences does not split over {world} processes: "
-                                 f"use a batch size divisible by --nproc_per_node")
-            batch = [x.chunk(world)[rank] for x in batch]
-            torch.manual_seed((stage.seed * 1_000_003 + step) * world + rank)
-        idx, targets, loss_mask = batch
-        if stage.loss == "early_exit":
-            loss = early_exit_loss(model, idx, targets, loss_mask)
-            out = None
-        else:
-            # Eq. 5; "streams" (frozen mode): α_0 = 0, only the stream terms (and no main-stream LM head)
-            out = model(idx, targets, loss_mask, rows, main_loss=stage.loss == "eq5")
-            loss = out.loss
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if world > 1:
-            average_gradients(params)
-        torch.nn.utils.clip_grad_norm_(params, stage.grad_clip)
-        optimizer.step()
-        scheduler.step()
+        batch, rows = step_batch(get_batch, stage, step, model.config.n_drafts, device)
+        loss, out = stage_loss(model, batch, rows, stage.loss)
+        optimizer_step(loss, params, optimizer, scheduler, stage.grad_clip)
         step += 1
         if step % 10 == 0 or step == stage.steps:
-            history["step"].append(step)
-            history["loss"].append(mean_over_ranks(loss.detach()).item())
-            postfix = dict(loss=f"{history['loss'][-1]:.3f}")
-            if out is not None:
-                if out.main_loss is not None:  # (none in frozen mode: no main LM head)
-                    history["main_loss"].append(mean_over_ranks(out.main_loss.detach()).item())
-                if out.stream_losses is not None:
-                    accs = stream_accuracy(out.stream_logits.detach(), out.stream_targets)
-                    accs = mean_over_ranks(torch.tensor(accs, device=device)).tolist()
-                    history["stream_loss"].append(mean_over_ranks(out.stream_losses.detach()).tolist())
-                    history["stream_acc"].append(accs)
-                    postfix["acc"] = "/".join(f"{a:.2f}" for a in accs)
-            bar.set_postfix(postfix)
+            log_step(history, bar, step, loss, out)
         bar.update(1)
         if step % stage.save_every == 0 and step < stage.steps:
-            save(done=False)
+            save_stage(ckpt_path, model, stage, step, False, optimizer, scheduler, history, extra)
     bar.close()
-    save(done=True)
+    save_stage(ckpt_path, model, stage, step, True, optimizer, scheduler, history, extra)
     if world > 1:  # the checkpoint exists for every rank once train_stage returns
         dist.barrier()
     model.eval()
