@@ -31,12 +31,12 @@ import argparse
 import os
 import random
 import time
+from dataclasses import dataclass, replace
 
 import torch
 
-from checkpoint import load_weights
 from model import GPT, GPTConfig
-from train import StageConfig, seed_everything, train_stage
+from train import StageConfig, from_base, seed_everything, train_stage
 
 ADJECTIVES = ["big", "small", "old", "happy", "quiet", "brave"]
 ANIMALS = ["cat", "dog", "fox", "owl", "bear", "frog", "duck", "mouse"]
@@ -117,90 +117,138 @@ class ToyData:
         return [[self.eos_id] + self.encode(story(rng)[:prompt_words]) for _ in range(n)]
 
 
-def base_config(args, vocab_size: int) -> GPTConfig:
-    return GPTConfig(vocab_size=vocab_size, block_size=args.block_size, n_layer=args.n_layer, n_head=args.n_head,
-                     n_embd=args.n_embd, dropout=0.0, bias=True)
+@dataclass(frozen=True)
+class ToyRecipe:
+    """Every setting of the toy pipeline: train_toy.py's flags, under the same names, with the same defaults.
+    From Python: `train_pipeline(ToyRecipe(gamma=4), "checkpoints/toy")`, or a preset with a few fields changed,
+    `train_pipeline(dataclasses.replace(NOTEBOOK, gamma=4))`."""
+    seed: int = 0                # data, init and batches
+    n_stories: int = 4000        # stories in the training text
+    n_layer: int = 4
+    n_head: int = 4
+    n_embd: int = 128
+    block_size: int = 128        # context length of the model
+    train_block: int = 64        # length of training windows
+    batch_size: int = 32
+    ss_batch_size: int = 16      # batch size of the stream fine-tuning
+    method: str = "ss"           # "ss", "medusa" (γ heads, same base and budget) or "draft" (two-model SD)
+    gamma: int = 6               # γ, speculative streams (or Medusa heads)
+    n_msa_layers: int = 2        # N_s, top blocks with multi-stream attention
+    lora_rank: int = 16
+    draft_layers: int = 1        # method "draft": the draft model's size
+    draft_heads: int = 2
+    draft_embd: int = 64
+    pretrain_steps: int = 800    # also the draft model's
+    ss_steps: int = 600          # Speculative Streaming (or Medusa) fine-tuning
+    prune_steps: int = 100       # pruning adapter
+    lr: float = 2e-3             # pretraining
+    ss_lr: float = 5e-3          # fine-tuning (LoRA + streams)
+    prune_lr: float = 2e-3
+    threads: int = 0             # torch threads (0 = torch's default)
+    device: str = "cpu"
 
 
-def train_pipeline(args, quiet: bool = False) -> tuple[GPT, ToyData, dict]:
-    """Run (or resume) the three stages; returns the final model (eval mode), the data and the histories."""
-    seed_everything(args.seed)
-    torch.set_num_threads(args.threads) if args.threads else None
-    data = ToyData(args.n_stories, args.seed)
-    os.makedirs(args.out_dir, exist_ok=True)
-    batch = lambda seed, size=args.batch_size: (lambda step: data.batch(step, size, args.train_block, seed))
+# Fixed small recipes. TINY: a few seconds (tests). NOTEBOOK: notebook 02's model, about half a minute on one
+# thread; notebooks 03 and 05 change a few of its settings.
+TINY = ToyRecipe(n_stories=100, n_layer=2, n_embd=16, n_head=2, block_size=64, train_block=16, batch_size=4, gamma=2,
+                 n_msa_layers=1, lora_rank=2, pretrain_steps=6, ss_steps=6, prune_steps=3)
+NOTEBOOK = ToyRecipe(n_stories=1000, n_embd=64, gamma=3, batch_size=16, pretrain_steps=150, ss_steps=150,
+                     prune_steps=30, threads=1)
+
+
+def base_config(recipe: ToyRecipe, vocab_size: int) -> GPTConfig:
+    """The pretrained GPT: no dropout, biases."""
+    return GPTConfig(vocab_size=vocab_size, block_size=recipe.block_size, n_layer=recipe.n_layer,
+                     n_head=recipe.n_head, n_embd=recipe.n_embd, dropout=0.0, bias=True)
+
+
+def train_pipeline(recipe: ToyRecipe, out_dir: str | None = None, quiet: bool = False) -> tuple[GPT, ToyData, dict]:
+    """Run (or resume) the stages of `recipe`; returns the final model (eval mode), the data and the histories.
+    Checkpoints go to out_dir and are reused there (None: train in memory, write nothing)."""
+    seed_everything(recipe.seed)
+    if recipe.threads:
+        torch.set_num_threads(recipe.threads)
+    data = ToyData(recipe.n_stories, recipe.seed)
+    if out_dir:
+        os.makedirs(out_dir, exist_ok=True)
+    path = lambda name: os.path.join(out_dir, name) if out_dir else None
+    batches = lambda seed, size=recipe.batch_size: (lambda step: data.batch(step, size, recipe.train_block, seed))
     histories = {}
 
-    base = GPT(base_config(args, len(data.words))).to(args.device)
-    base_path = os.path.join(args.out_dir, "base.pt")
-    histories["pretrain"] = train_stage(base, batch(args.seed), StageConfig(
-        "pretrain", args.pretrain_steps, args.lr, seed=args.seed), base_path, quiet=quiet)
-
-    if args.method == "draft":  # two-model SD: a small GPT trained from scratch on the same text
-        cfg = GPTConfig(vocab_size=len(data.words), block_size=args.block_size, n_layer=args.draft_layers,
-                        n_head=args.draft_heads, n_embd=args.draft_embd, dropout=0.0, bias=True)
-        model = GPT(cfg).to(args.device)
-        histories["draft"] = train_stage(model, batch(args.seed + 3), StageConfig(
-            "draft model", args.pretrain_steps, args.lr, seed=args.seed + 3),
-            os.path.join(args.out_dir, "draft.pt"), extra=dict(vocabulary=data.words), quiet=quiet)
+    base = GPT(base_config(recipe, len(data.words))).to(recipe.device)
+    histories["pretrain"] = train_stage(base, batches(recipe.seed), StageConfig(
+        "pretrain", recipe.pretrain_steps, recipe.lr, seed=recipe.seed), path("base.pt"), quiet=quiet)
+    if recipe.method == "draft":  # two-model SD: a small GPT trained from scratch on the same text
+        cfg = replace(base_config(recipe, len(data.words)), n_layer=recipe.draft_layers, n_head=recipe.draft_heads,
+                      n_embd=recipe.draft_embd)
+        model = GPT(cfg).to(recipe.device)
+        histories["draft"] = train_stage(model, batches(recipe.seed + 3), StageConfig(
+            "draft model", recipe.pretrain_steps, recipe.lr, seed=recipe.seed + 3),
+            path("draft.pt"), extra=dict(vocabulary=data.words), quiet=quiet)
         return model, data, histories
-    drafter = dict(n_streams=args.gamma) if args.method == "ss" else dict(n_medusa_heads=args.gamma)
-    cfg = GPTConfig(**{**vars(base_config(args, len(data.words))), **drafter, "n_msa_layers": args.n_msa_layers,
-                       "lora_rank": args.lora_rank, "prune_rank": 8})
-    model = GPT(cfg).to(args.device)
-    own = model.state_dict()
-    own.update(base.state_dict())  # base weights; LoRA, streams / heads and adapter keep their init
-    load_weights(model, own, base_path)
-    if args.method == "medusa":
-        model.init_medusa_from_lm_head()
-    name = f"{args.method}_gamma{args.gamma}"
-    histories["streams"] = train_stage(model, batch(args.seed + 1, args.ss_batch_size), StageConfig(
-        f"{'streams' if args.method == 'ss' else 'medusa'} (γ={args.gamma})", args.ss_steps, args.ss_lr, seed=args.seed + 1),
-        os.path.join(args.out_dir, f"{name}.pt"), quiet=quiet)
-    histories["prune_adapter"] = train_stage(model, batch(args.seed + 2), StageConfig(
-        "pruning adapter", args.prune_steps, args.prune_lr, loss="early_exit", seed=args.seed + 2),
-        os.path.join(args.out_dir, f"{name}_pruned.pt"), extra=dict(vocabulary=data.words), quiet=quiet)
+    drafter = dict(n_streams=recipe.gamma) if recipe.method == "ss" else dict(n_medusa_heads=recipe.gamma)
+    cfg = replace(base_config(recipe, len(data.words)), **drafter, n_msa_layers=recipe.n_msa_layers,
+                  lora_rank=recipe.lora_rank, prune_rank=8)
+    model = from_base(base, cfg, recipe.device)  # LoRA, streams / heads and adapter keep their init
+    name, title = f"{recipe.method}_gamma{recipe.gamma}", "streams" if recipe.method == "ss" else "medusa"
+    histories["streams"] = train_stage(model, batches(recipe.seed + 1, recipe.ss_batch_size), StageConfig(
+        f"{title} (γ={recipe.gamma})", recipe.ss_steps, recipe.ss_lr, seed=recipe.seed + 1),
+        path(f"{name}.pt"), quiet=quiet)
+    histories["prune_adapter"] = train_stage(model, batches(recipe.seed + 2), StageConfig(
+        "pruning adapter", recipe.prune_steps, recipe.prune_lr, loss="early_exit", seed=recipe.seed + 2),
+        path(f"{name}_pruned.pt"), extra=dict(vocabulary=data.words), quiet=quiet)
     return model, data, histories
 
 
 def parser() -> argparse.ArgumentParser:
+    """The command line: one flag per ToyRecipe field (defaults from ToyRecipe), and --out-dir."""
+    d = ToyRecipe()
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out-dir", default="checkpoints/toy", help="where checkpoints go (reused and resumed)")
-    p.add_argument("--seed", type=int, default=0, help="seed for data, init and batches")
-    p.add_argument("--n-stories", type=int, default=4000, help="stories in the training text")
-    p.add_argument("--n-layer", type=int, default=4)
-    p.add_argument("--n-head", type=int, default=4)
-    p.add_argument("--n-embd", type=int, default=128)
-    p.add_argument("--block-size", type=int, default=128, help="context length of the model")
-    p.add_argument("--train-block", type=int, default=64, help="length of training windows")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--ss-batch-size", type=int, default=16, help="batch size of the stream fine-tuning")
-    p.add_argument("--method", choices=["ss", "medusa", "draft"], default="ss",
+    p.add_argument("--seed", type=int, default=d.seed, help="seed for data, init and batches")
+    p.add_argument("--n-stories", type=int, default=d.n_stories, help="stories in the training text")
+    p.add_argument("--n-layer", type=int, default=d.n_layer)
+    p.add_argument("--n-head", type=int, default=d.n_head)
+    p.add_argument("--n-embd", type=int, default=d.n_embd)
+    p.add_argument("--block-size", type=int, default=d.block_size, help="context length of the model")
+    p.add_argument("--train-block", type=int, default=d.train_block, help="length of training windows")
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--ss-batch-size", type=int, default=d.ss_batch_size, help="batch size of the stream fine-tuning")
+    p.add_argument("--method", choices=["ss", "medusa", "draft"], default=d.method,
                    help="ss: Speculative Streaming; medusa: the Medusa baseline (γ heads, same base, same budget); "
                         "draft: the small draft model of two-model speculative decoding")
-    p.add_argument("--gamma", type=int, default=6, help="γ, number of speculative streams (or Medusa heads)")
-    p.add_argument("--n-msa-layers", type=int, default=2, help="N_s, top blocks with multi-stream attention")
-    p.add_argument("--lora-rank", type=int, default=16)
-    p.add_argument("--draft-layers", type=int, default=1, help="--method draft: layers of the draft model")
-    p.add_argument("--draft-heads", type=int, default=2)
-    p.add_argument("--draft-embd", type=int, default=64)
-    p.add_argument("--pretrain-steps", type=int, default=800, help="pretraining steps (also the draft model's)")
-    p.add_argument("--ss-steps", type=int, default=600, help="Speculative Streaming fine-tuning steps")
-    p.add_argument("--prune-steps", type=int, default=100, help="pruning-adapter steps")
-    p.add_argument("--lr", type=float, default=2e-3, help="pretraining learning rate")
-    p.add_argument("--ss-lr", type=float, default=5e-3, help="fine-tuning learning rate (LoRA + streams)")
-    p.add_argument("--prune-lr", type=float, default=2e-3)
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (checkpoints load on any device)")
+    p.add_argument("--gamma", type=int, default=d.gamma, help="γ, number of speculative streams (or Medusa heads)")
+    p.add_argument("--n-msa-layers", type=int, default=d.n_msa_layers,
+                   help="N_s, top blocks with multi-stream attention")
+    p.add_argument("--lora-rank", type=int, default=d.lora_rank)
+    p.add_argument("--draft-layers", type=int, default=d.draft_layers, help="--method draft: layers of the draft model")
+    p.add_argument("--draft-heads", type=int, default=d.draft_heads)
+    p.add_argument("--draft-embd", type=int, default=d.draft_embd)
+    p.add_argument("--pretrain-steps", type=int, default=d.pretrain_steps,
+                   help="pretraining steps (also the draft model's)")
+    p.add_argument("--ss-steps", type=int, default=d.ss_steps, help="Speculative Streaming fine-tuning steps")
+    p.add_argument("--prune-steps", type=int, default=d.prune_steps, help="pruning-adapter steps")
+    p.add_argument("--lr", type=float, default=d.lr, help="pretraining learning rate")
+    p.add_argument("--ss-lr", type=float, default=d.ss_lr, help="fine-tuning learning rate (LoRA + streams)")
+    p.add_argument("--prune-lr", type=float, default=d.prune_lr)
+    p.add_argument("--threads", type=int, default=d.threads, help="torch threads (0 = torch's default)")
+    p.add_argument("--device", default=d.device, help="cpu, cuda, cuda:1, ... (checkpoints load on any device)")
     return p
 
 
-def main(argv=None):
-    args = parser().parse_args(argv)
+def parse(argv: list[str] | None = None) -> tuple[ToyRecipe, str]:
+    """The recipe and the checkpoint folder of a command line."""
+    args = vars(parser().parse_args(argv))
+    out_dir = args.pop("out_dir")
+    return ToyRecipe(**args), out_dir
+
+
+def main(argv: list[str] | None = None) -> None:
+    recipe, out_dir = parse(argv)
     start = time.time()
-    model, data, histories = train_pipeline(args)
+    model, data, histories = train_pipeline(recipe, out_dir)
     from generate import generate_autoregressive, generate_speculative
-    if args.method == "draft":
+    if recipe.method == "draft":
         print(f"\ntrained the draft model in {time.time() - start:.0f} s")
         return
     model.merge_lora()  # inference: fold LoRA into the weights

@@ -20,6 +20,7 @@ import sys
 import torch
 
 from checkpoint import export_portable
+from train_toy import ToyRecipe
 from validation.compare import LOGPROB_ATOL, compare_command
 from validation.minimal import minimal_trace
 from validation.outputs import check_outputs
@@ -41,10 +42,9 @@ def export(checkpoint: str, out_dir: str, toy_vocabulary: bool = False) -> str:
 # the committed reference
 # ------------------------------------------------------------------------------------------------------------
 
-REFERENCE_TRAINING = ["--n-layer", "3", "--n-embd", "64", "--n-head", "2", "--gamma", "4", "--n-msa-layers", "2",
-                      "--lora-rank", "8", "--pretrain-steps", "300", "--ss-steps", "300", "--prune-steps", "60",
-                      "--batch-size", "16", "--ss-batch-size", "16", "--block-size", "96", "--train-block", "48",
-                      "--n-stories", "1000", "--threads", "1"]
+REFERENCE_TRAINING = ToyRecipe(n_stories=1000, n_layer=3, n_head=2, n_embd=64, block_size=96, train_block=48,
+                               batch_size=16, ss_batch_size=16, gamma=4, n_msa_layers=2, lora_rank=8,
+                               pretrain_steps=300, ss_steps=300, prune_steps=60, threads=1)
 REFERENCE_TRACES = {  # file name -> decoding settings
     "trace_k2.jsonl": dict(k=2),
     "trace_k3_cap10_pruned.jsonl": dict(k=3, tree_cap=10, prune_threshold=0.05),
@@ -52,13 +52,13 @@ REFERENCE_TRACES = {  # file name -> decoding settings
 
 
 def make_reference(out_dir: str = "reference", work_dir: str = "checkpoints/reference", n_prompts: int = 6,
-                   max_new_tokens: int = 40) -> str:
-    """Train the small toy model (about a minute on one core), export it, write prompts and golden traces."""
-    from train_toy import ToyData, parser, train_pipeline
-    args = parser().parse_args(REFERENCE_TRAINING + ["--out-dir", work_dir])
-    train_pipeline(args)
-    export(os.path.join(work_dir, f"ss_gamma{args.gamma}_pruned.pt"), os.path.join(out_dir, "model"))
-    data = ToyData(args.n_stories, args.seed)
+                   max_new_tokens: int = 40, recipe: ToyRecipe = REFERENCE_TRAINING) -> str:
+    """Train the small toy model of `recipe` (about a minute on one core), export it, write prompts and golden
+    traces."""
+    from train_toy import ToyData, train_pipeline
+    train_pipeline(recipe, work_dir)
+    export(os.path.join(work_dir, f"ss_gamma{recipe.gamma}_pruned.pt"), os.path.join(out_dir, "model"))
+    data = ToyData(recipe.n_stories, recipe.seed)
     write_jsonl(os.path.join(out_dir, "prompts.jsonl"), [
         dict(id=f"p{i}", prompt_ids=p, max_new_tokens=max_new_tokens, eos_id=data.eos_id)
         for i, p in enumerate(data.prompts(n_prompts))])

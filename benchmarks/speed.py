@@ -39,11 +39,10 @@ def separately_trained(args: argparse.Namespace, gamma: int) -> GPT:
     """The toy model fine-tuned with exactly `gamma` streams (same base, same budget); trained if missing."""
     path = os.path.join(args.toy_dir, f"ss_gamma{gamma}_pruned.pt")
     if not os.path.exists(path):
-        from train_toy import parser, train_pipeline
+        from train_toy import ToyRecipe, train_pipeline
         print(f"training a toy model with γ={gamma} streams (base reused from {args.toy_dir})")
-        train_pipeline(parser().parse_args(["--out-dir", args.toy_dir, "--gamma", str(gamma),
-                                            "--seed", str(args.seed), "--n-stories", str(args.n_stories),
-                                            "--device", args.device]))
+        recipe = ToyRecipe(gamma=gamma, seed=args.seed, n_stories=args.n_stories, device=args.device)
+        train_pipeline(recipe, args.toy_dir)
     return load_for_decoding(path, args.device)
 
 

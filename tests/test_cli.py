@@ -9,17 +9,14 @@ import decode
 from generate import generate_autoregressive, generate_speculative
 from checkpoint import load_model
 from model import GPT
-from train_toy import ToyData, parser, train_pipeline
+from train_toy import TINY, ToyData, train_pipeline
 
 
 @pytest.fixture(scope="module")
 def toy_dir(tmp_path_factory):
     """A tiny toy run (a few steps of each stage): base.pt, ss_gamma2.pt, ss_gamma2_pruned.pt."""
     out = tmp_path_factory.mktemp("toy")
-    argv = ["--n-stories", "100", "--n-layer", "2", "--n-embd", "16", "--n-head", "2", "--block-size", "64",
-            "--train-block", "16", "--batch-size", "4", "--gamma", "2", "--n-msa-layers", "1", "--lora-rank", "2",
-            "--pretrain-steps", "6", "--ss-steps", "6", "--prune-steps", "3", "--out-dir", str(out)]
-    train_pipeline(parser().parse_args(argv), quiet=True)
+    train_pipeline(TINY, str(out), quiet=True)
     return out
 
 

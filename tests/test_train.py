@@ -1,4 +1,6 @@
-"""Training: the toy language, deterministic batches, resumable and atomic stage checkpoints, the scripts' --help."""
+"""Training: the toy language, deterministic batches, resumable and atomic stage checkpoints, the recipes and
+their command lines, the scripts' --help."""
+import dataclasses
 import os
 import subprocess
 import sys
@@ -8,8 +10,8 @@ import torch
 
 from checkpoint import load_model
 from model import GPT, GPTConfig, stream_targets
-from train import StageConfig, stream_accuracy, train_stage
-from train_toy import ToyData, parser, story, train_pipeline, vocabulary
+from train import StageConfig, from_base, stream_accuracy, train_stage
+from train_toy import TINY, ToyData, ToyRecipe, parse, story, train_pipeline, vocabulary
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -113,27 +115,52 @@ def test_frozen_mode_stage_runs_the_model_without_dropout(tmp_path):
 
 
 def test_toy_pipeline_tiny_run_is_deterministic(tmp_path):
-    argv = ["--n-stories", "100", "--n-layer", "2", "--n-embd", "16", "--n-head", "2", "--block-size", "64",
-            "--train-block", "16", "--batch-size", "4", "--gamma", "2", "--n-msa-layers", "1", "--lora-rank", "2",
-            "--pretrain-steps", "6", "--ss-steps", "6", "--prune-steps", "3"]
-    m1, data, hist = train_pipeline(parser().parse_args(argv + ["--out-dir", str(tmp_path / "a")]), quiet=True)
-    m2, _, _ = train_pipeline(parser().parse_args(argv + ["--out-dir", str(tmp_path / "b")]), quiet=True)
+    m1, data, hist = train_pipeline(TINY, str(tmp_path / "a"), quiet=True)
+    m2, _, _ = train_pipeline(TINY, str(tmp_path / "b"), quiet=True)
     assert all(torch.equal(a, b) for a, b in zip(m1.state_dict().values(), m2.state_dict().values()))
     assert sorted(os.listdir(tmp_path / "a")) == ["base.pt", "ss_gamma2.pt", "ss_gamma2_pruned.pt"]
     assert len(hist["streams"]["stream_acc"][-1]) == 2
     loaded = load_model(str(tmp_path / "a" / "ss_gamma2_pruned.pt"))
     assert all(torch.equal(a, b) for a, b in zip(m1.state_dict().values(), loaded.state_dict().values()))
+    # without a folder the same model is trained in memory, and nothing is written
+    in_memory, _, hist2 = train_pipeline(TINY, quiet=True)
+    assert all(torch.equal(a, b) for a, b in zip(m1.state_dict().values(), in_memory.state_dict().values()))
+    assert hist2 == hist and sorted(os.listdir(tmp_path)) == ["a", "b"]
+
+
+def test_toy_command_line_builds_the_recipe():
+    """Every flag of train_toy.py sets the ToyRecipe field of the same name; no flag gives ToyRecipe()."""
+    assert parse([]) == (ToyRecipe(), "checkpoints/toy")
+    changed = dict(seed=3, n_stories=7, n_layer=1, n_head=1, n_embd=8, block_size=32, train_block=8, batch_size=2,
+                   ss_batch_size=3, method="medusa", gamma=2, n_msa_layers=1, lora_rank=4, draft_layers=2,
+                   draft_heads=1, draft_embd=8, pretrain_steps=5, ss_steps=6, prune_steps=7, lr=0.5, ss_lr=0.25,
+                   prune_lr=0.125, threads=1, device="meta")
+    assert set(changed) == {f.name for f in dataclasses.fields(ToyRecipe)}
+    argv = [a for name, value in changed.items() for a in ("--" + name.replace("_", "-"), str(value))]
+    assert parse(argv + ["--out-dir", "x"]) == (ToyRecipe(**changed), "x")
+
+
+def test_from_base_copies_every_base_tensor_and_keeps_the_new_parts_fresh():
+    """The one base-to-drafter copy (toy and task pipelines): base tensors copied, LoRA B and the pruning adapter
+    at zero, Medusa's LM heads equal to the base LM head."""
+    torch.manual_seed(0)
+    base = GPT(GPTConfig(vocab_size=30, block_size=16, n_layer=2, n_head=2, n_embd=16))
+    for extra in (dict(n_streams=2, n_msa_layers=1), dict(n_medusa_heads=2)):
+        model = from_base(base, dataclasses.replace(base.config, lora_rank=2, prune_rank=2, **extra))
+        own = model.state_dict()
+        assert all(torch.equal(own[name], t) for name, t in base.state_dict().items())
+        assert all(not t.any() for name, t in own.items() if "lora_B" in name or name == "prune_adapter.up.weight")
+        for name, t in own.items():
+            if name.startswith("medusa.lm_heads."):
+                assert torch.equal(t, base.lm_head.weight), name
 
 
 def test_toy_baselines_quick(tmp_path):
     """SS (γ=4), Medusa (4 heads) and the draft model on a tiny toy run, then `bench.py baselines` on them."""
     import bench
-    argv = ["--n-stories", "100", "--n-layer", "2", "--n-embd", "16", "--n-head", "2", "--block-size", "64",
-            "--train-block", "16", "--batch-size", "4", "--gamma", "4", "--n-msa-layers", "1", "--lora-rank", "2",
-            "--pretrain-steps", "6", "--ss-steps", "6", "--prune-steps", "3", "--draft-embd", "8",
-            "--out-dir", str(tmp_path / "toy")]
     for method in ("ss", "medusa", "draft"):
-        train_pipeline(parser().parse_args(argv + ["--method", method]), quiet=True)
+        train_pipeline(dataclasses.replace(TINY, gamma=4, draft_embd=8, method=method), str(tmp_path / "toy"),
+                       quiet=True)
     assert sorted(os.listdir(tmp_path / "toy")) == ["base.pt", "draft.pt", "medusa_gamma4.pt", "medusa_gamma4_pruned.pt",
                                                     "ss_gamma4.pt", "ss_gamma4_pruned.pt"]
     medusa = load_model(str(tmp_path / "toy" / "medusa_gamma4_pruned.pt"))

@@ -167,12 +167,11 @@ def test_a_float32_run_is_within_the_tolerance(good_trace, small_prompts, tmp_pa
     assert compare_traces(good_trace, out, atol=1e-9)[0] is not None  # yet float32 is not float64
 
 
-def test_reference_command_runs_end_to_end(tmp_path, monkeypatch):
+def test_reference_command_runs_end_to_end(tmp_path):
     """`python validate.py reference`, with a few training steps: trains, exports, writes prompts and traces."""
-    quick = ["--pretrain-steps", "2", "--ss-steps", "2", "--prune-steps", "2", "--n-stories", "40"]
-    monkeypatch.setattr(validate, "REFERENCE_TRAINING", validate.REFERENCE_TRAINING + quick)
+    quick = dataclasses.replace(validate.REFERENCE_TRAINING, pretrain_steps=2, ss_steps=2, prune_steps=2, n_stories=40)
     out = str(tmp_path / "ref")
-    validate.make_reference(out, str(tmp_path / "work"), n_prompts=2, max_new_tokens=6)
+    validate.make_reference(out, str(tmp_path / "work"), n_prompts=2, max_new_tokens=6, recipe=quick)
     assert load_portable(f"{out}/model").config.n_streams == 4
     assert len(read_prompts(f"{out}/prompts.jsonl")) == 2
     for name in validate.REFERENCE_TRACES:
