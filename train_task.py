@@ -27,15 +27,16 @@ import json
 import os
 import random
 import time
+from dataclasses import dataclass, replace
 
 import torch
 from tqdm import tqdm
 
 from data import EOS, MAX_NEW_TOKENS, SPLITS, CompactVocab, TaskData, load_task, prompt_ids
 from batch import generate_autoregressive_batch
-from checkpoint import load_weights, read_checkpoint, write_json
+from checkpoint import read_checkpoint, write_json
 from model import GPT, GPTConfig
-from train import StageConfig, rank_and_world, seed_everything, train_stage
+from train import StageConfig, from_base, rank_and_world, seed_everything, train_stage
 
 BLOCK_SIZE = {"e2e": 160, "sql": 384, "dialogsum": 512}  # longest prompt + completion we train and decode
 SELF_TARGET_CHUNK = 64  # prompts decoded together (and saved together) when generating self-distillation targets
@@ -55,24 +56,60 @@ def build_vocab(data_dir: str | None) -> CompactVocab:
     return CompactVocab.build(texts)
 
 
-def model_config(args, vocab: CompactVocab, draft: bool = False, **extra) -> GPTConfig:
-    n_layer, n_embd, n_head = ((args.draft_layers, args.draft_embd, args.draft_heads) if draft
-                               else (args.n_layer, args.n_embd, args.n_head))
+@dataclass(frozen=True)
+class TaskRecipe:
+    """Every setting of train_task.py but --out-dir: its flags under the same names (--method: `methods`), with
+    the same defaults. `quick` turns a recipe into --quick's tiny one."""
+    task: str | None = None             # "e2e", "sql" or "dialogsum" (required unless bases_only)
+    bases_only: bool = False            # only pretrain the two bases every task shares
+    methods: tuple[str, ...] = METHODS  # trained besides the next-token baseline
+    data_dir: str | None = None         # else $SPECSTREAM_DATA, else ../shared/data
+    seed: int = 0
+    n_layer: int = 4
+    n_head: int = 4
+    n_embd: int = 256
+    draft_layers: int = 2               # the draft model of two-model SD
+    draft_heads: int = 2
+    draft_embd: int = 128
+    dropout: float = 0.1
+    mode: str = "frozen"                # "frozen" or "shared" (see --help)
+    stream_targets: str = "self"        # "self" (the next-token model's greedy continuations) or "data"
+    self_target_prompts: int = 0        # prompts to distil (0 = ft_steps x batch size)
+    stream_adapter_rank: int = 32       # frozen mode: rank of the stream-only adapter
+    drafter_lr: float = 1e-2            # frozen mode: learning rate of the stream-side parameters / Medusa heads
+    tag: str = ""                       # suffix of the SS / Medusa checkpoint names
+    gamma: int = 4                      # γ, speculative streams (and Medusa heads)
+    n_msa_layers: int = 2               # N_s, top blocks with multi-stream attention
+    lora_rank: int = 32
+    batch_size: int = 0                 # fine-tuning batch (0 = BATCH_SIZE of the task)
+    pretrain_batch_size: int = 8
+    pretrain_steps: int = 1500
+    draft_pretrain_steps: int = 1000
+    ft_steps: int = 600                 # each fine-tuning (NTP, SS, Medusa, draft)
+    prune_steps: int = 100
+    stream_fraction: float = 0.25       # share of positions whose streams / Medusa heads are scored each step
+    lr: float = 2e-3                    # pretraining (and draft fine-tuning)
+    ft_lr: float = 5e-3                 # fine-tuning (LoRA, streams, Medusa heads)
+    threads: int = 0                    # torch threads (0 = torch's default)
+    device: str = "cpu"
+
+
+def quick(recipe: TaskRecipe) -> TaskRecipe:
+    """The same recipe on a tiny model with a few steps (what --quick trains: tests, smoke runs)."""
+    return replace(recipe, n_layer=2, n_head=2, n_embd=32, batch_size=4, pretrain_batch_size=4, draft_layers=1,
+                   draft_heads=1, draft_embd=16, pretrain_steps=4, draft_pretrain_steps=2, ft_steps=4, prune_steps=2,
+                   lora_rank=4)
+
+
+QUICK = quick(TaskRecipe())
+
+
+def model_config(recipe: TaskRecipe, vocab: CompactVocab, draft: bool = False, **extra) -> GPTConfig:
+    """The base GPT (draft: the draft model's) for `vocab`; `extra` adds GPTConfig fields (LoRA, streams, ...)."""
+    n_layer, n_embd, n_head = ((recipe.draft_layers, recipe.draft_embd, recipe.draft_heads) if draft
+                               else (recipe.n_layer, recipe.n_embd, recipe.n_head))
     return GPTConfig(vocab_size=vocab.size, block_size=max(BLOCK_SIZE.values()), n_layer=n_layer, n_head=n_head,
-                     n_embd=n_embd, dropout=args.dropout, bias=True, **extra)
-
-
-def from_base(source: GPT, config: GPTConfig, device) -> GPT:
-    """A new model with the weights of `source` (a base, or the next-token model for "frozen" mode); its own new
-    parts (LoRA, streams, stream adapter, Medusa heads, pruning adapter) keep their fresh init (Medusa's LM heads
-    start as copies of the LM head)."""
-    model = GPT(config).to(device)
-    own = model.state_dict()
-    own.update(source.state_dict())
-    load_weights(model, own, "base checkpoint")
-    if config.n_medusa_heads > 0:
-        model.init_medusa_from_lm_head()
-    return model
+                     n_embd=n_embd, dropout=recipe.dropout, bias=True, **extra)
 
 
 @torch.no_grad()
@@ -92,7 +129,7 @@ def greedy_continuations(model: GPT, prompts: list[list[int]], max_new_tokens: i
             for r in generate_autoregressive_batch(model, prompts[start:start + batch_size], max_new_tokens, eos)]
 
 
-def self_targets(args, model: GPT, vocab: CompactVocab, examples: list, limit: int, path: str,
+def self_targets(recipe: TaskRecipe, model: GPT, vocab: CompactVocab, examples: list, limit: int, path: str,
                  quiet: bool) -> TaskData:
     """Self-distillation data: the next-token model's own greedy continuation of every distinct training prompt
     (the streams learn to predict what the main stream will say at decode time, not the varied references).
@@ -105,13 +142,14 @@ def self_targets(args, model: GPT, vocab: CompactVocab, examples: list, limit: i
     ids; prompts end with SEP, continuations with EOS unless cut at N). Prompts are decoded SELF_TARGET_CHUNK at a
     time, sorted by length (right-padded); the file is written after each chunk, atomically: an interrupted run
     resumes where it stopped; a changed model starts over. Under torchrun, rank 0 generates and the others read it."""
-    max_new = MAX_NEW_TOKENS[args.task]
-    budget = min(BLOCK_SIZE[args.task] - 1, model.config.block_size - max_new)  # prompt + SEP ids that fit
+    max_new = MAX_NEW_TOKENS[recipe.task]
+    budget = min(BLOCK_SIZE[recipe.task] - 1, model.config.block_size - max_new)  # prompt + SEP ids that fit
     prompts = sorted({tuple(prompt_ids(vocab, ex, budget)) for ex in examples})
     if len(prompts) > limit:
-        prompts = random.Random(args.seed).sample(prompts, limit)
+        prompts = random.Random(recipe.seed).sample(prompts, limit)
     prompts.sort(key=lambda p: (len(p), p))
-    digest = hashlib.sha256(b"".join(t.detach().cpu().numpy().tobytes() for t in model.state_dict().values())).hexdigest()
+    weights = b"".join(t.detach().cpu().numpy().tobytes() for t in model.state_dict().values())
+    digest = hashlib.sha256(weights).hexdigest()
     cache = dict(format=1, model_sha256=digest, max_new_tokens=max_new, prompts=[], continuations=[])
     if os.path.exists(path):
         with open(path) as f:
@@ -123,7 +161,7 @@ def self_targets(args, model: GPT, vocab: CompactVocab, examples: list, limit: i
     rank, world = rank_and_world()
     if rank == 0:
         bar = tqdm(total=len(prompts), initial=len(prompts) - len(todo),
-                   desc=f"{args.task}: self-distillation targets", disable=quiet, dynamic_ncols=True)
+                   desc=f"{recipe.task}: self-distillation targets", disable=quiet, dynamic_ncols=True)
         model.eval()
         for start in range(0, len(todo), SELF_TARGET_CHUNK):
             group = [list(p) for p in todo[start:start + SELF_TARGET_CHUNK]]
@@ -138,172 +176,185 @@ def self_targets(args, model: GPT, vocab: CompactVocab, examples: list, limit: i
             cache = json.load(f)
     chosen = set(prompts)
     pairs = [(p, c) for p, c in zip(cache["prompts"], cache["continuations"]) if tuple(p) in chosen]
-    return TaskData.from_sequences(vocab, pairs, BLOCK_SIZE[args.task])
+    return TaskData.from_sequences(vocab, pairs, BLOCK_SIZE[recipe.task])
 
 
-def pretrain(args, vocab: CompactVocab, name: str, config: GPTConfig, steps: int, quiet: bool) -> GPT:
+def pretrain(recipe: TaskRecipe, out_dir: str, vocab: CompactVocab, name: str, config: GPTConfig, steps: int,
+             quiet: bool) -> GPT:
     """Pretrain (or load) a GPT on the union of the tasks' training text, loss on every token."""
-    path = os.path.join(args.out_dir, f"{name}.pt")
+    path = os.path.join(out_dir, f"{name}.pt")
     if os.path.exists(path) and read_checkpoint(path).get("vocabulary") != vocab.to_dict():
         raise ValueError(f"{path} was trained with another vocabulary (other data?): delete it or use --out-dir")
-    union = TaskData(vocab, [ex for task in SPLITS for ex in load_task(task, "train", args.data_dir, True)],
+    union = TaskData(vocab, [ex for task in SPLITS for ex in load_task(task, "train", recipe.data_dir, True)],
                      PRETRAIN_BLOCK)
 
     def batch(step):
-        idx, targets, _ = union.batch(step, args.pretrain_batch_size, seed=args.seed)
+        idx, targets, _ = union.batch(step, recipe.pretrain_batch_size, seed=recipe.seed)
         return idx, targets, targets != -1  # pretraining: every real token counts
 
-    model = GPT(config).to(args.device)
-    train_stage(model, batch, StageConfig(f"pretrain {name} (all tasks)", steps, args.lr, seed=args.seed),
+    model = GPT(config).to(recipe.device)
+    train_stage(model, batch, StageConfig(f"pretrain {name} (all tasks)", steps, recipe.lr, seed=recipe.seed),
                 path, extra=dict(vocabulary=vocab.to_dict()), quiet=quiet)
     return model
 
 
-def recipe_name(method: str, args) -> str:
+def recipe_name(method: str, recipe: TaskRecipe) -> str:
     """Checkpoint name of a drafter: method, mode, stream targets (and --tag), e.g. "ss_frozen_self"."""
-    return f"{method}_{args.mode}_{args.stream_targets}{args.tag}"
+    return f"{method}_{recipe.mode}_{recipe.stream_targets}{recipe.tag}"
 
 
-def train_task(args, quiet: bool = False) -> dict[str, str]:
-    """Run (or resume) the stages of args.methods for args.task; returns the checkpoint paths."""
-    seed_everything(args.seed)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    os.makedirs(args.out_dir, exist_ok=True)
-    vocab = build_vocab(args.data_dir)
-    base = pretrain(args, vocab, "base", model_config(args, vocab), args.pretrain_steps, quiet)
-    if args.bases_only:
-        pretrain(args, vocab, "draft_base", model_config(args, vocab, draft=True), args.draft_pretrain_steps, quiet)
-        return {name: os.path.join(args.out_dir, f"{name}.pt") for name in ("base", "draft_base")}
-    examples = load_task(args.task, "train", args.data_dir, True)
-    data = TaskData(vocab, examples, BLOCK_SIZE[args.task])
-    batch_size = args.batch_size or BATCH_SIZE[args.task]
-    batch = lambda data, seed: (lambda step: data.batch(step, batch_size, seed=seed))
-    extra = dict(vocabulary=vocab.to_dict(), task=args.task)
+def drafter(recipe: TaskRecipe, method: str, vocab: CompactVocab, base: GPT, ntp: GPT) -> tuple[GPT, str, float]:
+    """The SS or Medusa model of recipe.mode, with its stage's loss and learning rate. Frozen mode: the next-token
+    model, frozen, with stream embeddings and a stream-only adapter (or Medusa heads), α_0 = 0. Shared mode: the
+    base, with LoRA shared by the main stream and the drafters, the full Eq. 5 (paper v1), LoRA's learning rate."""
+    heads = dict(n_streams=recipe.gamma) if method == "ss" else dict(n_medusa_heads=recipe.gamma)
+    if recipe.mode == "frozen" and method == "ss":
+        heads["stream_adapter_rank"] = recipe.stream_adapter_rank
+    config = model_config(recipe, vocab, lora_rank=recipe.lora_rank, n_msa_layers=recipe.n_msa_layers, prune_rank=8,
+                          **heads)
+    if recipe.mode == "frozen":
+        return from_base(ntp, config, recipe.device), "streams", recipe.drafter_lr
+    return from_base(base, config, recipe.device), "eq5", recipe.ft_lr
+
+
+def train_task(recipe: TaskRecipe, out_dir: str = "checkpoints/tasks", quiet: bool = False) -> dict[str, str]:
+    """Run (or resume) the stages of recipe.methods for recipe.task, checkpointed in out_dir (the bases are shared
+    by every task); returns the checkpoint paths."""
+    seed_everything(recipe.seed)
+    if recipe.threads:
+        torch.set_num_threads(recipe.threads)
+    os.makedirs(out_dir, exist_ok=True)
+    vocab = build_vocab(recipe.data_dir)
+    base = pretrain(recipe, out_dir, vocab, "base", model_config(recipe, vocab), recipe.pretrain_steps, quiet)
+    draft_base = lambda: pretrain(recipe, out_dir, vocab, "draft_base", model_config(recipe, vocab, draft=True),
+                                  recipe.draft_pretrain_steps, quiet)
+    if recipe.bases_only:
+        draft_base()
+        return {name: os.path.join(out_dir, f"{name}.pt") for name in ("base", "draft_base")}
+    examples = load_task(recipe.task, "train", recipe.data_dir, True)
+    data = TaskData(vocab, examples, BLOCK_SIZE[recipe.task])
+    batch_size = recipe.batch_size or BATCH_SIZE[recipe.task]
+    extra = dict(vocabulary=vocab.to_dict(), task=recipe.task)
     paths = {}
 
-    def stage(name: str, model: GPT, title: str, steps: int, seed: int, lr: float = args.ft_lr, data=data, **options):
-        """One stage, checkpointed as <task>_<name>.pt; `seed` offsets args.seed (batches and dropout)."""
-        paths[name] = os.path.join(args.out_dir, f"{args.task}_{name}.pt")
-        config = StageConfig(f"{args.task}: {title}", steps, lr, seed=args.seed + seed, **options)
-        train_stage(model, batch(data, args.seed + seed), config, paths[name], extra, quiet)
+    def stage(name: str, model: GPT, title: str, steps: int, seed: int, lr: float = recipe.ft_lr, data=data,
+              **options):
+        """One stage, checkpointed as <task>_<name>.pt; `seed` offsets recipe.seed (batches and dropout)."""
+        paths[name] = os.path.join(out_dir, f"{recipe.task}_{name}.pt")
+        config = StageConfig(f"{recipe.task}: {title}", steps, lr, seed=recipe.seed + seed, **options)
+        batches = lambda step: data.batch(step, batch_size, seed=recipe.seed + seed)
+        train_stage(model, batches, config, paths[name], extra, quiet)
 
-    ntp = from_base(base, model_config(args, vocab, lora_rank=args.lora_rank), args.device)
-    stage("ntp", ntp, "next-token LoRA", args.ft_steps, 1)
-    drafters = [m for m in args.method if m != "draft"]
-    if drafters and args.stream_targets == "self":
-        limit = args.self_target_prompts or args.ft_steps * batch_size
-        data = self_targets(args, ntp, vocab, examples, limit,
-                            os.path.join(args.out_dir, f"{args.task}_self_targets.json"), quiet)
-    for method in args.method:
+    ntp = from_base(base, model_config(recipe, vocab, lora_rank=recipe.lora_rank), recipe.device)
+    stage("ntp", ntp, "next-token LoRA", recipe.ft_steps, 1)
+    if any(m != "draft" for m in recipe.methods) and recipe.stream_targets == "self":
+        limit = recipe.self_target_prompts or recipe.ft_steps * batch_size
+        data = self_targets(recipe, ntp, vocab, examples, limit,
+                            os.path.join(out_dir, f"{recipe.task}_self_targets.json"), quiet)
+    for method in recipe.methods:
         if method == "draft":  # not distilled: trained on the references, like the next-token model
-            draft_base = pretrain(args, vocab, "draft_base", model_config(args, vocab, draft=True),
-                                  args.draft_pretrain_steps, quiet)
-            stage("draft", draft_base, "draft model (full fine-tuning)", args.ft_steps, 4, lr=args.lr)
+            stage("draft", draft_base(), "draft model (full fine-tuning)", recipe.ft_steps, 4, lr=recipe.lr)
             continue
-        drafter = dict(n_streams=args.gamma) if method == "ss" else dict(n_medusa_heads=args.gamma)
-        if args.mode == "frozen":  # the next-token model, frozen; only stream-side parameters / heads train
-            if method == "ss":
-                drafter["stream_adapter_rank"] = args.stream_adapter_rank
-            source, loss = ntp, "streams"
-        else:  # "shared": LoRA shared by the main stream and the drafters, trained from the base (paper v1)
-            source, loss = base, "eq5"
-        config = model_config(args, vocab, lora_rank=args.lora_rank, n_msa_layers=args.n_msa_layers, prune_rank=8,
-                              **drafter)
-        model = from_base(source, config, args.device)
+        model, loss, lr = drafter(recipe, method, vocab, base, ntp)
         if method == "ss":  # (a resumed or finished stage then loads its own P_j over these)
-            scale_stream_embeddings(model, data.batch(0, batch_size, seed=args.seed)[0].to(args.device))
-        name, seed = recipe_name(method, args), 2 if method == "ss" else 5  # seeds: ntp 1, ss 2-3, draft 4, medusa 5-6
-        lr = args.drafter_lr if args.mode == "frozen" else args.ft_lr  # shared mode trains LoRA: the LoRA rate
-        stage(name, model, f"{name} (γ={args.gamma})", args.ft_steps, seed, lr=lr,
-              data=data, loss=loss, stream_fraction=args.stream_fraction)
-        stage(f"{name}_pruned", model, f"{name} pruning adapter", args.prune_steps, seed + 1, loss="early_exit")
+            scale_stream_embeddings(model, data.batch(0, batch_size, seed=recipe.seed)[0].to(recipe.device))
+        name, seed = recipe_name(method, recipe), 2 if method == "ss" else 5  # ntp 1, ss 2-3, draft 4, medusa 5-6
+        stage(name, model, f"{name} (γ={recipe.gamma})", recipe.ft_steps, seed, lr=lr,
+              data=data, loss=loss, stream_fraction=recipe.stream_fraction)
+        stage(f"{name}_pruned", model, f"{name} pruning adapter", recipe.prune_steps, seed + 1, loss="early_exit")
     return paths
 
 
 def parser() -> argparse.ArgumentParser:
+    """The command line: one flag per TaskRecipe field (defaults from TaskRecipe), --out-dir and --quick."""
+    d = TaskRecipe()
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--task", choices=sorted(SPLITS), help="the task to train (required unless --bases-only)")
     p.add_argument("--bases-only", action="store_true",
                    help="pretrain (or find) the two bases every task shares, base and draft_base, and stop: "
                         "`make train-tasks` does this first, then trains the tasks two at a time")
-    p.add_argument("--method", nargs="+", choices=METHODS, default=list(METHODS),
+    p.add_argument("--method", nargs="+", choices=METHODS, default=list(d.methods),
                    help="what to train besides the NTP baseline (default: all)")
-    p.add_argument("--data-dir", default=None, help="folder with e2e/, text2sql/, dialogsum/ (else $SPECSTREAM_DATA, "
-                                                    "else ../shared/data)")
+    p.add_argument("--data-dir", default=d.data_dir,
+                   help="folder with e2e/, text2sql/, dialogsum/ (else $SPECSTREAM_DATA, else ../shared/data)")
     p.add_argument("--out-dir", default="checkpoints/tasks", help="checkpoints (the bases are shared by all tasks)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--n-layer", type=int, default=4)
-    p.add_argument("--n-head", type=int, default=4)
-    p.add_argument("--n-embd", type=int, default=256)
-    p.add_argument("--draft-layers", type=int, default=2, help="the draft model of two-model SD")
-    p.add_argument("--draft-heads", type=int, default=2)
-    p.add_argument("--draft-embd", type=int, default=128)
-    p.add_argument("--dropout", type=float, default=0.1)
-    p.add_argument("--mode", choices=["frozen", "shared"], default="frozen",
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--n-layer", type=int, default=d.n_layer)
+    p.add_argument("--n-head", type=int, default=d.n_head)
+    p.add_argument("--n-embd", type=int, default=d.n_embd)
+    p.add_argument("--draft-layers", type=int, default=d.draft_layers, help="the draft model of two-model SD")
+    p.add_argument("--draft-heads", type=int, default=d.draft_heads)
+    p.add_argument("--draft-embd", type=int, default=d.draft_embd)
+    p.add_argument("--dropout", type=float, default=d.dropout)
+    p.add_argument("--mode", choices=["frozen", "shared"], default=d.mode,
                    help="frozen: the next-token model is frozen, only stream embeddings + a stream-only adapter (or "
                         "Medusa heads) train, α0 = 0, output = the next-token model's; shared: LoRA shared by the "
                         "main stream and the drafters, Eq. 5 with α0 = 1 (paper v1)")
-    p.add_argument("--stream-targets", choices=["self", "data"], default="self",
+    p.add_argument("--stream-targets", choices=["self", "data"], default=d.stream_targets,
                    help="self: the drafters learn the next-token model's own greedy continuations (cached in "
                         "--out-dir); data: the references")
-    p.add_argument("--self-target-prompts", type=int, default=0,
+    p.add_argument("--self-target-prompts", type=int, default=d.self_target_prompts,
                    help="--stream-targets self: training prompts to distil (0 = ft-steps x batch size)")
-    p.add_argument("--stream-adapter-rank", type=int, default=32, help="frozen mode: rank of the stream-only adapter")
-    p.add_argument("--drafter-lr", type=float, default=1e-2,
+    p.add_argument("--stream-adapter-rank", type=int, default=d.stream_adapter_rank,
+                   help="frozen mode: rank of the stream-only adapter")
+    p.add_argument("--drafter-lr", type=float, default=d.drafter_lr,
                    help="frozen mode: learning rate of the stream-side parameters / Medusa heads (chosen on the E2E "
                         "dev split, results/e2e/ablation_dev.md); shared mode uses --ft-lr")
-    p.add_argument("--tag", default="", help="suffix of the SS / Medusa checkpoint names (sweeps)")
-    p.add_argument("--gamma", type=int, default=4, help="γ, speculative streams (and Medusa heads)")
-    p.add_argument("--n-msa-layers", type=int, default=2, help="N_s, top blocks with multi-stream attention")
-    p.add_argument("--lora-rank", type=int, default=32)
-    p.add_argument("--batch-size", type=int, default=0, help="fine-tuning batch (0 = per task: "
+    p.add_argument("--tag", default=d.tag, help="suffix of the SS / Medusa checkpoint names (sweeps)")
+    p.add_argument("--gamma", type=int, default=d.gamma, help="γ, speculative streams (and Medusa heads)")
+    p.add_argument("--n-msa-layers", type=int, default=d.n_msa_layers,
+                   help="N_s, top blocks with multi-stream attention")
+    p.add_argument("--lora-rank", type=int, default=d.lora_rank)
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help="fine-tuning batch (0 = per task: "
                    + ", ".join(f"{t} {b}" for t, b in BATCH_SIZE.items()) + ")")
-    p.add_argument("--pretrain-batch-size", type=int, default=8)
-    p.add_argument("--pretrain-steps", type=int, default=1500)
-    p.add_argument("--draft-pretrain-steps", type=int, default=1000)
-    p.add_argument("--ft-steps", type=int, default=600, help="steps of each fine-tuning (NTP, SS, Medusa, draft)")
-    p.add_argument("--prune-steps", type=int, default=100)
-    p.add_argument("--stream-fraction", type=float, default=0.25,
+    p.add_argument("--pretrain-batch-size", type=int, default=d.pretrain_batch_size)
+    p.add_argument("--pretrain-steps", type=int, default=d.pretrain_steps)
+    p.add_argument("--draft-pretrain-steps", type=int, default=d.draft_pretrain_steps)
+    p.add_argument("--ft-steps", type=int, default=d.ft_steps,
+                   help="steps of each fine-tuning (NTP, SS, Medusa, draft)")
+    p.add_argument("--prune-steps", type=int, default=d.prune_steps)
+    p.add_argument("--stream-fraction", type=float, default=d.stream_fraction,
                    help="share of positions whose streams / Medusa heads are scored each step (1 = exact Eq. 5)")
-    p.add_argument("--lr", type=float, default=2e-3, help="pretraining (and draft fine-tuning) learning rate")
-    p.add_argument("--ft-lr", type=float, default=5e-3, help="fine-tuning learning rate (LoRA, streams, Medusa heads)")
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--lr", type=float, default=d.lr, help="pretraining (and draft fine-tuning) learning rate")
+    p.add_argument("--ft-lr", type=float, default=d.ft_lr,
+                   help="fine-tuning learning rate (LoRA, streams, Medusa heads)")
+    p.add_argument("--threads", type=int, default=d.threads, help="torch threads (0 = torch's default)")
+    p.add_argument("--device", default=d.device)
     p.add_argument("--quick", action="store_true", help="a tiny model and a few steps (tests, smoke runs)")
     return p
 
 
-def parse(argv=None) -> argparse.Namespace:
+def parse(argv: list[str] | None = None) -> tuple[TaskRecipe, str]:
+    """The recipe and the checkpoint folder of a command line (--quick: the tiny recipe, in checkpoints/tasks_quick
+    unless --out-dir says otherwise)."""
     p = parser()
-    args = p.parse_args(argv)
-    if args.task is None and not args.bases_only:
+    args = vars(p.parse_args(argv))
+    out_dir, is_quick, methods = args.pop("out_dir"), args.pop("quick"), tuple(args.pop("method"))
+    recipe = TaskRecipe(**args, methods=methods)
+    if recipe.task is None and not recipe.bases_only:
         p.error("--task is required (or --bases-only, to pretrain the shared bases)")
-    if args.quick:
-        args.n_layer, args.n_head, args.n_embd, args.batch_size, args.pretrain_batch_size = 2, 2, 32, 4, 4
-        args.draft_layers, args.draft_heads, args.draft_embd = 1, 1, 16
-        args.pretrain_steps, args.draft_pretrain_steps, args.ft_steps, args.prune_steps = 4, 2, 4, 2
-        args.lora_rank = 4
-        args.out_dir = args.out_dir if args.out_dir != "checkpoints/tasks" else "checkpoints/tasks_quick"
-    if not 0 < args.stream_fraction <= 1:
-        raise SystemExit(f"--stream-fraction={args.stream_fraction} must be in (0, 1]")
-    return args
+    if is_quick:
+        recipe = quick(recipe)
+        out_dir = out_dir if out_dir != "checkpoints/tasks" else "checkpoints/tasks_quick"
+    if not 0 < recipe.stream_fraction <= 1:
+        raise SystemExit(f"--stream-fraction={recipe.stream_fraction} must be in (0, 1]")
+    return recipe, out_dir
 
 
-def main(argv=None):
-    args = parse(argv)
+def main(argv: list[str] | None = None) -> None:
+    recipe, out_dir = parse(argv)
     distributed = "WORLD_SIZE" in os.environ  # started by torchrun: train.train_stage splits each batch over ranks
     if distributed:
-        if args.device == "cuda":  # one GPU per process
-            args.device = f"cuda:{os.environ['LOCAL_RANK']}"
-            torch.cuda.set_device(args.device)
-        torch.distributed.init_process_group("nccl" if args.device.startswith("cuda") else "gloo")
+        if recipe.device == "cuda":  # one GPU per process
+            recipe = replace(recipe, device=f"cuda:{os.environ['LOCAL_RANK']}")
+            torch.cuda.set_device(recipe.device)
+        torch.distributed.init_process_group("nccl" if recipe.device.startswith("cuda") else "gloo")
     start = time.time()
-    paths = train_task(args)
+    paths = train_task(recipe, out_dir)
     if int(os.environ.get("RANK", 0)) == 0:
-        print(f"{args.task or 'bases'}: trained in {time.time() - start:.0f} s -> " + ", ".join(paths.values()))
-        if args.task:
-            print(f"evaluate with: python bench.py task --task {args.task} --task-dir {args.out_dir}")
+        print(f"{recipe.task or 'bases'}: trained in {time.time() - start:.0f} s -> " + ", ".join(paths.values()))
+        if recipe.task:
+            print(f"evaluate with: python bench.py task --task {recipe.task} --task-dir {out_dir}")
     if distributed:
         torch.distributed.destroy_process_group()
 

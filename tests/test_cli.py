@@ -1,5 +1,6 @@
 """`python decode.py` (also `python generate.py`): one prompt decoded from a checkpoint (toy and --quick task models), its output equal to
 greedy AR, the --show tree with the accepted path marked, and the errors a user can make."""
+import dataclasses
 import os
 
 import pytest
@@ -135,8 +136,8 @@ def test_e2e_quick_model_mr_is_delexicalised_and_output_equals_greedy(tmp_path, 
         pytest.skip(f"no real-task data here: {e}")
     import train_task
     out = tmp_path / "tasks"
-    train_task.train_task(train_task.parse(["--task", "e2e", "--quick", "--method", "ss", "--stream-targets", "data",
-                                            "--out-dir", str(out)]), quiet=True)
+    recipe = dataclasses.replace(train_task.QUICK, task="e2e", methods=("ss",), stream_targets="data")
+    train_task.train_task(recipe, str(out), quiet=True)
     mr = "name[Zanzibar Blue], eatType[pub], near[Quayside Arches]"
     assert decode.main(["--model", str(out), "--mr", mr, "--max-new-tokens", "12", "--k", "2"]) == 0
     printed = capsys.readouterr().out

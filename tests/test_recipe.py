@@ -13,7 +13,7 @@ from data import (EOS, SEP, CompactVocab, Example, TaskData, delexicalise, is_e2
 from benchmarks.params import parameter_counts
 from generate import generate_autoregressive, generate_speculative
 from model import GPT, GPTConfig, is_stream_param
-from train import StageConfig, train_stage, trainable_for
+from train import StageConfig, from_base, train_stage, trainable_for
 
 
 def randomize(model: GPT, seed: int) -> GPT:
@@ -36,7 +36,7 @@ def ntp_and_frozen(adapter_rank=4, n_msa_layers=2, seed=0):
     base = dict(vocab_size=40, block_size=64, n_layer=3, n_head=2, n_embd=16, lora_rank=4)
     ntp = randomize(GPT(GPTConfig(**base)), seed).eval()  # float32 first: from_base builds a float32 model
     config = GPTConfig(**base, n_streams=3, n_msa_layers=n_msa_layers, stream_adapter_rank=adapter_rank, prune_rank=4)
-    frozen, ntp = train_task.from_base(ntp, config, "cpu").double(), ntp.double()
+    frozen, ntp = from_base(ntp, config, "cpu").double(), ntp.double()
     with torch.no_grad():  # the stream side gets random values too (fresh, the adapter would be a no-op)
         g = torch.Generator().manual_seed(seed + 1)
         for name, p in frozen.named_parameters():
@@ -131,7 +131,7 @@ class FakeVocab(CompactVocab):
 def test_self_targets_are_cached_resumed_and_renewed(tmp_path, monkeypatch):
     ntp, _ = ntp_and_frozen()
     ntp = ntp.float()
-    args = train_task.parse(["--task", "e2e", "--quick", "--out-dir", str(tmp_path)])
+    recipe = train_task.TaskRecipe(task="e2e")
     examples = [Example(p, "x", ["x"]) for p in ("abc", "abd", "abc", "bcdef", "zz")]  # "abc" twice: one prompt
     calls = []
     real = train_task.greedy_continuations
@@ -144,7 +144,7 @@ def test_self_targets_are_cached_resumed_and_renewed(tmp_path, monkeypatch):
     monkeypatch.setattr(train_task, "MAX_NEW_TOKENS", {"e2e": 12})  # the tiny model's block is 64 positions
     monkeypatch.setattr(train_task, "SELF_TARGET_CHUNK", 3)
     path = str(tmp_path / "self.json")
-    data = train_task.self_targets(args, ntp, FakeVocab(), examples, 10, path, quiet=True)
+    data = train_task.self_targets(recipe, ntp, FakeVocab(), examples, 10, path, quiet=True)
     assert calls == [3, 1]  # 3 prompts at a time, shortest first ("zz", "abc", "abd"; then "bcdef")
     saved = json.loads(open(path).read())
     assert saved["format"] == 1 and len(saved["prompts"]) == 4 and all(p[-1] == SEP for p in saved["prompts"])
@@ -153,18 +153,18 @@ def test_self_targets_are_cached_resumed_and_renewed(tmp_path, monkeypatch):
     ids, n = data.encoded[0]
     assert ids[n] == SEP and ids[:n + 1] == saved["prompts"][0]
     calls.clear()
-    train_task.self_targets(args, ntp, FakeVocab(), examples, 10, path, quiet=True)
+    train_task.self_targets(recipe, ntp, FakeVocab(), examples, 10, path, quiet=True)
     assert calls == []  # everything cached
     with open(path, "w") as f:  # an interrupted run: only the first prompt is there
         json.dump(dict(saved, prompts=saved["prompts"][:1], continuations=saved["continuations"][:1]), f)
-    train_task.self_targets(args, ntp, FakeVocab(), examples, 10, path, quiet=True)
+    train_task.self_targets(recipe, ntp, FakeVocab(), examples, 10, path, quiet=True)
     assert calls == [3]
     calls.clear()
-    few = train_task.self_targets(args, ntp, FakeVocab(), examples, 2, path, quiet=True)  # a subset: all cached
+    few = train_task.self_targets(recipe, ntp, FakeVocab(), examples, 2, path, quiet=True)  # a subset: all cached
     assert calls == [] and len(few.encoded) == 2
     with torch.no_grad():  # another model: everything again
         ntp.lm_head.weight.mul_(1.5)
-    train_task.self_targets(args, ntp, FakeVocab(), examples, 10, path, quiet=True)
+    train_task.self_targets(recipe, ntp, FakeVocab(), examples, 10, path, quiet=True)
     assert calls == [3, 1]
 
 

@@ -205,7 +205,7 @@ def test_train_task_quick_and_bench_task(tmp_path):
     import bench
     import train_task
     out = tmp_path / "ckpt"
-    paths = train_task.train_task(train_task.parse(["--task", "e2e", "--quick", "--out-dir", str(out)]), quiet=True)
+    paths = train_task.train_task(dataclasses.replace(train_task.QUICK, task="e2e"), str(out), quiet=True)
     assert sorted(os.listdir(out)) == ["base.pt", "draft_base.pt", "e2e_draft.pt", "e2e_medusa_frozen_self.pt",
                                        "e2e_medusa_frozen_self_pruned.pt", "e2e_ntp.pt", "e2e_self_targets.json",
                                        "e2e_ss_frozen_self.pt", "e2e_ss_frozen_self_pruned.pt"]
@@ -227,8 +227,8 @@ def test_train_task_quick_and_bench_task(tmp_path):
     assert "whose values all occur in training" in (tmp_path / "res" / "e2e" / "ablation_seen_values.md").read_text()
     # the SS-only path (DialogSum in `make tasks`)
     recipe = ["--mode", "shared", "--stream-targets", "data"]  # (the paper's v1 recipe; and no slow self-targets)
-    train_task.train_task(train_task.parse(["--task", "dialogsum", "--quick", "--method", "ss", "--out-dir", str(out)]
-                                           + recipe), quiet=True)
+    train_task.train_task(dataclasses.replace(train_task.QUICK, task="dialogsum", methods=("ss",), mode="shared",
+                                              stream_targets="data"), str(out), quiet=True)
     bench.main(["task", "--task", "dialogsum", "--task-dir", str(out), "--results-dir", str(tmp_path / "res"),
                 "--n-eval", "2", "--prompts", "1", "--repeats", "1", "--methods", "ss"] + recipe)
     results = json.loads((tmp_path / "res" / "dialogsum" / "results.json").read_text())
@@ -242,15 +242,29 @@ def test_bases_only_pretrains_the_shared_bases_that_tasks_then_reuse(tmp_path):
     require_task_data()
     import train_task
     out = tmp_path / "ckpt"
-    paths = train_task.train_task(train_task.parse(["--bases-only", "--quick", "--out-dir", str(out)]), quiet=True)
+    paths = train_task.train_task(dataclasses.replace(train_task.QUICK, bases_only=True), str(out), quiet=True)
     assert sorted(os.listdir(out)) == ["base.pt", "draft_base.pt"] and set(paths) == {"base", "draft_base"}
     before = {name: (out / name).stat().st_mtime_ns for name in ("base.pt", "draft_base.pt")}
-    train_task.train_task(train_task.parse(["--task", "sql", "--quick", "--method", "draft", "--out-dir", str(out)]),
-                          quiet=True)
+    train_task.train_task(dataclasses.replace(train_task.QUICK, task="sql", methods=("draft",)), str(out), quiet=True)
     assert {name: (out / name).stat().st_mtime_ns for name in before} == before
     assert (out / "sql_draft.pt").exists()
     with pytest.raises(SystemExit):
         train_task.parse(["--quick"])
+
+
+def test_task_command_line_builds_the_recipe():
+    """Every flag of train_task.py but --out-dir and --quick sets a TaskRecipe field; --quick replaces the model size
+    and steps (over any given flag) and moves the default folder to checkpoints/tasks_quick."""
+    import train_task
+    from train_task import QUICK, TaskRecipe, parse
+    assert parse(["--task", "e2e"]) == (TaskRecipe(task="e2e"), "checkpoints/tasks")
+    assert parse(["--task", "sql", "--quick", "--ft-steps", "9", "--method", "ss", "draft"]) == \
+        (dataclasses.replace(QUICK, task="sql", methods=("ss", "draft")), "checkpoints/tasks_quick")
+    assert parse(["--bases-only", "--quick", "--out-dir", "x"]) == (dataclasses.replace(QUICK, bases_only=True), "x")
+    flags = {a.dest for a in train_task.parser()._actions} - {"help", "out_dir", "quick", "method"} | {"methods"}
+    assert flags == {f.name for f in dataclasses.fields(TaskRecipe)}
+    with pytest.raises(SystemExit, match="stream-fraction"):
+        parse(["--task", "e2e", "--stream-fraction", "0"])
 
 
 def test_e2e_test_mrs_split_by_values_seen_in_training():
@@ -306,7 +320,7 @@ def test_bench_draftcost_on_quick_models(tmp_path, capsys):
     import train_task
     out = tmp_path / "ckpt"
     recipe = ["--stream-targets", "data"]  # self-targets of 4,347 SQL questions would take minutes here
-    train_task.train_task(train_task.parse(["--task", "sql", "--quick", "--method", "ss", "medusa",
-                                            "--out-dir", str(out)] + recipe), quiet=True)
+    train_task.train_task(dataclasses.replace(train_task.QUICK, task="sql", methods=("ss", "medusa"),
+                                              stream_targets="data"), str(out), quiet=True)
     bench.main(["draftcost", "--task", "sql", "--task-dir", str(out)] + recipe)
     assert "Medusa heads" in capsys.readouterr().out
