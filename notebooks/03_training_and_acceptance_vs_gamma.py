@@ -38,19 +38,17 @@ torch.set_num_threads(1)  # tiny matrices: one thread is as fast, and stable on 
 plt.rcParams.update({"figure.dpi": 90, "font.size": 9})
 
 # %%
-import tempfile, time
+import dataclasses, time
 from benchmarks.params import parameter_counts
-from train_toy import parser, train_pipeline
+from train_toy import NOTEBOOK, train_pipeline
 
 start = time.time()
-with tempfile.TemporaryDirectory() as tmp:
-    args = parser().parse_args(["--out-dir", tmp, "--n-stories", "2000", "--n-embd", "64", "--gamma", "4",
-                                "--batch-size", "16", "--pretrain-steps", "300", "--ss-steps", "300",
-                                "--prune-steps", "30", "--threads", "1"])
-    model, data, histories = train_pipeline(args, quiet=True)
+# notebook 02's small model with one more stream, twice the stories and twice the steps (in memory: no files)
+recipe = dataclasses.replace(NOTEBOOK, gamma=4, n_stories=2000, pretrain_steps=300, ss_steps=300)
+model, data, histories = train_pipeline(recipe, quiet=True)
 GAMMA = model.config.n_streams
-print(f"trained in {time.time() - start:.0f} s: n_embd {args.n_embd}, {args.n_layer} layers "
-      f"(top {args.n_msa_layers} with MSA), gamma = {GAMMA}, LoRA rank {args.lora_rank}")
+print(f"trained in {time.time() - start:.0f} s: n_embd {recipe.n_embd}, {recipe.n_layer} layers "
+      f"(top {recipe.n_msa_layers} with MSA), gamma = {GAMMA}, LoRA rank {recipe.lora_rank}")
 counts = parameter_counts(model)
 print(f"parameters: base {counts['base']:,}, LoRA {counts['lora']:,}, stream embeddings {counts['stream_emb']:,} "
       f"(= γ·d), pruning adapter {counts['prune_adapter']:,}")

@@ -37,7 +37,7 @@ torch.set_num_threads(1)  # tiny matrices: one thread is as fast, and stable on 
 plt.rcParams.update({"figure.dpi": 90, "font.size": 9})
 
 # %%
-import os
+import dataclasses, os
 import train_task
 from data import EOS, CompactVocab, load_task, prompt_ids, relexicalise
 from drawing import GREEN, GREY, draw_tree
@@ -50,8 +50,8 @@ TASK_DIR, SS = "../checkpoints/tasks", "e2e_ss_frozen_self_pruned.pt"
 if not os.path.exists(f"{TASK_DIR}/{SS}"):
     print("no trained E2E models found: training a tiny --quick model (nonsense outputs, same mechanics)")
     TASK_DIR, SS = "../checkpoints/tasks_quick", "e2e_ss_frozen_data_pruned.pt"  # data targets: quicker here
-    train_task.train_task(train_task.parse(["--task", "e2e", "--quick", "--method", "ss", "--stream-targets", "data",
-                                            "--out-dir", TASK_DIR]), quiet=True)
+    recipe = dataclasses.replace(train_task.QUICK, task="e2e", methods=("ss",), stream_targets="data")
+    train_task.train_task(recipe, TASK_DIR, quiet=True)
 model = load_model(f"{TASK_DIR}/{SS}").eval()
 ntp = load_model(f"{TASK_DIR}/e2e_ntp.pt").eval()  # the next-token LoRA baseline, same base
 for m in (model, ntp):

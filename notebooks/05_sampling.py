@@ -149,16 +149,14 @@ fig.tight_layout()
 # P(depth $j$ accepted | depth $j-1$ accepted), nodes removed by the cap counting as rejections.
 
 # %%
-import tempfile, time
+import dataclasses, time
 from benchmarks.sampling import sampling_sweep
-from train_toy import parser, train_pipeline
+from train_toy import NOTEBOOK, train_pipeline
 
 start = time.time()
-with tempfile.TemporaryDirectory() as tmp:
-    args = parser().parse_args(["--out-dir", tmp, "--n-stories", "1000", "--n-embd", "64", "--gamma", "3",
-                                "--batch-size", "16", "--pretrain-steps", "120", "--ss-steps", "120",
-                                "--prune-steps", "10", "--threads", "1"])
-    model, data, _ = train_pipeline(args, quiet=True)
+# notebook 02's small model with fewer steps (in memory: no checkpoint files)
+model, data, _ = train_pipeline(dataclasses.replace(NOTEBOOK, pretrain_steps=120, ss_steps=120, prune_steps=10),
+                                quiet=True)
 model.eval()
 print(f"trained in {time.time() - start:.0f} s")
 rows = sampling_sweep(model, data.prompts(8), 40, data.eos_id, gamma=3, k=2, tree_cap=8, seed=0, progress=False)
