@@ -44,15 +44,11 @@ plt.rcParams.update({"figure.dpi": 90, "font.size": 9})
 # smaller than `make demo`'s, just enough for drafts to get accepted.
 
 # %%
-import tempfile, time
-from train_toy import parser, train_pipeline
+import time
+from train_toy import NOTEBOOK, train_pipeline
 
 start = time.time()
-with tempfile.TemporaryDirectory() as tmp:
-    args = parser().parse_args(["--out-dir", tmp, "--n-stories", "1000", "--n-embd", "64", "--gamma", "3",
-                                "--batch-size", "16", "--pretrain-steps", "150", "--ss-steps", "150",
-                                "--prune-steps", "30", "--threads", "1"])
-    model, data, histories = train_pipeline(args, quiet=True)
+model, data, histories = train_pipeline(NOTEBOOK, quiet=True)  # in memory: no checkpoint files
 print(f"trained in {time.time() - start:.0f} s; vocabulary {len(data.words)} words; gamma = {model.config.n_streams}")
 print("top-1 accuracy of streams 1..γ on the last batch:",
       " ".join(f"{a:.2f}" for a in histories["streams"]["stream_acc"][-1]))
