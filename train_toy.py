@@ -148,8 +148,8 @@ class ToyRecipe:
     device: str = "cpu"
 
 
-# Fixed small recipes. TINY: a few seconds (tests). NOTEBOOK: notebook 02's model, about half a minute on one
-# thread; notebooks 03 and 05 change a few of its settings.
+# Fixed small recipes. TINY: a few seconds (tests). NOTEBOOK: notebook 02's model, about a minute on one thread;
+# notebooks 03 and 05 change a few of its settings. (The committed reference model's: validate.REFERENCE_TRAINING.)
 TINY = ToyRecipe(n_stories=100, n_layer=2, n_embd=16, n_head=2, block_size=64, train_block=16, batch_size=4, gamma=2,
                  n_msa_layers=1, lora_rank=2, pretrain_steps=6, ss_steps=6, prune_steps=3)
 NOTEBOOK = ToyRecipe(n_stories=1000, n_embd=64, gamma=3, batch_size=16, pretrain_steps=150, ss_steps=150,
