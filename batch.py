@@ -23,8 +23,8 @@ import time
 import torch
 from torch.nn import functional as F
 
-from generate import (GenerationResult, causal_mask, check_prompt, check_speculative, commit_tokens, greedy_tokens,
-                      record_call)
+from generate import (GenerationResult, causal_mask, check_int, check_prompt, check_speculative, commit_tokens,
+                      greedy_tokens, record_call)
 from model import GPT, KVCache
 from tree import Tree, draft_tree, prune_tree, subtree, verify_greedy
 
@@ -86,8 +86,7 @@ def prefill_rows(model: GPT, prompts: list[list[int]], max_new_tokens: int, max_
     """Run the right-padded prompts through the main stream into a fresh cache and commit each row's own prompt
     entries. Returns the cache, and at each row's last prompt token the hidden state at the input of block N-N_s
     (B, C) and the main logits (B, V)."""
-    if not isinstance(pad_id, int) or not 0 <= pad_id < model.config.vocab_size:
-        raise ValueError(f"pad_id={pad_id!r} must be a token id in [0, {model.config.vocab_size})")
+    check_int("pad_id", pad_id, 0, model.config.vocab_size - 1, note=" (a token id)")
     p = next(model.parameters())
     B, P = len(prompts), max(len(prompt) for prompt in prompts)
     idx = torch.tensor([prompt + [pad_id] * (P - len(prompt)) for prompt in prompts], device=p.device)  # (B, P)
