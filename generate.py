@@ -248,6 +248,12 @@ class SpecSettings:
     generator: torch.Generator | None
     acceptance: str
 
+    @property
+    def max_nodes(self) -> int:
+        """The most nodes one call forwards: the full k-ary tree of depth γ, or the cap."""
+        full = sum(self.k ** d for d in range(self.gamma + 1))
+        return full if self.tree_cap is None else min(self.tree_cap, full)
+
 
 @dataclass
 class Drafter:
@@ -438,8 +444,7 @@ def generate_speculative(model: GPT, prompt_ids, max_new_tokens: int, gamma: int
     result.depth_attempted, result.depth_accepted = [0] * gamma, [0] * gamma
     if max_new_tokens == 0:
         return result
-    full_size = sum(k ** d for d in range(gamma + 1))
-    cache = new_cache(model, prompt, max_new_tokens, full_size if tree_cap is None else min(tree_cap, full_size))
+    cache = new_cache(model, prompt, max_new_tokens, s.max_nodes)
     drafter, result.prefill_trace = speculative_prefill(model, prompt, cache, s, trace)
     result.forward_calls = 1
     done = commit_tokens(result, [drafter.root], max_new_tokens, eos_id)
