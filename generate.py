@@ -100,7 +100,7 @@ def is_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def check_int(name: str, value, low: int, high: int | None = None, optional: bool = False, note: str = ""):
+def check_int(name: str, value, low: int, high: int | None = None, optional: bool = False, note: str = "") -> None:
     """Refuse `value` with a one-line ValueError that names it unless it is an integer in low..high (no upper
     bound when high is None), or None when optional."""
     if optional and value is None:
@@ -110,7 +110,7 @@ def check_int(name: str, value, low: int, high: int | None = None, optional: boo
         raise ValueError(f"{name}={value!r} must be {'None or ' if optional else ''}an integer {bounds}{note}")
 
 
-def check_number(name: str, value, within: Callable[[float], bool], allowed: str, optional: bool = False):
+def check_number(name: str, value, within: Callable[[float], bool], allowed: str, optional: bool = False) -> None:
     """Refuse `value` unless it is a real number for which within(value) holds (`allowed` says which), or None
     when optional."""
     if optional and value is None:
@@ -142,7 +142,7 @@ def check_prompt(model: GPT, prompt_ids, max_new_tokens: int) -> torch.Tensor:
     return torch.tensor([prompt_ids], dtype=torch.long, device=next(model.parameters()).device)
 
 
-def check_sampling(temperature: float, top_k: int | None, top_p: float | None, acceptance: str = "recursive"):
+def check_sampling(temperature: float, top_k: int | None, top_p: float | None, acceptance: str = "recursive") -> None:
     """Validate the sampling options shared by generate_autoregressive and generate_speculative."""
     check_number("temperature", temperature, lambda t: t >= 0, ">= 0 (0 = greedy)")
     check_int("top_k", top_k, 1, optional=True)

@@ -14,8 +14,8 @@ ATOL = 1e-10  # float64 comparisons between different computation orders
 # random weights
 # ------------------------------------------------------------------------------------------------------------
 
-def randomize(model: torch.nn.Module, seed: int = 0, noise_dtype: torch.dtype = torch.float64, gain: float = 1.0,
-              vector_std: float = 0.1, stds: dict[str, float] | None = None, lora_b: bool = True):
+def randomize(model: GPT, seed: int = 0, noise_dtype: torch.dtype = torch.float64, gain: float = 1.0,
+              vector_std: float = 0.1, stds: dict[str, float] | None = None, lora_b: bool = True) -> GPT:
     """Give every parameter a non-trivial random value: the default init (std 0.02) makes every greedy output one
     repeated token and hides effects in noise. LayerNorm weights 1 + 0.2 z, the parameters named in `stds` std * z
     (default: the stream embeddings, 0.5), other matrices gain * z / sqrt(fan-in), other vectors vector_std * z,
@@ -53,7 +53,7 @@ def random_model(seed: int = 0, vocab_size: int = 50, n_layer: int = 4, n_msa_la
     return make_model(cfg, seed, noise_dtype=torch.float32)
 
 
-def perturb_(model: torch.nn.Module, seed: int, std: float = 0.1):
+def perturb_(model: torch.nn.Module, seed: int, std: float = 0.1) -> torch.nn.Module:
     """Move every parameter (biases, LayerNorms and stream embeddings included) away from its value by std * z,
     z ~ N(0, 1) in its own dtype; returns the model."""
     g = torch.Generator().manual_seed(seed)
@@ -63,7 +63,7 @@ def perturb_(model: torch.nn.Module, seed: int, std: float = 0.1):
     return model
 
 
-def randomize_fan_in(params: Iterable[torch.Tensor], seed: int):
+def randomize_fan_in(params: Iterable[torch.Tensor], seed: int) -> None:
     """Set each of `params`, in this order, to z / sqrt(its last dimension), z ~ N(0, 1) in its own dtype."""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
