@@ -37,6 +37,15 @@ def tiny_config():
 
 
 @pytest.fixture(scope="module")
+def toy_dir(tmp_path_factory):
+    """A tiny toy run (a few steps of each stage): base.pt, ss_gamma2.pt, ss_gamma2_pruned.pt."""
+    from train_toy import TINY, train_pipeline
+    out = tmp_path_factory.mktemp("toy")
+    train_pipeline(TINY, str(out), quiet=True)
+    return out
+
+
+@pytest.fixture(scope="module")
 def rand_model(_one_thread):
     """Random weights, untrained streams, 3 main-only blocks under 1 MSA block, pruning adapter randomized."""
     return random_model(seed=1)

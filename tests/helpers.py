@@ -1,11 +1,15 @@
 """Helpers shared by the tests: models with non-trivial random weights, random tokens and prompts, the periodic
-sequence the trained decoding model learns (its fixtures are in conftest.py), and expected accepted lengths."""
+sequence the trained decoding model learns and the greedy output of the tiny toy run (their fixtures are in
+conftest.py), and expected accepted lengths."""
 import math
 from collections.abc import Iterable
 
 import torch
 
+from checkpoint import load_model
+from generate import generate_autoregressive
 from model import GPT, GPTConfig
+from train_toy import ToyData
 
 ATOL = 1e-10  # float64 comparisons between different computation orders
 
@@ -135,6 +139,16 @@ def train_periodic_model() -> GPT:
     with torch.no_grad():
         model.prune_adapter.up.weight.copy_(torch.randn(model.prune_adapter.up.weight.shape, generator=g) * 0.5)
     return model.double().eval()
+
+
+def toy_greedy(toy_dir, words: str, max_new: int) -> tuple[GPT, ToyData, list[int], list[int]]:
+    """From a tiny toy run (the toy_dir fixture): its pruned SS model, the toy vocabulary, the prompt ids of
+    `words` and their greedy AR output, computed without the command line."""
+    model = load_model(str(toy_dir / "ss_gamma2_pruned.pt")).eval()
+    model.merge_lora()
+    data = ToyData(10)
+    prompt = [data.eos_id] + data.encode(words.split())
+    return model, data, prompt, generate_autoregressive(model, prompt, max_new, eos_id=data.eos_id).tokens
 
 
 def full_acceptance_lengths(m: int, gamma: int) -> list[int]:
