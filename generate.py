@@ -151,6 +151,9 @@ def check_sampling(temperature: float, top_k: int | None, top_p: float | None, a
         raise ValueError(f"acceptance={acceptance!r} must be one of {ACCEPTANCE_RULES} (only 'recursive' is lossless)")
 
 
+MAX_FULL_TREE = 4096  # an uncapped tree beyond this is a mistake (k=81, γ=4: 43 million nodes and their cache)
+
+
 def check_speculative(model: GPT, gamma: int | None, k: int, tree_cap: int | None, prune_threshold: float | None,
                       stream_pass: str, batched: bool = False) -> int:
     """Validate the tree options shared by generate_speculative and (batched=True, streams only)
@@ -171,6 +174,10 @@ def check_speculative(model: GPT, gamma: int | None, k: int, tree_cap: int | Non
     if stream_pass not in ("tree", "accepted"):
         raise ValueError(f"stream_pass={stream_pass!r} must be 'tree' (the paper's single pass) or 'accepted'")
     check_number("prune_threshold", prune_threshold, lambda x: 0 <= x < 1, "in [0, 1)", optional=True)
+    full = sum(k ** depth for depth in range(gamma + 1))
+    if tree_cap is None and full > MAX_FULL_TREE:
+        raise ValueError(f"k={k} with gamma={gamma} drafts a full tree of {full:,} nodes (at most {MAX_FULL_TREE:,} "
+                         f"without a cap): give tree_cap, e.g. 16, to keep the most probable nodes")
     if prune_threshold is not None and cfg.prune_rank == 0:
         raise ValueError("prune_threshold needs a pruning adapter: build the model with prune_rank > 0 and "
                          "train it (see train_toy.py)")
@@ -190,8 +197,18 @@ def causal_mask(n: int, device) -> torch.Tensor:
 
 def greedy_tokens(logits: torch.Tensor) -> torch.Tensor:
     """Argmax over the last dim (the first maximal index, as torch.argmax) by torch.max, whose CPU kernel is
-    ~40% faster (5 rows of a 10k vocabulary: 63 vs 101 us). logits (..., V) -> (...)."""
-    return logits.max(dim=-1).indices
+    ~40% faster (5 rows of a 10k vocabulary: 63 vs 101 us). logits (..., V) -> (...). A row holding NaN or +inf
+    (its max is then NaN or inf) stops decoding with an error instead of emitting a meaningless token."""
+    top = logits.max(dim=-1)
+    refuse_non_finite(top.values)
+    return top.indices
+
+
+def refuse_non_finite(values: torch.Tensor) -> None:
+    """Stop decoding, with a one-line error, where the model's logits hold NaN or inf."""
+    if not bool(torch.isfinite(values).all()):
+        raise ValueError("the model's logits hold NaN or inf, so decoding stops: its weights are broken or its "
+                         "activations overflow (float16 / bfloat16); check the checkpoint or decode in float32")
 
 
 def pick_token(logits: torch.Tensor, temperature: float, top_k: int | None, top_p: float | None,
@@ -200,6 +217,7 @@ def pick_token(logits: torch.Tensor, temperature: float, top_k: int | None, top_
     distribution (tree.sampling_probs; top_k / top_p do not change the argmax)."""
     if temperature == 0:
         return int(greedy_tokens(logits))
+    refuse_non_finite(logits)
     return sample(sampling_probs(logits.cpu(), temperature, top_k, top_p), generator)
 
 

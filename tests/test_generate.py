@@ -669,3 +669,24 @@ def test_merged_inference_layout_decodes_like_the_unmerged_model():
         for ta, tb in zip(a.trace, b.trace):
             assert tb.drafted.tokens.tolist() == ta.drafted.tokens.tolist()
             torch.testing.assert_close(tb.drafted.scores, ta.drafted.scores, atol=1e-9, rtol=0)
+
+
+def test_non_finite_logits_stop_decoding_with_an_error():
+    """A model whose logits turn NaN (broken weights that bypassed loading, or an overflow) stops every decoder with
+    one clear error instead of emitting tokens; an uncapped tree too large to forward is refused."""
+    from batch import generate_autoregressive_batch, generate_speculative_batch
+    model = random_model(seed=3)
+    with torch.no_grad():
+        model.transformer.ln_f.weight[0] = float("nan")
+    prompt = [1, 2, 3]
+    decoders = [lambda: generate_autoregressive(model, prompt, 5),
+                lambda: generate_autoregressive(model, prompt, 5, temperature=1.0),
+                lambda: generate_speculative(model, prompt, 5, k=2),
+                lambda: generate_speculative(model, prompt, 5, temperature=1.0),
+                lambda: generate_autoregressive_batch(model, [prompt, prompt], 5),
+                lambda: generate_speculative_batch(model, [prompt, prompt], 5)]
+    for decode in decoders:
+        with pytest.raises(ValueError, match="logits hold NaN or inf, so decoding stops"):
+            decode()
+    with pytest.raises(ValueError, match=r"k=81 with gamma=4 drafts a full tree of 43,584,805 nodes .* tree_cap"):
+        generate_speculative(random_model(seed=4, vocab_size=90), prompt, 5, gamma=4, k=81)
