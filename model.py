@@ -80,8 +80,8 @@ class LoRALinear(nn.Linear):
         if stream_rank > 0:
             self.stream_A = nn.Parameter(torch.randn(stream_rank, in_features) / math.sqrt(in_features))
             self.stream_B = nn.Parameter(torch.zeros(out_features, stream_rank))
-        self.register_buffer("weight_t", None, persistent=False)  # set by `merge`
-        self.register_buffer("stream_weight_t", None, persistent=False)
+        for name in ("weight_t", "stream_weight_t"):  # set by `merge`
+            self.register_buffer(name, None, persistent=False)
 
     def forward(self, x, n_main: int | None = None):
         """x: (B, rows, in); with a stream adapter, rows n_main.. are stream rows (None: no stream rows)."""
@@ -91,8 +91,7 @@ class LoRALinear(nn.Linear):
         if self.rank > 0 and not self.merged:
             y = y + F.linear(F.linear(x, self.lora_A) * self.scale, self.lora_B)  # scale at rank r: cheaper
         if self.stream_rank > 0 and n_main is not None and x.size(1) > n_main:
-            s = x[:, n_main:]
-            y[:, n_main:] += F.linear(F.linear(s, self.stream_A) * self.stream_scale, self.stream_B)
+            y[:, n_main:] += F.linear(F.linear(x[:, n_main:], self.stream_A) * self.stream_scale, self.stream_B)
         return y
 
     def forward_merged(self, x, n_main: int | None = None):
@@ -106,9 +105,8 @@ class LoRALinear(nn.Linear):
 
     @torch.no_grad()
     def merge(self, merge: bool = True):
-        """Inference (merge=True): fold the update into the weight and keep W^T contiguous (small-row matmuls read it
-        much faster on a CPU), plus (W + BA + B_s A_s)^T for stream rows; used when gradients are off.
-        merge=False takes it all back out (do it before training again)."""
+        """Inference (merge=True, used when gradients are off): fold the update into W, keep W^T contiguous (small-row
+        matmuls read it much faster on a CPU) and (W + BA + B_s A_s)^T; merge=False takes it out (before training)."""
         if self.merged == merge:
             return
         if self.rank > 0:
@@ -117,9 +115,8 @@ class LoRALinear(nn.Linear):
         self.merged = merge
         self.weight_t = self.weight.t().contiguous() if merge else None
         self.stream_weight_t = None
-        if merge and self.stream_rank > 0:
-            stream_delta = (self.stream_B @ self.stream_A) * self.stream_scale
-            self.stream_weight_t = (self.weight + stream_delta).t().contiguous()
+        if merge and self.stream_rank > 0:  # the stream rows' weight
+            self.stream_weight_t = (self.weight + (self.stream_B @ self.stream_A) * self.stream_scale).t().contiguous()
 
 
 def linear_t(x: torch.Tensor, weight_t: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -135,15 +132,11 @@ class KVCache:
     chosen pending entries right after the committed ones (cache compaction). After a commit, GPT.streams_at uses
     [length, length+γ) as scratch for its stream keys/values. Per-row lengths: batch.RowKVCache."""
 
-    def __init__(self, config: GPTConfig, batch_size: int = 1, max_len: int | None = None,
-                 device=None, dtype=torch.float32):
+    def __init__(self, config: GPTConfig, batch_size: int = 1, max_len: int | None = None, device=None, dtype=None):
         self.max_len = max_len or config.block_size
-        hs = config.n_embd // config.n_head
-        shape = (batch_size, config.n_head, self.max_len + config.n_streams, hs)  # + γ scratch (write_scratch)
-        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
-        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
-        self.length = 0   # committed entries
-        self.pending = 0  # entries written by the last forward, not committed yet
+        shape = (batch_size, config.n_head, self.max_len + config.n_streams, config.n_embd // config.n_head)
+        self.k, self.v = ([torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)] for _ in "kv")
+        self.length, self.pending = 0, 0  # committed entries; entries written by the last forward, not committed yet
 
     def write(self, layer: int, k: torch.Tensor, v: torch.Tensor):
         """Store T pending entries of one layer; return all keys/values a query may see: (B, nh, length+T, hs)."""
@@ -153,9 +146,8 @@ class KVCache:
         return self.write_scratch(layer, k, v)
 
     def write_scratch(self, layer: int, k: torch.Tensor, v: torch.Tensor):
-        """Write T entries of one layer at [length, length+T) without making them pending; return the keys/values
-        [0, length+T): (B, nh, length+T, hs). GPT.streams_at keeps its γ stream keys/values there, as scratch that
-        the next forward's pending entries overwrite (γ columns past max_len are allocated for it)."""
+        """Write T entries of one layer at [length, length+T), not pending (GPT.streams_at's scratch, γ columns past
+        max_len, for the next forward to overwrite); return the keys/values [0, length+T): (B, nh, length+T, hs)."""
         end = self.length + k.size(2)
         self.k[layer][:, :, self.length:end] = k
         self.v[layer][:, :, self.length:end] = v
@@ -164,13 +156,12 @@ class KVCache:
     def select_pending(self, keep, layers: range):
         """Keep only the pending entries `keep` (indices into the last forward's new rows) in `layers`."""
         keep = keep.tolist() if isinstance(keep, torch.Tensor) else list(keep)
-        n = len(keep)
-        if keep == list(range(n)):
+        if keep == list(range(len(keep))):
             return  # already in place (e.g. an accepted chain): nothing to move
         keep = torch.tensor(keep, device=self.k[0].device)
         for layer in layers:
             for buf in (self.k[layer], self.v[layer]):
-                buf[:, :, self.length:self.length + n] = buf[:, :, self.length + keep]
+                buf[:, :, self.length:self.length + len(keep)] = buf[:, :, self.length + keep]
 
     def commit(self, keep=None):
         """Compaction after acceptance: the pending entries `keep` (in this order; None = all) become committed."""
@@ -190,8 +181,7 @@ class CausalSelfAttention(nn.Module):
         r, a = config.lora_rank, config.lora_alpha
         self.c_attn = LoRALinear(config.n_embd, 3 * config.n_embd, config.bias, r, a, stream_rank)
         self.c_proj = LoRALinear(config.n_embd, config.n_embd, config.bias, r, a, stream_rank)
-        self.attn_dropout = nn.Dropout(config.dropout)
-        self.resid_dropout = nn.Dropout(config.dropout)
+        self.attn_dropout, self.resid_dropout = nn.Dropout(config.dropout), nn.Dropout(config.dropout)
         self.n_head, self.n_embd, self.dropout = config.n_head, config.n_embd, config.dropout
 
     def heads(self, t: torch.Tensor) -> torch.Tensor:
@@ -291,8 +281,7 @@ class Block(nn.Module):
         return h[:, :T], None if s is None else h[:, T:].view_as(s)
 
     def forward_streams(self, s, mask, cache, layer):
-        """s: (B, γ, C) the streams of one already cached node alone (GPT.streams_at); mask as in
-        CausalSelfAttention.forward_streams."""
+        """s: (B, γ, C), the streams of one already cached node alone (GPT.streams_at); mask: see the attention's."""
         s = s + self.attn.forward_streams(self.ln_1(s), mask, cache, layer)
         return s + self.mlp(self.ln_2(s), 0)
 
@@ -310,9 +299,8 @@ class PruneAdapter(nn.Module):
 
 
 class MedusaHeads(nn.Module):
-    """The Medusa baseline (Cai et al., 2024): head j = ResBlock h + SiLU(W_j h + b_j), then its own LM head,
-    predicts x[t+1+j] from the last hidden state at t. ResBlocks start at zero (identity); LM heads are copied
-    from the base one when the base weights are loaded (see `GPT.init_medusa_from_lm_head`)."""
+    """The Medusa baseline (Cai et al., 2024): head j, a ResBlock h + SiLU(W_j h + b_j) then its own LM head,
+    predicts x[t+1+j] from the last hidden state at t; ResBlocks start at zero, LM heads as copies of the base one."""
 
     def __init__(self, config: GPTConfig):
         super().__init__()
@@ -320,16 +308,18 @@ class MedusaHeads(nn.Module):
         self.res = nn.ModuleList([nn.Linear(d, d) for _ in range(n)])
         self.lm_heads = nn.ModuleList([nn.Linear(d, V, bias=False) for _ in range(n)])
 
-    def forward(self, h):
-        """h: (..., C) final hidden states -> (..., n_heads, V) logits."""
-        return torch.stack([head(h + F.silu(res(h))) for res, head in zip(self.res, self.lm_heads)], dim=-2)
+    def forward(self, h, weights_t: torch.Tensor | None = None):
+        """h: (..., C) -> logits (..., n_heads, V), or (..., n_heads, N) through trimmed heads (n_heads, C, N)."""
+        h = [h + F.silu(res(h)) for res in self.res]
+        if weights_t is None:
+            return torch.stack([head(x) for x, head in zip(h, self.lm_heads)], dim=-2)
+        return torch.stack([linear_t(x, w, None) for x, w in zip(h, weights_t)], dim=-2)
 
 
 @dataclass
 class GPTOutput:
-    """Without targets: logits at every position. With targets (training), only the positions that have
-    something to learn go through the LM head(s): logits (N, V), stream_logits (N', γ, V), and the targets
-    they were scored against."""
+    """Without targets: logits at every position. With targets (training), only the positions with something to learn
+    go through the LM head(s): logits (N, V), stream_logits (N', γ, V), and the targets they were scored against."""
     logits: torch.Tensor | None          # (B, T, V) main stream, predicts x[t+1]; (N, V) with targets
     stream_logits: torch.Tensor | None   # (B, T', γ, V) stream (or Medusa head) j predicts x[t+1+j]; (N', γ, V)
     loss: torch.Tensor | None = None     # Eq. 5
@@ -341,8 +331,7 @@ class GPTOutput:
 
 def stream_targets(targets: torch.Tensor, n_ahead: int) -> torch.Tensor:
     """Eq. 5's targets of stream j at t: x[t+1+j] = targets[:, t+j] (-1 past the end). (B, T) -> (B, T, γ)."""
-    T = targets.size(1)
-    ahead = [F.pad(targets[:, j:], (0, min(j, T)), value=-1) for j in range(1, n_ahead + 1)]
+    ahead = [F.pad(targets[:, j:], (0, min(j, targets.size(1))), value=-1) for j in range(1, n_ahead + 1)]
     return torch.stack(ahead, dim=-1) if ahead else targets.new_empty(*targets.shape, 0)
 
 
@@ -351,8 +340,7 @@ class GPT(nn.Module):
         super().__init__()
         self.config = config
         self.transformer = nn.ModuleDict(dict(
-            wte=nn.Embedding(config.vocab_size, config.n_embd),
-            wpe=nn.Embedding(config.block_size, config.n_embd),
+            wte=nn.Embedding(config.vocab_size, config.n_embd), wpe=nn.Embedding(config.block_size, config.n_embd),
             drop=nn.Dropout(config.dropout),
             h=nn.ModuleList([Block(config, config.stream_adapter_rank if layer >= config.first_msa_layer else 0)
                              for layer in range(config.n_layer)]),
@@ -366,6 +354,8 @@ class GPT(nn.Module):
             self.prune_adapter = PruneAdapter(config)
         if config.n_medusa_heads > 0:
             self.medusa = MedusaHeads(config)
+        for name in ("draft_ids", "draft_weight_t"):  # set by trim_draft_vocab (decoding only)
+            self.register_buffer(name, None, persistent=False)
         self.apply(self._init_weights)
         for name, p in self.named_parameters():
             if name.endswith("c_proj.weight"):
@@ -384,12 +374,10 @@ class GPT(nn.Module):
             head.weight.copy_(self.lm_head.weight)
 
     def _init_weights(self, module):
-        if isinstance(module, nn.Linear):
+        if isinstance(module, (nn.Linear, nn.Embedding)):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.Embedding):
-            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
 
     # ---- the three pieces of a forward pass, shared by training and inference ----
 
@@ -419,14 +407,17 @@ class GPT(nn.Module):
             x, s = self.transformer.h[layer](x, s, mask, cache, layer, None if s is None else stream_rows)
         return self.transformer.ln_f(x), None if s is None else self.transformer.ln_f(s)
 
-    def draft_logits(self, states: torch.Tensor) -> torch.Tensor:
+    def draft_logits(self, states: torch.Tensor, trimmed: bool = False) -> torch.Tensor:
         """Logits of the drafters, (..., γ, V), all aiming at x[t+1+j] from position t: stream states (..., γ, C)
-        through the shared LM head, or (Medusa baseline) the heads on final main states (..., C)."""
-        return self.medusa(states) if self.config.n_medusa_heads > 0 else self.lm_head(states)
+        through the shared LM head, or (Medusa baseline) the heads on final main states (..., C). Decoding passes
+        trimmed=True: after `trim_draft_vocab`, only the columns of draft_ids, (..., γ, N)."""
+        weights_t = self.draft_weight_t if trimmed else None
+        if self.config.n_medusa_heads > 0:
+            return self.medusa(states, weights_t)
+        return self.lm_head(states) if weights_t is None else linear_t(states, weights_t[0], None)
 
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None,
-                loss_mask: torch.Tensor | None = None, stream_rows: torch.Tensor | None = None,
-                main_loss: bool = True) -> GPTOutput:
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, loss_mask: torch.Tensor | None = None,
+                stream_rows: torch.Tensor | None = None, main_loss: bool = True) -> GPTOutput:
         """Full-sequence forward (training). idx, targets: (B, T), targets[:, t] = x[t+1] (-1 = ignore); loss_mask:
         (B, T) bool, False where nothing is learned (prompt tokens); stream_rows: (T',) sorted positions that get
         streams / Medusa drafts (None = all; exact for those positions). main_loss=False (frozen mode, α0 = 0): no
@@ -499,7 +490,19 @@ class GPT(nn.Module):
         """Pruning logits z~ = lm_head(ln_f(o(h))) from the hidden state h at the input of block N-N_s."""
         return self.lm_head(self.transformer.ln_f(self.prune_adapter(h)))
 
-    # ---- LoRA ----
+    # ---- inference settings: a trimmed draft vocabulary, LoRA folded into the weights ----
+
+    def trim_draft_vocab(self, ids: torch.Tensor | None):
+        """Decoding: the drafters (streams, or each Medusa head) score only the token ids `ids` (N,), through
+        contiguous (C, N) copies of their LM-head rows; verification, pruning and training keep all V. None: undo."""
+        V, heads = self.config.vocab_size, self.medusa.lm_heads if self.config.n_medusa_heads > 0 else [self.lm_head]
+        if ids is None:
+            self.draft_ids = self.draft_weight_t = None
+        elif ids.dim() == 1 and 0 < len(ids) == len(ids.unique()) and 0 <= ids.min() and ids.max() < V:
+            self.draft_ids = ids.to(self.lm_head.weight.device, torch.long)
+            self.draft_weight_t = torch.stack([h.weight.detach()[self.draft_ids].t() for h in heads]).contiguous()
+        else:
+            raise ValueError(f"a draft vocabulary is a 1-D tensor of 1..{V} distinct token ids in [0, {V})")
 
     def merge_lora(self, merge: bool = True):
         """Inference: fold LoRA into the weights and give every projection and the LM head the inference layout
