@@ -9,11 +9,13 @@ All return a `GenerationResult`. Metric conventions (docs/CONVENTIONS.md):
     length counts the root;
   - acceptance rate at depth j = depth_accepted[j-1] / depth_attempted[j-1], i.e. P(depth j accepted |
     depth j-1 accepted).
+A trimmed draft vocabulary (GPT.trim_draft_vocab, e.g. with `frequent_tokens`) changes the cost of drafting, never
+the output.
 """
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -169,7 +171,10 @@ def check_speculative(model: GPT, gamma: int | None, k: int, tree_cap: int | Non
     gamma = drafters if gamma is None else gamma
     heads = "n_streams" if batched or cfg.n_medusa_heads == 0 else "n_medusa_heads"
     check_int("gamma", gamma, 1, drafters, note=f" (the model's {heads})")
-    check_int("k", k, 1, cfg.vocab_size, note=" (the model's vocab_size)")
+    if model.draft_ids is None:
+        check_int("k", k, 1, cfg.vocab_size, note=" (the model's vocab_size)")
+    else:
+        check_int("k", k, 1, len(model.draft_ids), note=" (the model's trimmed draft vocabulary)")
     check_int("tree_cap", tree_cap, 1, optional=True)
     if stream_pass not in ("tree", "accepted"):
         raise ValueError(f"stream_pass={stream_pass!r} must be 'tree' (the paper's single pass) or 'accepted'")
@@ -325,24 +330,42 @@ class SpecStep:
                          f.positions, self.draft.topk, f.exit_probs, f.logits)
 
 
+def frequent_tokens(sequences: Iterable[Sequence[int]], n: int, vocab_size: int) -> torch.Tensor:
+    """The n most frequent token ids of `sequences` (e.g. a task's training completions), most frequent first, ties
+    by the lower id; ids that never occur come last, lowest first. A draft vocabulary for GPT.trim_draft_vocab: (n,)."""
+    check_int("n", n, 1, vocab_size, note=" (the vocabulary's size)")
+    ids = torch.tensor([t for seq in sequences for t in seq], dtype=torch.long)
+    if len(ids) and not 0 <= int(ids.min()) <= int(ids.max()) < vocab_size:
+        raise ValueError(f"token ids must lie in [0, {vocab_size}): the sequences hold {int(ids.min())}.."
+                         f"{int(ids.max())}; give sequences of this vocabulary")
+    counts = torch.bincount(ids, minlength=vocab_size)  # (V,)
+    return torch.sort(counts, descending=True, stable=True).indices[:n]  # stable: equal counts keep id order
+
+
 def draft_topk(model: GPT, main_state: torch.Tensor, stream_states: torch.Tensor | None, depth: int,
                k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Top-k tokens and probabilities of drafters 1..depth at one node: its streams (stream_states: (γ, C)) or,
     for the Medusa baseline, the heads on its last hidden state (main_state: (C,)). Returns (depth, k) each.
-    Leading dimensions ride along: the streams of B nodes (B, γ, C) give (B, depth, k)."""
+    Leading dimensions ride along: the streams of B nodes (B, γ, C) give (B, depth, k). With a trimmed draft
+    vocabulary (GPT.trim_draft_vocab) the softmax and top-k run over its N tokens, mapped back to token ids."""
     states = main_state if model.config.n_medusa_heads > 0 else stream_states[..., :depth, :]
-    top = F.softmax(model.draft_logits(states)[..., :depth, :].float(), dim=-1).topk(k, dim=-1)
-    return top.indices, top.values
+    logits = model.draft_logits(states, trimmed=True)[..., :depth, :]  # (..., depth, V), or (..., depth, N)
+    top = F.softmax(logits.float(), dim=-1).topk(k, dim=-1)
+    return (top.indices if model.draft_ids is None else model.draft_ids[top.indices]), top.values
 
 
 def draft_sampled(model: GPT, main_state: torch.Tensor, stream_states: torch.Tensor | None, root: int, depth: int,
                   k: int, cap: int | None, temperature: float, top_k: int | None, top_p: float | None,
                   generator: torch.Generator | None) -> tuple[Tree, tuple[torch.Tensor, torch.Tensor], torch.Tensor]:
     """Sampled drafting at one node (temperature > 0): the drafters' distributions q (depth, V), through the same
-    transform as the target, and a tree of draws without replacement from them (tree.draft_tree_sampled).
-    Returns the tree, (draws, rank probabilities) (each (depth, k'), k' <= k) and q, on the CPU."""
+    transform as the target, and a tree of draws without replacement from them (tree.draft_tree_sampled). With a
+    trimmed draft vocabulary the transform runs over its N tokens and q is zero outside them (lossless all the same:
+    verification tests each draft against the q it was drawn from). Returns the tree, (draws, rank probabilities)
+    (each (depth, k'), k' <= k) and q, on the CPU."""
     states = main_state if model.config.n_medusa_heads > 0 else stream_states[:depth]
-    q = sampling_probs(model.draft_logits(states)[:depth].cpu(), temperature, top_k, top_p)
+    q = sampling_probs(model.draft_logits(states, trimmed=True)[:depth].cpu(), temperature, top_k, top_p)
+    if model.draft_ids is not None:  # trimmed: zero outside the draft vocabulary, the q the draws come from
+        q = q.new_zeros(depth, model.config.vocab_size).index_copy_(1, model.draft_ids.cpu(), q)
     tree, drawn, rank_probs = draft_tree_sampled(root, q, k, generator, cap, main_state.device)
     return tree, (drawn, rank_probs), q
 

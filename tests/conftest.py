@@ -36,6 +36,24 @@ def tiny_config():
     return make
 
 
+@pytest.fixture(params=[False, True], ids=["full draft vocabulary", "trimmed draft vocabulary"])
+def trim(request):
+    """Runs a test twice, the second time with `trim(model, ids)` trimming the model's draft vocabulary to the token
+    ids `ids` (GPT.trim_draft_vocab; the first time it does nothing), undone after the test. Greedy and sampled
+    decoding must stay lossless either way."""
+    trimmed = []
+
+    def apply(model, ids):
+        if request.param:
+            model.trim_draft_vocab(ids)
+            trimmed.append(model)
+        return model
+
+    yield apply
+    for model in trimmed:
+        model.trim_draft_vocab(None)
+
+
 @pytest.fixture(scope="module")
 def toy_dir(tmp_path_factory):
     """A tiny toy run (a few steps of each stage): base.pt, ss_gamma2.pt, ss_gamma2_pruned.pt."""

@@ -7,7 +7,7 @@ from collections.abc import Iterable
 import torch
 
 from checkpoint import load_model
-from generate import generate_autoregressive
+from generate import frequent_tokens, generate_autoregressive
 from model import GPT, GPTConfig
 from train_toy import ToyData
 
@@ -139,6 +139,17 @@ def train_periodic_model() -> GPT:
     with torch.no_grad():
         model.prune_adapter.up.weight.copy_(torch.randn(model.prune_adapter.up.weight.shape, generator=g) * 0.5)
     return model.double().eval()
+
+
+def shuffled_ids(vocab_size: int, n: int, seed: int = 0) -> torch.Tensor:
+    """n distinct token ids of the vocabulary, in a shuffled order: a random model's trimmed draft vocabulary."""
+    return torch.randperm(vocab_size, generator=torch.Generator().manual_seed(seed))[:n]
+
+
+def periodic_draft_vocab(n: int = 14) -> torch.Tensor:
+    """The trained decoding model's draft vocabulary: the n most frequent tokens of its training sequence, which
+    holds PERIOD = 17 distinct tokens (n = 14 leaves three of them out)."""
+    return frequent_tokens([periodic_sequence(400).tolist()], n, TRAIN_VOCAB)
 
 
 def toy_greedy(toy_dir, words: str, max_new: int) -> tuple[GPT, ToyData, list[int], list[int]]:

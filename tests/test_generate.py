@@ -13,7 +13,7 @@ import torch
 import generate
 from generate import GenerationResult, generate_autoregressive, generate_speculative
 from helpers import (PERIOD, RAND_THRESHOLD, TRAINED_THRESHOLD, full_acceptance_lengths, make_model, periodic_prompts,
-                     periodic_sequence, random_model, random_prompts)
+                     periodic_draft_vocab, periodic_sequence, random_model, random_prompts, shuffled_ids)
 from model import GPTConfig, KVCache
 from tree import subtree, tree_attention_mask
 
@@ -83,7 +83,8 @@ def pruning_stats(runs):
     return sum(sum(r.tree_sizes) for r in pruned), sum(sum(r.pruned_tree_sizes) for r in pruned), pruned
 
 
-def test_speculative_equals_autoregressive_random_model(rand_model):
+def test_speculative_equals_autoregressive_random_model(rand_model, trim):
+    trim(rand_model, shuffled_ids(rand_model.config.vocab_size, 25))  # then half the tokens are never drafted
     runs = run_equivalence(rand_model, random_prompts(50, rand_model.config.vocab_size, seed=11), RAND_THRESHOLD)
     drafted, kept, pruned = pruning_stats(runs)
     assert kept < drafted, "the pruning threshold never pruned: pick another one"
@@ -93,7 +94,8 @@ def test_speculative_equals_autoregressive_random_model(rand_model):
             assert r.pruned_tree_sizes == r.tree_sizes
 
 
-def test_speculative_equals_autoregressive_trained_model(trained_model):
+def test_speculative_equals_autoregressive_trained_model(trained_model, trim):
+    trim(trained_model, periodic_draft_vocab())  # then 3 of the 17 tokens of the training sequence are never drafted
     runs = run_equivalence(trained_model, periodic_prompts(50, seed=12), TRAINED_THRESHOLD)
     committed = sum(sum(r.accepted_lengths) for _, _, _, r, _ in runs)
     calls = sum(len(r.accepted_lengths) for _, _, _, r, _ in runs)
@@ -106,11 +108,13 @@ def test_speculative_equals_autoregressive_trained_model(trained_model):
     assert sum(r.tokens_per_call for r in pruned) / len(pruned) > 1.5  # pruned trees still accept drafts
 
 
-def test_speculative_equals_autoregressive_all_msa_and_narrow_models():
+def test_speculative_equals_autoregressive_all_msa_and_narrow_models(trim):
     """Every block an MSA block (pruning at the embeddings, no lower-layer cache to trim), and a 2-stream model
     driven with gamma=None (all its streams)."""
-    model = random_model(seed=3, vocab_size=30, n_layer=2, n_msa_layers=2, n_embd=16, n_streams=3)
-    narrow = random_model(seed=4, vocab_size=60, n_layer=3, n_msa_layers=2, n_embd=32, n_streams=2, prune_rank=0)
+    model = trim(random_model(seed=3, vocab_size=30, n_layer=2, n_msa_layers=2, n_embd=16, n_streams=3),
+                 shuffled_ids(30, 12, seed=1))
+    narrow = trim(random_model(seed=4, vocab_size=60, n_layer=3, n_msa_layers=2, n_embd=32, n_streams=2, prune_rank=0),
+                  shuffled_ids(60, 40, seed=2))
     pruned_any = False
     for i, prompt in enumerate(random_prompts(12, 30, seed=13)):
         ar = generate_autoregressive(model, prompt, 15)

@@ -21,7 +21,7 @@ import torch
 import tree as tree_module
 from benchmarks.sampling import distribution_test, first_tokens_distribution
 from generate import generate_autoregressive, generate_speculative
-from helpers import random_model
+from helpers import random_model, shuffled_ids
 from tree import draft_tree_sampled, prune_tree, sample, sampling_probs, subtree, verify_sampled
 
 pytest.importorskip("scipy")  # benchmarks.sampling.distribution_test uses scipy.stats
@@ -129,9 +129,11 @@ def tiny(_one_thread):
 
 
 @pytest.mark.parametrize("tree", [dict(), dict(tree_cap=5, prune_threshold=0.1)], ids=["full", "capped+pruned"])
-def test_speculative_sampling_end_to_end(tiny, tree):
+def test_speculative_sampling_end_to_end(tiny, tree, trim):
     """generate_speculative (γ = 2, k = 2: a depth-2 tree verified in one call; full, or capped and pruned) vs the
-    model's own enumerated distribution, temperature, top-k and top-p on."""
+    model's own enumerated distribution, temperature, top-k and top-p on. Trimmed: the streams draw from 5 of the 8
+    tokens (their q is zero on the other 3, which the target still samples)."""
+    trim(tiny, shuffled_ids(V, 5))
     T, top_k, top_p, n = 0.8, 6, 0.95, 1000
     g = torch.Generator().manual_seed(0)
     samples = [tuple(generate_speculative(tiny, PROMPT, 4, gamma=2, k=2, temperature=T, top_k=top_k, top_p=top_p,
