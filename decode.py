@@ -13,8 +13,9 @@ import sys
 
 import torch
 
+from benchmarks.precision import first_difference, near_tie
 from checkpoint import load_model, read_checkpoint
-from generate import StepTrace, generate_autoregressive, generate_speculative
+from generate import DTYPES, StepTrace, cast_for_decoding, generate_autoregressive, generate_speculative
 from model import GPT
 
 
@@ -31,7 +32,10 @@ when there are several (the choice is printed; name the file to pick another).
 Toy models: the prompt is words of the toy language separated by spaces (an <eos> is put in front, as in
 training). Task models: the prompt text is encoded with the checkpoint's vocabulary; an E2E prompt is a meaning
 representation (--mr, or --prompt), whose name and near values are delexicalised before encoding and put back
-into the output. Exit status 1 if the speculative output ever differs from the greedy one.
+into the output. --dtype bfloat16 (or float16) decodes at that precision: the model is loaded in float32, LoRA
+merged, then cast, and SS is compared with AR at the same precision; where they differ, the first difference is
+checked against a float64 copy of the model (a near tie: the two tokens' logits closer than the precision's
+rounding). Exit status 1 if the speculative output ever differs from the greedy one.
 """
 
 
@@ -157,6 +161,8 @@ def cli_parser() -> argparse.ArgumentParser:
     p.add_argument("--show", action="store_true", help="print each decode call's tree, accepted path marked")
     p.add_argument("--threads", type=positive_int, default=1,
                    help="torch threads (1 is fastest for these small models)")
+    p.add_argument("--dtype", choices=list(DTYPES), default="float32",
+                   help="decoding precision (loaded in float32, LoRA merged, then cast); AR runs at the same one")
     return p
 
 
@@ -185,6 +191,10 @@ def main(argv: list[str] | None = None) -> int:
     ckpt, model = load(path)
     cfg = model.config
     codec = PromptCodec(ckpt, path, cfg.vocab_size)
+    try:
+        cast_for_decoding(model, args.dtype)
+    except ValueError as e:
+        raise SystemExit(f"error: --dtype {args.dtype}: {e}") from None
     if args.max_new_tokens is None:
         from data import MAX_NEW_TOKENS
         args.max_new_tokens = MAX_NEW_TOKENS.get(codec.task, 60)
@@ -214,8 +224,22 @@ def main(argv: list[str] | None = None) -> int:
     print(f"tokens per call: {ss.tokens_per_call:.2f} (root token included)")
     print(f"greedy AR: {codec.decode(strip(ar.tokens))}")
     same = ss.tokens == ar.tokens
-    print(f"equal to greedy AR: {'yes' if same else 'NO: the speculative output differs (a bug, please report it)'}")
+    print(f"equal to greedy AR: {'yes' if same else why_different(path, model, prompt, ss.tokens, ar.tokens)}")
     return 0 if same else 1
+
+
+def why_different(path: str, model: GPT, prompt: list[int], ss: list[int], ar: list[int]) -> str:
+    """The verdict on an SS output that differs from AR's: a near tie at the model's precision (the two tokens'
+    float64 logits closer than its rounding, benchmarks.precision.near_tie) or a bug."""
+    i = first_difference(ss, ar)
+    if i < min(len(ss), len(ar)):
+        reference = load_model(path).eval()
+        reference.merge_lora()
+        margin, tolerance = near_tie(reference.double(), [model], prompt + ar[:i], ar[i], ss[i])
+        if margin <= tolerance:
+            return (f"NO, from new token {i + 1} on: a near tie in {next(model.parameters()).dtype} (float64 margin "
+                    f"{margin:.2g} <= its rounding {tolerance:.2g}), not a bug")
+    return "NO: the speculative output differs (a bug, please report it)"
 
 
 if __name__ == "__main__":

@@ -9,8 +9,9 @@ All return a `GenerationResult`. Metric conventions (docs/CONVENTIONS.md):
     length counts the root;
   - acceptance rate at depth j = depth_accepted[j-1] / depth_attempted[j-1], i.e. P(depth j accepted |
     depth j-1 accepted).
-A trimmed draft vocabulary (GPT.trim_draft_vocab, e.g. with `frequent_tokens`) changes the cost of drafting, never
-the output.
+Two inference settings change the cost of a call, never its output: a trimmed draft vocabulary
+(GPT.trim_draft_vocab, e.g. with `frequent_tokens`), and a reduced precision (`cast_for_decoding`), after which
+SS equals AR decoded at the same precision.
 """
 from __future__ import annotations
 
@@ -187,6 +188,28 @@ def check_speculative(model: GPT, gamma: int | None, k: int, tree_cap: int | Non
         raise ValueError("prune_threshold needs a pruning adapter: build the model with prune_rank > 0 and "
                          "train it (see train_toy.py)")
     return gamma
+
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}  # decoding precisions
+
+
+def cast_for_decoding(model: GPT, dtype: str) -> GPT:
+    """Cast `model` (loaded in float32, LoRA merged by GPT.merge_lora) in place to `dtype`, a key of DTYPES, for
+    decoding. Greedy SS then equals greedy AR at that dtype, which may differ from float32 at near ties
+    (docs/CONVENTIONS.md). A dtype that this device cannot run (a trial one-token forward fails) is refused."""
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype={dtype!r} must be one of {', '.join(DTYPES)}")
+    model = model.to(DTYPES[dtype])
+    device = next(model.parameters()).device
+    try:
+        with torch.inference_mode():
+            cache = KVCache(model.config, 1, 1, device, DTYPES[dtype])
+            one = torch.zeros(1, 1, dtype=torch.long, device=device)
+            model.forward_nodes(one, one[0], causal_mask(1, device), cache)
+    except RuntimeError as e:
+        raise ValueError(f"dtype={dtype} does not run on {device.type} with torch {torch.__version__} "
+                         f"({str(e).splitlines()[0]}): decode in float32") from None
+    return model
 
 
 def new_cache(model: GPT, prompt: torch.Tensor, max_new_tokens: int, max_pending: int = 1) -> KVCache:
