@@ -40,6 +40,7 @@ from benchmarks.sampling import run_sampling
 from benchmarks.speed import run_rows, run_speed, run_toy
 from benchmarks.tasks import METHODS, run_ablation, run_baselines, run_draft_cost, run_task
 from benchmarks.throughput import run_batch
+from generate import DTYPES
 
 RUNNERS = {"speed": run_speed, "toy": run_toy, "params": run_params, "rows": run_rows, "task": run_task,
            "baselines": run_baselines, "draftcost": run_draft_cost, "batch": run_batch, "ablation": run_ablation,
@@ -66,6 +67,12 @@ SHARED_FLAGS = {
     "--data-dir": dict(default=None, help="real-task data folder (else $SPECSTREAM_DATA, else ../shared/data)"),
     "--n-eval": dict(type=int, default=200, help="examples scored for quality"),
     "--results-dir": dict(default="results", help="results go to RESULTS_DIR/<benchmark's folder>/"),
+    "--dtype": dict(choices=list(DTYPES), default="float32",
+                    help="decoding precision: the model is loaded in float32, LoRA merged, then cast (SS equals AR "
+                         "at the same precision; differences from float32 are counted)"),
+    "--draft-vocab": dict(type=int, default=0, metavar="N",
+                          help="the drafters (streams, Medusa heads) score only the N most frequent tokens of the "
+                               "training text; verification keeps every token (0 = the full vocabulary)"),
 }
 TOY = ("--toy-dir", "--toy-gamma", "--n-stories", "--seed")  # the toy checkpoint and its stories
 RECIPE = ("--task-dir", "--mode", "--stream-targets", "--tag")  # which SS / Medusa checkpoint of a task
@@ -84,7 +91,7 @@ def parser() -> argparse.ArgumentParser:
         c.add_argument("--threads", type=int, default=1, help="torch threads, fixed for the whole run")
         return c
 
-    command("speed", *TOY, "--prompts", "--max-new-tokens", "--repeats", "--device")
+    command("speed", *TOY, "--prompts", "--max-new-tokens", "--repeats", "--device", "--dtype", "--draft-vocab")
     c = command("toy", *TOY, "--prompts", "--max-new-tokens", "--repeats", "--prune-threshold", "--device")
     c.add_argument("--out", default="results/toy", help="output folder")
     c.add_argument("--tree-cap", type=int, default=64, help="node cap of the trees in the γ x k grid")
@@ -95,7 +102,7 @@ def parser() -> argparse.ArgumentParser:
                    help="rank of the frozen mode's stream adapter in the accounting table")
     command("rows", "--toy-dir", "--toy-gamma", "--device")
     c = command("task", "--task", *RECIPE, "--data-dir", "--results-dir", "--n-eval", "--prompts",
-                "--repeats", "--prune-threshold", "--device")
+                "--repeats", "--prune-threshold", "--device", "--dtype", "--draft-vocab")
     c.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS),
                    help="decoders compared with the autoregressive baseline")
     command("baselines", "--toy-dir", "--n-stories", "--seed", "--prompts", "--max-new-tokens",
@@ -105,7 +112,7 @@ def parser() -> argparse.ArgumentParser:
                 "--results-dir", "--device")
     c.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 2, 4, 8, 16], help="batch sizes")
     c = command("ablation", "--task", "--task-dir", "--data-dir", "--results-dir", "--n-eval",
-                "--prompts", "--repeats", "--device")
+                "--prompts", "--repeats", "--device", "--draft-vocab")
     c.add_argument("--recipes", nargs="+", default=["ss_shared_data", "ss_shared_self", "ss_frozen_data",
                                                     "ss_frozen_self"],
                    help="SS checkpoints <task>_<recipe>_pruned.pt compared with the next-token model")
@@ -122,7 +129,7 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--top-k", type=int, default=None, help="top-k of target and drafts (T > 0)")
     c.add_argument("--top-p", type=float, default=None, help="top-p of target and drafts (T > 0)")
     c = command("profile", *TOY, "--max-new-tokens", "--task", *RECIPE, "--data-dir", "--results-dir",
-                "--prune-threshold", "--device")
+                "--prune-threshold", "--device", "--dtype", "--draft-vocab")
     c.add_argument("--toy", action="store_true", help="the toy model instead of --task's SS model")
     c.add_argument("--profile-calls", type=int, default=200, help="timed calls (median; + 10%% warm-up)")
     c.set_defaults(prompts=1)  # the profile decodes the first held-out prompt

@@ -1,7 +1,8 @@
 """The benchmarks behind `python bench.py` (which is their command line only), one job per module:
 
     harness     one clock, one interleaving loop, and the comparison of decoders (speedup, CR, acceptance)
-    models      the checkpoints and prompts a benchmark decodes
+    models      the checkpoints and prompts a benchmark decodes, at a precision (--dtype), with a draft vocabulary
+    precision   the machine a result was measured on, and near ties: outputs that differ only by rounding
     speed       toy settings, the γ study, the cost of n tree rows
     tasks       every method side by side (real tasks, toy), training recipes, drafting cost
     profile     one decode call of generate.py, timed part by part through hooks

@@ -12,7 +12,7 @@ import re
 
 import torch
 
-from generate import generate_autoregressive
+from generate import generate_autoregressive, generate_speculative
 from model import GPT
 
 VECTOR_FLAGS = ("avx2", "fma", "f16c", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "avx_vnni",
@@ -99,3 +99,12 @@ def dtype_differences(model: GPT, float32: GPT, prompts: list[list[int]], output
     against float32's own, counted by `output_differences` with a float64 copy of the float32 model as reference."""
     others = [generate_autoregressive(float32, p, max_new, eos_id).tokens for p in prompts]
     return output_differences(copy.deepcopy(float32).double(), [model, float32], prompts, outputs, others)
+
+
+def speculative_differences(model: GPT, prompts: list[list[int]], max_new: int, eos_id: int | None,
+                            **ss_kwargs) -> dict:
+    """SS (with `ss_kwargs`) against AR, both at `model`'s own dtype, on `prompts`, counted by `output_differences`
+    with a float64 copy of the same weights as reference."""
+    ar = [generate_autoregressive(model, p, max_new, eos_id).tokens for p in prompts]
+    ss = [generate_speculative(model, p, max_new, eos_id=eos_id, **ss_kwargs).tokens for p in prompts]
+    return output_differences(copy.deepcopy(model).double(), [model], prompts, ss, ar)

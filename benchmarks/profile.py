@@ -23,7 +23,9 @@ import torch
 import generate
 import tree
 from benchmarks.harness import PASSES, Clock, interleave, mean_ms
-from benchmarks.models import drafter_path, load_for_decoding, load_toy, task_setup
+from benchmarks.models import (cast, draft_vocabulary, drafter_path, load_for_decoding, load_toy, settings_line,
+                               task_draft_vocabulary, task_setup, variant)
+from benchmarks.precision import machine_description
 from benchmarks.report import write_profile
 from generate import GenerationResult, StepTrace, causal_mask, generate_autoregressive, generate_speculative
 from model import GPT, KVCache
@@ -163,8 +165,9 @@ def bare_forward(model: GPT, seq: list[int], cache_len: int, step: StepTrace | N
     when pruning), the kept rows through the MSA blocks (with γ streams each, or the γ stream rows of the accepted
     node after), the LM head on the kept rows and on the γ stream rows; for an AR step (`step` None) the row of
     seq[cache_len]. The masks are given."""
-    device, G, L = next(model.parameters()).device, model.config.n_streams, cache_len
-    cache = KVCache(model.config, 1, L + (len(step.drafted) if step else 1), device=device)
+    p, G, L = next(model.parameters()), model.config.n_streams, cache_len
+    device = p.device
+    cache = KVCache(model.config, 1, L + (len(step.drafted) if step else 1), device, p.dtype)
     with torch.inference_mode():
         model.forward_nodes(torch.tensor([seq[:L]], device=device), torch.arange(L, device=device),
                             causal_mask(L, device), cache, n_streams=0)
@@ -188,7 +191,7 @@ def bare_forward(model: GPT, seq: list[int], cache_len: int, step: StepTrace | N
         if stream_pass == "accepted":
             cache.commit()  # no compaction (bookkeeping): the kept rows' entries just count as committed
             streams = model.streams_at(h[:, last], cache, G)[:, None]
-        model.lm_head(streams[0, last if stream_pass == "tree" else 0])
+        model.draft_logits(streams[0, last if stream_pass == "tree" else 0], trimmed=True)
         cache.length, cache.pending = L, 0  # back to the call's state
     return forward
 
@@ -258,6 +261,7 @@ def run_profile(args: argparse.Namespace):
     if args.toy:
         model, data, prompts = load_toy(args)
         prompt, eos, max_new, name, title = prompts[0], data.eos_id, args.max_new_tokens, "toy", "toy model"
+        draft_ids = draft_vocabulary(data.stories, args.draft_vocab, model.config.vocab_size)
     else:
         path = drafter_path(args, "ss", args.task)
         if not os.path.exists(path):
@@ -267,5 +271,9 @@ def run_profile(args: argparse.Namespace):
         _, prompts, max_new, _ = task_setup(args, args.task, "test")
         model, prompt, eos = load_for_decoding(path, args.device), prompts[0], EOS
         name, title = args.task, f"{args.task} SS model"
+        draft_ids = task_draft_vocabulary(args, args.task, args.draft_vocab)
+    cast(model, args.dtype).trim_draft_vocab(draft_ids)
     profile = profile_model(model, prompt, eos, max_new, args.device, args.profile_calls, args.prune_threshold)
-    write_profile(profile, os.path.join(args.results_dir, name, "profile.md"), title, command)
+    profile.update(machine=machine_description(args.device), settings=settings_line(model, args.dtype, draft_ids))
+    path = os.path.join(args.results_dir, name, f"profile{variant(args.dtype, args.draft_vocab)}.md")
+    write_profile(profile, path, title, command)

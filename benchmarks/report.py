@@ -114,6 +114,7 @@ def write_toy_markdown(results: dict, path: str):
              f"Command: `python bench.py toy` — {s['prompts']} held-out prompts, up to {s['max_new_tokens']} new tokens, "
              f"batch 1, greedy, {s['threads']} thread(s), median of {s['repeats']} interleaved runs. "
              f"Tokens per call counts the root/bonus token. Trees capped at {s['tree_cap']} nodes.\n",
+             f"Machine: {s['machine']}.\n",
              f"## One model trained with γ={s['model_gamma']}, used at smaller γ\n",
              "| γ | k | tokens/call | CR | speedup (tree pass / accepted pass) | acceptance at depth 1..γ |",
              "|---|---|---|---|---|---|"]
@@ -293,13 +294,15 @@ def write_comparison(out: str, title: str, header: list[str], rows: list[dict], 
 # `bench.py ablation`: training recipes side by side
 # ---------------------------------------------------------------------------------------------------------
 
-def write_ablation(args: argparse.Namespace, rows: dict, n_eval: int, n_speed: int):
-    """RESULTS_DIR/<task>/ablation[_<split>][_<seen|unseen>_values].{md,json}: each model's quality and
-    realisation, each recipe's decoding statistics, first samples; the command line rebuilt from `args`."""
+def write_ablation(args: argparse.Namespace, rows: dict, n_eval: int, n_speed: int, machine: str):
+    """RESULTS_DIR/<task>/ablation[_<split>][_<seen|unseen>_values][_draftvocab<N>].{md,json}: each model's quality
+    and realisation, each recipe's decoding statistics, first samples; the command line rebuilt from `args`, and the
+    machine the speeds were measured on."""
     out = os.path.join(args.results_dir, args.task)
     os.makedirs(out, exist_ok=True)
     name = "ablation" if args.split == "test" else f"ablation_{args.split}"
-    name += "" if args.mr_values == "all" else f"_{args.mr_values}_values"
+    name += ("" if args.mr_values == "all" else f"_{args.mr_values}_values") + (
+        f"_draftvocab{args.draft_vocab}" if args.draft_vocab else "")
     metrics = list(rows["ntp"]["quality"])
     slots = list(rows["ntp"]["realisation"])
     subset = {"all": "", "seen": ", the MRs whose values all occur in training",
@@ -308,10 +311,13 @@ def write_ablation(args: argparse.Namespace, rows: dict, n_eval: int, n_speed: i
              f"Command: `python bench.py ablation --task {args.task} --split {args.split} --recipes "
              f"{' '.join(args.recipes)} --n-eval {args.n_eval} --prompts {args.prompts} --repeats {args.repeats}"
              f"{' --mr-values ' + args.mr_values if args.mr_values != 'all' else ''}"
-             f"{' --device ' + args.device if args.device != 'cpu' else ''}`: {n_eval} examples for quality, the first "
-             f"{n_speed} for speed, greedy, batch 1, {torch.get_num_threads()} thread(s), {args.device}. Tokens per "
-             "call count the root/bonus token; acceptance at depth j is P(depth j accepted | depth j-1 accepted), "
-             "nodes cut by the cap counting as rejections.\n",
+             f"{' --device ' + args.device if args.device != 'cpu' else ''}"
+             f"{' --draft-vocab ' + str(args.draft_vocab) if args.draft_vocab else ''}`: {n_eval} examples for "
+             f"quality, the first {n_speed} for speed, greedy, batch 1, {torch.get_num_threads()} thread(s), "
+             f"{args.device}. Tokens per call count the root/bonus token; acceptance at depth j is P(depth j accepted "
+             "| depth j-1 accepted), nodes cut by the cap counting as rejections"
+             + (f"; the streams score the {args.draft_vocab} most frequent tokens of the training completions"
+                if args.draft_vocab else "") + f".\n\nMachine: {machine}.\n",
              "| model | " + " | ".join(metrics + [f"{s} realised %" for s in slots]) + " | outputs = next-token model's |",
              "|---|" + "---|" * (len(metrics) + len(slots) + 1)]
     for model, r in rows.items():
@@ -469,7 +475,8 @@ def write_profile(profile: dict, path: str, title: str, command: str):
              "call, which follows a call of the same setting as in a decode loop; the settings take turns, so that "
              "load on the machine hits all alike. Median per part over the calls (so the parts need not add up to "
              f"the median whole call exactly). {torch.get_num_threads()} thread(s), device {profile['device']}. "
-             "Times in ms (share of the call).", "",
+             "Times in ms (share of the call).", "", f"Machine: {profile['machine']}.", "",
+             f"Settings: {profile['settings']}.", "",
              "| part | " + " | ".join(cols) + " |", "|---|" + "---:|" * len(cols)]
     for part in profile["parts"]:
         if any(part in c["parts"] for c in cols.values()):

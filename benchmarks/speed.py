@@ -11,7 +11,8 @@ import torch
 
 import tree as tree_ops
 from benchmarks.harness import Clock, mean_ms, measure
-from benchmarks.models import load_for_decoding, load_toy, toy_model
+from benchmarks.models import cast, draft_vocabulary, load_for_decoding, load_toy, settings_line, toy_model
+from benchmarks.precision import machine_description
 from benchmarks.report import fmt, plot_toy, speedups, write_toy_markdown
 from model import GPT, KVCache
 
@@ -21,10 +22,15 @@ SPEED_SETTINGS = [dict(k=1), dict(k=2, tree_cap=8), dict(k=2, tree_cap=16),  # `
 
 def run_speed(args: argparse.Namespace):
     """A few (γ, k, tree cap, pruning) settings on the toy model: tokens per call, CR, wall-time speedup of both
-    stream passes over the KV-cached greedy loop, tree sizes."""
+    stream passes over the KV-cached greedy loop (AR and SS at the same --dtype), tree sizes."""
     model, data, prompts = load_toy(args)
+    cast(model, args.dtype)
+    draft_ids = draft_vocabulary(data.stories, args.draft_vocab, model.config.vocab_size)
+    model.trim_draft_vocab(draft_ids)
+    print(machine_description(args.device))
     print(f"toy model ({args.toy_dir}), {len(prompts)} prompts, max {args.max_new_tokens} new tokens, "
-          f"{torch.get_num_threads()} threads, median of {args.repeats}")
+          f"{torch.get_num_threads()} threads, median of {args.repeats}; "
+          f"{settings_line(model, args.dtype, draft_ids)}")
     print("speedup: the paper's single pass (streams on every node) / streams of the accepted node only")
     print(f"{'γ':>2} {'k':>2} {'cap':>4} {'prune':>6} | {'tok/call':>8} {'CR':>5} {'speedup':>13} | tree (pruned)")
     for gamma in sorted({1, 2, 4, model.config.n_streams}):
@@ -32,7 +38,8 @@ def run_speed(args: argparse.Namespace):
             r = measure(model, prompts, args.max_new_tokens, data.eos_id, args.repeats, args.device, gamma=gamma, **s)
             print(f"{gamma:>2} {s['k']:>2} {s.get('tree_cap') or '-':>4} {s.get('prune_threshold') or '-':>6} | "
                   f"{r['tokens_per_call']:8.2f} {r['cr_ratio']:5.2f} {speedups(r):>13} | "
-                  f"{r['tree_size']:.1f} ({r['tree_size_after_pruning']:.1f})")
+                  f"{r['tree_size']:.1f} ({r['tree_size_after_pruning']:.1f})"
+                  + (f" | {r['near_ties']} output(s) ≠ AR at a near tie" if r["near_ties"] else ""))
 
 
 def separately_trained(args: argparse.Namespace, gamma: int) -> GPT:
@@ -53,7 +60,7 @@ def run_toy(args: argparse.Namespace):
     run = lambda m, **kw: measure(m, prompts, args.max_new_tokens, data.eos_id, args.repeats, args.device, **kw)
     results = dict(setup=dict(prompts=len(prompts), max_new_tokens=args.max_new_tokens, repeats=args.repeats,
                               threads=torch.get_num_threads(), tree_cap=cap, model_gamma=G,
-                              config=vars(model.config)),
+                              config=vars(model.config), machine=machine_description(args.device)),
                    grid=[], separate=[], tree_size=[])
     print(f"(1) one model trained with γ={G} streams, used at γ = 1..{G}, k = 1..4 (trees capped at {cap} nodes)")
     for gamma in range(1, G + 1):

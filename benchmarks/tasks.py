@@ -4,6 +4,7 @@ real task (`bench.py task`) and on the toy task (`bench.py baselines`); training
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 
 import torch
@@ -11,9 +12,12 @@ from tqdm import tqdm
 
 from benchmarks.baselines import generate_prompt_lookup, generate_two_model
 from benchmarks.harness import PASSES, Clock, compare, mean_ms
-from benchmarks.models import drafter_path, load_for_decoding, task_setup
+from benchmarks.models import (cast, drafter_path, load_for_decoding, settings_line, task_draft_vocabulary, task_setup,
+                               variant)
 from benchmarks.params import extra_parameters
-from benchmarks.report import fmt, models_markdown, print_rows, quality, realisation, write_ablation, write_comparison
+from benchmarks.precision import dtype_differences, machine_description
+from benchmarks.report import (best_of, fmt, models_markdown, print_rows, quality, realisation, write_ablation,
+                               write_comparison)
 from generate import generate_autoregressive, generate_speculative
 from model import GPT, KVCache
 
@@ -23,9 +27,11 @@ ABLATION_SETTINGS = [(1, None, "accepted"), (3, 16, "accepted"), (3, 16, "tree")
 
 
 def side_by_side(models: dict[str, GPT], prompts: list[list[int]], max_new: int, eos: int | None, repeats: int,
-                 prune_threshold: float, lookup: bool = True, device: str = "cpu") -> list[dict]:
+                 prune_threshold: float, lookup: bool = True, device: str = "cpu",
+                 float32_target: GPT | None = None) -> list[dict]:
     """The decoders of every method on the same prompts, in one `compare` call. models: "target" (plain GPT:
-    AR baseline, prompt lookup, two-model target), "ss", "medusa", "draft" (any may be missing)."""
+    AR baseline, prompt lookup, two-model target), "ss", "medusa", "draft" (any may be missing); float32_target:
+    the target in float32 when the models decode at a reduced dtype, its AR timed alongside ("ar:target float32")."""
     decoders, info = {}, {}
 
     def add(name, run, baseline, **meta):
@@ -35,6 +41,9 @@ def side_by_side(models: dict[str, GPT], prompts: list[list[int]], max_new: int,
         if key in models:
             add(f"ar:{key}", lambda p, m=models[key]: generate_autoregressive(m, p, max_new, eos), None,
                 method="autoregressive", model=key)
+    if float32_target is not None:
+        add("ar:target float32", lambda p: generate_autoregressive(float32_target, p, max_new, eos), None,
+            method="autoregressive", model="target float32")
     for key in ("ss", "medusa"):
         if key not in models:
             continue
@@ -74,6 +83,7 @@ def run_baselines(args: argparse.Namespace):
                         device=args.device)
     print_rows(rows)
     header = ["# Toy task: Speculative Streaming vs Medusa vs two-model SD vs prompt lookup\n",
+              f"Machine: {machine_description(args.device)}.\n",
               f"Command: `python bench.py baselines --prompts {args.prompts} --repeats {args.repeats}` (after "
               "`python train_toy.py --gamma 4`, `--method medusa --gamma 4`, `--method draft`): held-out prompts, up to "
               f"{args.max_new_tokens} new tokens, batch 1, greedy, {torch.get_num_threads()} thread(s), CPU unless "
@@ -100,40 +110,88 @@ def task_models(args: argparse.Namespace) -> dict[str, GPT]:
 
 
 def run_task(args: argparse.Namespace):
-    """A real task: quality of every model, and every decoder side by side on a fixed test subset."""
+    """A real task: quality of every model, and every decoder side by side on a fixed test subset; at --dtype (then
+    also the outputs that differ from float32's), the drafters scoring the --draft-vocab most frequent tokens."""
     from data import EOS
     task, eos = args.task, EOS
     models = task_models(args)
     examples, prompts, max_new, text = task_setup(args, args.task, "test")
     examples, prompts = (x[:max(args.n_eval, args.prompts)] for x in (examples, prompts))  # fixed: the first ones
+    float32 = {key: copy.deepcopy(m) for key, m in models.items()} if args.dtype != "float32" else {}
+    draft_ids = task_draft_vocabulary(args, task, args.draft_vocab)
+    for key, model in models.items():
+        cast(model, args.dtype).trim_draft_vocab(draft_ids if key in ("ss", "medusa") else None)
+    settings = settings_line(models["target"], args.dtype, draft_ids)
     print(f"{task}: {args.n_eval} test examples for quality, {args.prompts} for speed, up to {max_new} new tokens, "
-          f"{torch.get_num_threads()} thread(s), {args.device}")
-    outputs, quality_of = {}, {}
-    for key in ("target", "ss", "medusa") if args.n_eval > 0 else ():
-        if key in models:
-            outputs[key] = [text(generate_autoregressive(models[key], p, max_new, eos).tokens, ex)
-                            for p, ex in tqdm(list(zip(prompts[:args.n_eval], examples)), desc=f"quality: {key}",
-                                              leave=False)]
-            quality_of[key] = quality(task, outputs[key], [ex.references for ex in examples[:args.n_eval]])
-            if task == "e2e":  # % of outputs that name the MR's restaurant / landmark (seen in training or not)
-                quality_of[key].update(realisation(outputs[key], examples, training_values(args)))
+          f"{torch.get_num_threads()} thread(s), {args.device}; {settings}")
+    outputs, quality_of, differences = task_quality(args, models, float32, examples, prompts, max_new, text)
     print("quality:", {k: {m: fmt(v) for m, v in q.items()} for k, q in quality_of.items()})
     rows = side_by_side(models, prompts[:args.prompts], max_new, eos, args.repeats, args.prune_threshold,
-                        lookup="lookup" in args.methods, device=args.device)
+                        lookup="lookup" in args.methods, device=args.device, float32_target=float32.get("target"))
     print_rows(rows)
+    flags = (f" --methods {' '.join(args.methods)}" if set(args.methods) != set(METHODS) else "") + (
+        f" --dtype {args.dtype}" if args.dtype != "float32" else "") + (
+        f" --draft-vocab {args.draft_vocab}" if args.draft_vocab else "")
     header = [f"# {task}: Speculative Streaming vs the baselines\n",
               f"Command: `python bench.py task --task {task} --n-eval {args.n_eval} --prompts {args.prompts} --repeats "
-              f"{args.repeats}" + (f" --methods {' '.join(args.methods)}" if set(args.methods) != set(METHODS) else "")
-              + f"` (after `make train-tasks`): the first {args.n_eval} test examples for quality, the first "
-              f"{min(args.prompts, len(prompts))} for speed; batch 1, greedy, {torch.get_num_threads()} thread(s), "
-              f"{args.device}, one process, every decoder run back to back on each prompt, median of {args.repeats}. "
-              "Target of two-model SD and prompt lookup: the next-token LoRA model. Tokens per call count the "
-              "root/bonus token.\n"]
+              f"{args.repeats}{flags}` (after `make train-tasks`): the first {args.n_eval} test examples for quality, "
+              f"the first {min(args.prompts, len(prompts))} for speed; batch 1, greedy, {torch.get_num_threads()} "
+              f"thread(s), {args.device}, one process, every decoder run back to back on each prompt, median of "
+              f"{args.repeats}. Target of two-model SD and prompt lookup: the next-token LoRA model. Tokens per call "
+              "count the root/bonus token.\n", f"Machine: {machine_description(args.device)}.\n",
+              f"Settings: {settings}.\n"] + precision_lines(differences, rows, args)
     if quality_of:
         header += models_markdown(quality_of, outputs, examples[:min(3, args.n_eval)])
-    write_comparison(os.path.join(args.results_dir, task), task, header, rows, extra_parameters(models),
-                     quality_of or None, dict(task=task, n_eval=args.n_eval, n_speed_prompts=args.prompts,
-                                              max_new_tokens=max_new, config=vars(models["target"].config)))
+    write_comparison(os.path.join(args.results_dir, task + variant(args.dtype, args.draft_vocab)), task, header, rows,
+                     extra_parameters(models), quality_of or None,
+                     dict(task=task, n_eval=args.n_eval, n_speed_prompts=args.prompts, max_new_tokens=max_new,
+                          config=vars(models["target"].config), dtype=args.dtype, draft_vocab=args.draft_vocab,
+                          machine=machine_description(args.device), dtype_differences=differences))
+
+
+def task_quality(args: argparse.Namespace, models: dict[str, GPT], float32: dict[str, GPT], examples: list,
+                 prompts: list[list[int]], max_new: int, text) -> tuple[dict, dict, dict]:
+    """Each model's greedy outputs on the first --n-eval examples and their quality (E2E: name realisation too), at
+    the models' dtype; for each model in `float32` (its float32 copy, when --dtype is not float32) how many outputs
+    differ from float32's and whether each first difference is a near tie (benchmarks.precision)."""
+    from data import EOS
+    outputs, quality_of, differences = {}, {}, {}
+    evaluated = list(zip(prompts[:args.n_eval], examples))
+    for key in ("target", "ss", "medusa") if args.n_eval > 0 else ():
+        if key not in models:
+            continue
+        ids = [generate_autoregressive(models[key], p, max_new, EOS).tokens
+               for p, _ in tqdm(evaluated, desc=f"quality: {key}", leave=False)]
+        outputs[key] = [text(t, ex) for t, (_, ex) in zip(ids, evaluated)]
+        quality_of[key] = quality(args.task, outputs[key], [ex.references for _, ex in evaluated])
+        if args.task == "e2e":  # % of outputs that name the MR's restaurant / landmark (seen in training or not)
+            quality_of[key].update(realisation(outputs[key], examples, training_values(args)))
+        if key in float32:
+            differences[key] = dtype_differences(models[key], float32[key], [p for p, _ in evaluated], ids, max_new,
+                                                 EOS)
+    return outputs, quality_of, differences
+
+
+def precision_lines(differences: dict[str, dict], rows: list[dict], args: argparse.Namespace) -> list[str]:
+    """The header's account of a reduced --dtype: per model, the outputs that differ from float32's and their near
+    ties; the target's AR step in both dtypes, and the fastest SS / Medusa setting against AR in float32."""
+    if args.dtype == "float32":
+        return []
+    counts = "; ".join(f"{key}: {d['differing']} of {d['prompts']} differ ({d['near_ties']} at a near tie, "
+                       f"{d['beyond']} beyond)" for key, d in differences.items()) or "not measured (--n-eval 0)"
+    ar = {r["model"]: r for r in rows if r["method"] == "autoregressive"}
+    speed = (f"AR of the target: {ar['target float32']['ms_per_token']:.2f} ms per token in float32, "
+             f"{ar['target']['ms_per_token']:.2f} in {args.dtype}")
+    for method in ("ss", "medusa"):
+        best = best_of(rows, method)
+        if best:
+            speed += (f"; fastest {method} setting ({best['name']}): {best['speedup']:.2f}x over AR in {args.dtype}, "
+                      f"{ar['target float32']['time'] / best['time']:.2f}x over the target's AR in float32")
+    print(f"{args.dtype} AR vs float32 AR: {counts}\n{speed}")
+    return [f"Precision: greedy AR in {args.dtype} against greedy AR in float32, same model, the quality examples: "
+            f"{counts}. A near tie: at the first difference, the float64 margin between the two tokens is within "
+            f"the two precisions' rounding (benchmarks/precision.py); SS is compared with AR at {args.dtype} "
+            f"(column \"outputs ≠ greedy\"). {speed}.\n"]
 
 
 def training_values(args: argparse.Namespace) -> dict[str, set[str]]:
@@ -176,7 +234,8 @@ def recipe_quality(args: argparse.Namespace, models: dict[str, GPT], examples: l
 def run_ablation(args: argparse.Namespace):
     """Training recipes side by side on one task: for each SS checkpoint <task>_<recipe>_pruned.pt (default: the
     2 x 2 of shared/frozen mode x data/self stream targets) its quality, E2E name realisation, outputs equal to the
-    next-token model's, and decoding statistics (CR, tokens per call, per-depth acceptance, wall speedup)."""
+    next-token model's, and decoding statistics (CR, tokens per call, per-depth acceptance, wall speedup); the
+    streams scoring the --draft-vocab most frequent tokens of the training completions."""
     from data import EOS
     examples, prompts, max_new, text = task_setup(args, args.task, args.split)
     if args.mr_values != "all":
@@ -188,8 +247,11 @@ def run_ablation(args: argparse.Namespace):
     if missing:
         raise SystemExit(f"{missing[0]} not found: train it (`make ablation` trains the default recipes)")
     models = {name: load_for_decoding(path, args.device) for name, path in paths.items()}
+    draft_ids = task_draft_vocabulary(args, args.task, args.draft_vocab)
+    for recipe in args.recipes:
+        models[recipe].trim_draft_vocab(draft_ids)
     print(f"{args.task} ({args.split}): {n_eval} examples for quality, {min(args.prompts, len(prompts))} for speed, "
-          f"{torch.get_num_threads()} thread(s), {args.device}")
+          f"{torch.get_num_threads()} thread(s), {args.device}; {settings_line(models['ntp'], 'float32', draft_ids)}")
     rows = recipe_quality(args, models, examples, prompts, max_new, text, n_eval)
     decoders = {f"ar:{name}": ((lambda p, m=model: generate_autoregressive(m, p, max_new, EOS)), None)
                 for name, model in models.items()}
@@ -202,7 +264,7 @@ def run_ablation(args: argparse.Namespace):
     for recipe in args.recipes:
         rows[recipe]["settings"] = {name.split(" ", 1)[1]: r for name, r in speed.items()
                                     if name.startswith(recipe + " ")}
-    write_ablation(args, rows, n_eval, min(args.prompts, len(prompts)))
+    write_ablation(args, rows, n_eval, min(args.prompts, len(prompts)), machine_description(args.device))
 
 
 def run_draft_cost(args: argparse.Namespace):

@@ -12,6 +12,7 @@ from tqdm import tqdm
 from batch import generate_autoregressive_batch, generate_speculative_batch
 from benchmarks.harness import PASSES, Clock, interleave
 from benchmarks.models import e2e_ss_model, load_toy
+from benchmarks.precision import machine_description
 from benchmarks.report import write_batch
 from model import GPT
 
@@ -79,5 +80,6 @@ def run_batch(args: argparse.Namespace):
                   f"up to {max_new} new tokens, greedy, {args.device}, {torch.get_num_threads()} thread(s), one "
                   f"process, every decoder run back to back on each group, median of {args.repeats}. CR of the "
                   "batch = batched forwards of AR / of SS (a batch runs until its slowest row is done); CR per row "
-                  "as at batch 1. Tokens per call count the root/bonus token.")
+                  f"as at batch 1. Tokens per call count the root/bonus token.\n\nMachine: "
+                  f"{machine_description(args.device)}.")
         write_batch(rows, os.path.join(args.results_dir, "batch"), f"{name}_{args.device.split(':')[0]}", header)

@@ -2,10 +2,11 @@
 token ids while verification keeps every token, so decoding stays lossless. That is proven where the exactness tests
 are, each run with and without trimming (the `trim` fixture: test_generate, test_batch, the Medusa test of
 test_baselines, the sampling test of test_sampling). Here: what the trimmed drafters compute, that training never
-sees the setting, the frequency ranking, and bad input."""
+sees the setting, the frequency ranking, the benchmarks' flag, and bad input."""
 import pytest
 import torch
 
+import bench
 from generate import draft_sampled, draft_topk, frequent_tokens, generate_speculative
 from helpers import make_model, shuffled_ids
 from model import GPTConfig
@@ -112,3 +113,17 @@ def test_frequent_tokens_ranks_by_count_then_by_id():
     with pytest.raises(ValueError, match=r"token ids must lie in \[0, 5\)"):
         frequent_tokens([[1, 7]], 2, 5)
 
+
+def test_bench_profile_with_a_draft_vocabulary_and_a_dtype(toy_dir, tmp_path):
+    """`bench.py profile --toy --draft-vocab N --dtype bfloat16` writes its profile beside the default one, naming
+    the settings and the machine."""
+    bench.main(["profile", "--toy", "--toy-dir", str(toy_dir), "--toy-gamma", "2", "--n-stories", "100",
+                "--max-new-tokens", "12", "--profile-calls", "10", "--results-dir", str(tmp_path),
+                "--draft-vocab", "10", "--dtype", "bfloat16"])
+    table = (tmp_path / "toy" / "profile_bfloat16_draftvocab10.md").read_text()
+    assert "the drafters score 10 of the 81 tokens (the most frequent in the training text)" in table
+    assert "decoding in bfloat16" in table
+    assert "Machine: CPU" in table and "BLAS" in table and "| drafting LM head + top-k |" in table
+    with pytest.raises(SystemExit, match="--draft-vocab -1: n=-1 must be an integer"):
+        bench.main(["profile", "--toy", "--toy-dir", str(toy_dir), "--toy-gamma", "2", "--n-stories", "100",
+                    "--draft-vocab", "-1"])
