@@ -36,7 +36,7 @@ def ntp_and_frozen(adapter_rank=4, n_msa_layers=2, seed=0):
     base = dict(vocab_size=40, block_size=64, n_layer=3, n_head=2, n_embd=16, lora_rank=4)
     ntp = randomize(GPT(GPTConfig(**base)), seed).eval()  # float32 first: from_base builds a float32 model
     config = GPTConfig(**base, n_streams=3, n_msa_layers=n_msa_layers, stream_adapter_rank=adapter_rank, prune_rank=4)
-    frozen, ntp = from_base(ntp, config, "cpu").double(), ntp.double()
+    frozen, ntp = from_base(ntp, config, "cpu", seed=seed).double(), ntp.double()
     with torch.no_grad():  # the stream side gets random values too (fresh, the adapter would be a no-op)
         g = torch.Generator().manual_seed(seed + 1)
         for name, p in frozen.named_parameters():
