@@ -32,7 +32,7 @@ import torch
 from tqdm import tqdm
 
 import data as data_files
-from data import EOS, MAX_NEW_TOKENS, SPLITS, CompactVocab, TaskData, load_task, prompt_ids
+from data import EOS, MAX_NEW_TOKENS, SEP, SPLITS, CompactVocab, TaskData, load_task, prompt_ids
 from batch import generate_autoregressive_batch
 from checkpoint import write_json
 from cli import ArgumentParser, check_device, warn
@@ -161,7 +161,9 @@ def self_targets(recipe: TaskRecipe, model: GPT, vocab: CompactVocab, examples: 
     checkpoint's weights, "max_new_tokens": N, "prompts": [[ids]], "continuations": [[ids]]} (compact-vocabulary
     ids; prompts end with SEP, continuations with EOS unless cut at N). Prompts are decoded SELF_TARGET_CHUNK at a
     time, sorted by length (right-padded); the file is written after each chunk, atomically: an interrupted run
-    resumes where it stopped; a changed model starts over. Under torchrun, rank 0 generates and the others read it."""
+    resumes where it stopped; a changed model starts over, and so does a cache that is not what it must be
+    (`read_self_targets`). Every chosen prompt must have its continuation before training on them. Under
+    torchrun, rank 0 generates and the others read it."""
     max_new = MAX_NEW_TOKENS[recipe.task]
     budget = min(BLOCK_SIZE[recipe.task] - 1, model.config.block_size - max_new)  # prompt + SEP ids that fit
     prompts = sorted({tuple(prompt_ids(vocab, ex, budget)) for ex in examples})
@@ -169,12 +171,8 @@ def self_targets(recipe: TaskRecipe, model: GPT, vocab: CompactVocab, examples: 
         prompts = random.Random(recipe.seed).sample(prompts, limit)
     prompts.sort(key=lambda p: (len(p), p))
     digest = weights_sha256(model)
-    cache = dict(format=1, model_sha256=digest, max_new_tokens=max_new, prompts=[], continuations=[])
-    if os.path.exists(path):
-        with open(path) as f:
-            saved = json.load(f)
-        if saved.get("model_sha256") == digest and saved.get("max_new_tokens") == max_new:
-            cache = saved
+    cache = (read_self_targets(path, digest, max_new, vocab.size)
+             or dict(format=1, model_sha256=digest, max_new_tokens=max_new, prompts=[], continuations=[]))
     done = {tuple(p) for p in cache["prompts"]}
     todo = [p for p in prompts if p not in done]
     rank, world = rank_and_world()
@@ -191,11 +189,54 @@ def self_targets(recipe: TaskRecipe, model: GPT, vocab: CompactVocab, examples: 
         bar.close()
     if world > 1:
         torch.distributed.barrier()
-        with open(path) as f:
-            cache = json.load(f)
+        cache = read_self_targets(path, digest, max_new, vocab.size) or dict(prompts=[], continuations=[])
     chosen = set(prompts)
     pairs = [(p, c) for p, c in zip(cache["prompts"], cache["continuations"]) if tuple(p) in chosen]
+    if len(pairs) != len(prompts):
+        raise ValueError(f"{path} holds the targets of {len(pairs)} of the {len(prompts)} chosen prompts — delete "
+                         f"it and run again")
     return TaskData.from_sequences(vocab, pairs, BLOCK_SIZE[recipe.task])
+
+
+def read_self_targets(path: str, digest: str, max_new: int, vocab_size: int) -> dict | None:
+    """The self-distillation cache at `path` when it holds targets of the model of sha256 `digest` for `max_new`
+    tokens, well formed (cache_problem); else None (a warning says why it is generated again, unless it is
+    simply absent or of another model or budget)."""
+    if not os.path.exists(path):
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            saved = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        warn(f"{path} is not valid JSON (cut short? {e}): generating its self-distillation targets again")
+        return None
+    if not isinstance(saved, dict) or saved.get("format") != 1:
+        warn(f"{path} is not a self-distillation cache of format 1: generating it again")
+        return None
+    if saved.get("model_sha256") != digest or saved.get("max_new_tokens") != max_new:
+        return None  # made by another next-token model, or for another budget
+    problem = cache_problem(saved, max_new, vocab_size)
+    if problem:
+        warn(f"{path}: {problem}: generating its self-distillation targets again")
+        return None
+    return saved
+
+
+def cache_problem(cache: dict, max_new: int, vocab_size: int) -> str | None:
+    """What is wrong with a self-distillation cache's content, or None: as many continuations as prompts, ids in
+    the vocabulary, prompts ending with SEP, continuations of 1..max_new ids ending with EOS unless cut at max_new."""
+    prompts, continuations = cache.get("prompts"), cache.get("continuations")
+    if not isinstance(prompts, list) or not isinstance(continuations, list):
+        return "it lacks the prompts or continuations list"
+    if len(prompts) != len(continuations):
+        return f"it holds {len(prompts)} prompts but {len(continuations)} continuations"
+    ids = lambda x: isinstance(x, list) and x and all(type(t) is int and 0 <= t < vocab_size for t in x)
+    for i, (p, c) in enumerate(zip(prompts, continuations)):
+        if not (ids(p) and p[-1] == SEP):
+            return f"prompt {i} is not a list of ids of the vocabulary ending with SEP"
+        if not (ids(c) and len(c) <= max_new and (c[-1] == EOS or len(c) == max_new)):
+            return f"continuation {i} is not 1..{max_new} ids of the vocabulary ending with EOS or cut at {max_new}"
+    return None
 
 
 def pretrain(recipe: TaskRecipe, out_dir: str, vocab: CompactVocab, name: str, config: GPTConfig, steps: int,

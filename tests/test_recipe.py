@@ -168,6 +168,36 @@ def test_self_targets_are_cached_resumed_and_renewed(tmp_path, monkeypatch):
     assert calls == [3, 1]
 
 
+def test_self_target_cache_is_checked_before_it_is_trained_on(tmp_path, monkeypatch, capsys):
+    """A cache cut short (not JSON), of another format, with fewer continuations than prompts or with ids outside
+    the vocabulary is generated again, with a warning that names the file; targets that still lack a chosen prompt
+    are refused, never trained on as they are."""
+    ntp, _ = ntp_and_frozen()
+    ntp = ntp.float()
+    recipe = train_task.TaskRecipe(task="e2e")
+    examples = [Example(p, "x", ["x"]) for p in ("abc", "abd", "bcdef", "zz")]
+    monkeypatch.setattr(train_task, "MAX_NEW_TOKENS", {"e2e": 12})
+    path = tmp_path / "self.json"
+    fresh = train_task.self_targets(recipe, ntp, FakeVocab(), examples, 10, str(path), quiet=True)
+    text = path.read_text()
+    saved = json.loads(text)
+    broken = [(text[:len(text) // 2], "is not valid JSON (cut short?"),
+              ("[1, 2]", "is not a self-distillation cache of format 1"),
+              (json.dumps(dict(saved, continuations=saved["continuations"][:2])), "holds 4 prompts but 2 continuations"),
+              (json.dumps(dict(saved, continuations=[[999]] + saved["continuations"][1:])), "continuation 0 is not"),
+              (json.dumps(dict(saved, prompts=[[5, 6]] + saved["prompts"][1:])), "prompt 0 is not a list of ids")]
+    for content, warning in broken:
+        path.write_text(content)
+        data = train_task.self_targets(recipe, ntp, FakeVocab(), examples, 10, str(path), quiet=True)
+        err = capsys.readouterr().err
+        assert err.startswith(f"warning: {path}") and warning in err and "generating" in err
+        assert json.loads(path.read_text()) == saved and data.encoded == fresh.encoded
+    path.unlink()
+    monkeypatch.setattr(train_task, "greedy_continuations", lambda model, prompts, max_new, eos: [])
+    with pytest.raises(ValueError, match=r"holds the targets of 0 of the 4 chosen prompts — delete it"):
+        train_task.self_targets(recipe, ntp, FakeVocab(), examples, 10, str(path), quiet=True)
+
+
 def test_task_data_from_sequences_learns_the_completion_only():
     data = TaskData.from_sequences(FakeVocab(), [([5, 6, SEP], [7, 8, EOS]), ([5, SEP], [9] * 20)], block_size=8)
     assert data.skipped == 1
