@@ -22,7 +22,8 @@ def toy_model(args: argparse.Namespace) -> GPT:
     """The toy checkpoint of --toy-dir and --toy-gamma (train_toy.py writes it), LoRA merged."""
     path = os.path.join(args.toy_dir, f"ss_gamma{args.toy_gamma}_pruned.pt")
     if not os.path.exists(path):
-        raise SystemExit(f"{path} not found: run `python train_toy.py --out-dir {args.toy_dir}` first (or make demo)")
+        raise SystemExit(f"error: {path} not found — run `python train_toy.py --out-dir {args.toy_dir}` first (or make "
+                         f"demo)")
     return load_for_decoding(path, args.device)
 
 
@@ -46,7 +47,8 @@ def task_setup(args: argparse.Namespace, task: str, split: str):
     from data import EOS, MAX_NEW_TOKENS, CompactVocab, load_task, prompt_ids, relexicalise
     ntp = os.path.join(args.task_dir, f"{task}_ntp.pt")
     if not os.path.exists(ntp):
-        raise SystemExit(f"{ntp} not found: run `python train_task.py --task {task} --out-dir {args.task_dir}` first")
+        raise SystemExit(f"error: {ntp} not found — run `python train_task.py --task {task} --out-dir {args.task_dir}` "
+                         f"first")
     vocab = CompactVocab.from_dict(torch.load(ntp, weights_only=True)["vocabulary"])
     examples = load_task(task, split, args.data_dir, delexicalised=True)
     max_new = MAX_NEW_TOKENS[task]
