@@ -14,7 +14,6 @@ this file):
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import functools
 import hashlib
@@ -33,6 +32,8 @@ from typing import Iterable
 
 import torch
 from tqdm import tqdm
+
+from cli import ArgumentParser
 
 ROOT = pathlib.Path(__file__).resolve().parent
 DEFAULT_DATA_DIR = ROOT.parent / "shared" / "data"
@@ -102,7 +103,7 @@ def unverified_files() -> list[str]:
 def _check_file(path: pathlib.Path) -> pathlib.Path:
     """`path` if it exists and holds the published content (see FILES), else a clear error."""
     if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: the data folder lacks this file (make data fetches it)")
+        raise FileNotFoundError(f"{path} not found: the data folder lacks this file — make data fetches it")
     name = f"{path.parent.name}/{path.name}"
     stat = path.stat()
     if name not in FILES or _VERIFIED.get(str(path)) == (stat.st_mtime_ns, stat.st_size):
@@ -116,7 +117,7 @@ def _check_file(path: pathlib.Path) -> pathlib.Path:
     elif ALLOW_UNVERIFIED:
         _UNVERIFIED.add(str(path))
     else:
-        raise ValueError(f"{path} {problem}: run `make data` (python data.py download --to DIR) for the published "
+        raise ValueError(f"{path} {problem} — run `make data` (python data.py download --to DIR) for the published "
                          f"data sets, or pass --unverified-data to use your own")
     return path
 
@@ -126,7 +127,8 @@ def _read_text(path: pathlib.Path) -> str:
     try:
         return _check_file(path).read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
-        raise ValueError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start}): is it the right file?") from None
+        raise ValueError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start}) — give the data set's text "
+                         f"file (make data fetches the published ones)") from None
 
 
 def _read_csv(path: pathlib.Path, columns: tuple[str, ...]) -> list[tuple[str, ...]]:
@@ -492,7 +494,7 @@ def download(to: str | os.PathLike, base_url: str = GITHUB_RAW, quiet: bool = Fa
     already there with the right sha256 are kept, so a second run downloads nothing. Returns the local paths."""
     to = pathlib.Path(to)
     if to.exists() and not to.is_dir():
-        raise ValueError(f"{to} is a file, not a folder: give --to the folder to download into")
+        raise ValueError(f"{to} is a file, not a folder — give --to the folder to download into")
     todo = [p for p in FILES if not ((to / p).is_file() and sha256_of(to / p) == FILES[p][1])]
     with tqdm(total=sum(FILES[p][0] for p in todo), unit="B", unit_scale=True, desc="download", disable=quiet,
               dynamic_ncols=True) as bar:
@@ -503,9 +505,9 @@ def download(to: str | os.PathLike, base_url: str = GITHUB_RAW, quiet: bool = Fa
 
 
 def main(argv: list[str] | None = None):
-    p = argparse.ArgumentParser(description="The real-task data sets. `download` fetches E2E, ATIS + GeoQuery and "
-                                "DialogSum from GitHub at the commits of ../shared/data/README.md and checks each "
-                                "file's sha256.")
+    p = ArgumentParser(prog="data.py", description="The real-task data sets. `download` fetches E2E, ATIS + "
+                       "GeoQuery and DialogSum from GitHub at the commits of ../shared/data/README.md and checks "
+                       "each file's sha256.")
     commands = p.add_subparsers(dest="command", required=True)
     d = commands.add_parser("download", help="fetch the data sets into a folder (then use it as --data-dir)")
     d.add_argument("--to", required=True, help="destination folder (created; e2e/, text2sql/, dialogsum/ inside)")
