@@ -287,8 +287,8 @@ def train_task(recipe: TaskRecipe, out_dir: str = "checkpoints/tasks", quiet: bo
     check_device(recipe.device)
     if recipe.threads:
         torch.set_num_threads(recipe.threads)
-    os.makedirs(out_dir, exist_ok=True)
     vocab = build_vocab(recipe.data_dir)
+    os.makedirs(out_dir, exist_ok=True)
     base = pretrain(recipe, out_dir, vocab, "base", model_config(recipe, vocab), recipe.pretrain_steps, quiet,
                     overwrite)
     draft_base = lambda: pretrain(recipe, out_dir, vocab, "draft_base", model_config(recipe, vocab, draft=True),
@@ -309,8 +309,8 @@ def train_task(recipe: TaskRecipe, out_dir: str = "checkpoints/tasks", quiet: bo
         paths[name] = os.path.join(out_dir, f"{recipe.task}_{name}.pt")
         config = StageConfig(f"{recipe.task}: {title}", steps, lr, seed=recipe.seed + seed, **options)
         batches = lambda step: data.batch(step, batch_size, seed=recipe.seed + seed)
-        inputs = dict(data=fingerprint(data.encoded), batch_size=batch_size, vocabulary=fingerprint(extra["vocabulary"]),
-                      parent=weights_sha256(parent))
+        inputs = dict(data=fingerprint(data.encoded), batch_size=batch_size,
+                      vocabulary=fingerprint(extra["vocabulary"]), parent=weights_sha256(parent))
         train_stage(model, batches, config, paths[name], extra, quiet, inputs, overwrite)
 
     # each model's new parts are initialised from its stage's seed: ntp 1, ss 2-3, draft 4, medusa 5-6
@@ -341,7 +341,7 @@ def parser() -> argparse.ArgumentParser:
     """The command line: one flag per TaskRecipe field (defaults from TaskRecipe), --out-dir, --overwrite,
     --unverified-data and --quick."""
     d = TaskRecipe()
-    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(prog="train_task.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--task", choices=sorted(SPLITS), help="the task to train (required unless --bases-only)")
     p.add_argument("--bases-only", action="store_true",
                    help="pretrain (or find) the two bases every task shares, base and draft_base, and stop: "
@@ -419,8 +419,8 @@ def parse(argv: list[str] | None = None) -> tuple[TaskRecipe, str, bool]:
         recipe = quick(recipe)
         for name, value in given.items():
             if getattr(recipe, name) != value:
-                warn(f"--quick sets --{name.replace('_', '-')}={getattr(recipe, name)}, not the given {value} "
-                     f"(leave out --quick to train with {value})")
+                warn(f"--quick sets --{name.replace('_', '-')}={getattr(recipe, name)}, not the given {value} — "
+                     f"leave out --quick to train with {value}")
         out_dir = out_dir if out_dir != "checkpoints/tasks" else "checkpoints/tasks_quick"
     return recipe, out_dir, overwrite
 

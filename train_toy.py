@@ -186,7 +186,7 @@ def train_pipeline(recipe: ToyRecipe, out_dir: str | None = None, quiet: bool = 
         torch.set_num_threads(recipe.threads)
     data = ToyData(recipe.n_stories, recipe.seed)
     if len(data.stream) < recipe.train_block + 2:
-        raise ValueError(f"--n-stories={recipe.n_stories} make {len(data.stream)} tokens, too few for training "
+        raise ValueError(f"--n-stories={recipe.n_stories} give {len(data.stream)} tokens, too few for training "
                          f"windows of --train-block={recipe.train_block} — use more stories")
     if out_dir:
         os.makedirs(out_dir, exist_ok=True)
@@ -229,7 +229,7 @@ def train_pipeline(recipe: ToyRecipe, out_dir: str | None = None, quiet: bool = 
 def parser() -> argparse.ArgumentParser:
     """The command line: one flag per ToyRecipe field (defaults from ToyRecipe), --out-dir and --overwrite."""
     d = ToyRecipe()
-    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(prog="train_toy.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out-dir", default="checkpoints/toy",
                    help="where checkpoints go (reused when they record the same inputs, resumed when unfinished)")
     p.add_argument("--overwrite", action="store_true",

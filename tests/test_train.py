@@ -262,8 +262,8 @@ def test_task_command_line_builds_the_recipe(capsys):
     assert capsys.readouterr().err == ""
     assert parse(["--task", "sql", "--quick", "--ft-steps", "9", "--method", "ss", "draft"]) == \
         (dataclasses.replace(QUICK, task="sql", methods=("ss", "draft")), "checkpoints/tasks_quick", False)
-    assert capsys.readouterr().err == ("warning: --quick sets --ft-steps=4, not the given 9 (leave out --quick to "
-                                       "train with 9)\n")
+    assert capsys.readouterr().err == ("warning: --quick sets --ft-steps=4, not the given 9 — leave out --quick to "
+                                       "train with 9\n")
     assert parse(["--bases-only", "--quick", "--out-dir", "x", "--overwrite"]) == \
         (dataclasses.replace(QUICK, bases_only=True), "x", True)
     flags = {a.dest for a in train_task.parser()._actions} - {"help", "out_dir", "quick", "method", "overwrite",
