@@ -2,7 +2,8 @@
 bad input is one line, `error: <what> — <how to fix>`, and a non-zero exit status, never a traceback.
 
 `ArgumentParser` makes argparse's own errors (an unknown flag, a value of the wrong type) that one line too;
-`positive_int` and `non_negative_float` are argparse types; `check_device` refuses a device torch cannot use here.
+`positive_int` and `non_negative_float` are argparse types; `check_device` refuses a device torch cannot use here;
+`warn` prints `warning: <what>` where the input is changed or may not mean what the user meant.
 """
 from __future__ import annotations
 
