@@ -50,7 +50,7 @@ def check_device(device: str) -> None:
                          f"use --device cpu")
     if kind.type == "cuda" and kind.index is not None and kind.index >= torch.cuda.device_count():
         raise ValueError(f"--device {device}: this machine has {torch.cuda.device_count()} GPU(s) — use "
-                         f"cuda:0 .. cuda:{torch.cuda.device_count() - 1}")
+                         f"cuda:N with N < {torch.cuda.device_count()}")
     if kind.type == "mps" and not torch.backends.mps.is_available():
         raise ValueError(f"--device {device}: MPS is not available here — use --device cpu")
 
