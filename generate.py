@@ -479,6 +479,8 @@ def generate_speculative(model: GPT, prompt_ids, max_new_tokens: int, gamma: int
     return result
 
 
-if __name__ == "__main__":  # `python generate.py ...` is `python decode.py ...`
-    from decode import main
-    raise SystemExit(main())
+if __name__ == "__main__":  # `python generate.py ...` runs `python decode.py ...`, the command line of this file
+    import os
+    import sys
+    decode = os.path.join(os.path.dirname(os.path.abspath(__file__)), "decode.py")
+    os.execv(sys.executable, [sys.executable, decode, *sys.argv[1:]])
