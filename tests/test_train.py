@@ -178,7 +178,8 @@ def test_toy_baselines_quick(tmp_path):
     assert (tmp_path / "res" / "toy_baselines" / "speedup_vs_k.png").exists()
 
 
-@pytest.mark.parametrize("script", ["train_toy.py", "train_task.py", "bench.py", "specstream_minimal.py"])
+@pytest.mark.parametrize("script", ["train_toy.py", "train_task.py", "bench.py", "specstream_minimal.py", "decode.py",
+                                    "generate.py", "validate.py", "data.py"])
 def test_scripts_have_help(script):
     out = subprocess.run([sys.executable, os.path.join(ROOT, script), "--help"], capture_output=True, text=True,
                          timeout=120, cwd=ROOT)
