@@ -18,6 +18,9 @@ benchmarks/ package (timing harness, speed, tasks, profile, sampling, throughput
                                    # the two lossy ones), distribution test drawn; writes results/sampling/
     python bench.py profile --toy  # one AR step and one SS call timed part by part, against a bare forward of the
                                    # same rows; writes results/toy/profile.md (without --toy: --task's SS model)
+    python bench.py study --task e2e --recipes ss_frozen_self_s300 ss_frozen_self --values 300 600 --label steps
+                                   # one training setting against CR and acceptance on the dev split (no timing);
+                                   # writes results/<task>/study_<name>.{md,json,png}
     python bench.py toy            # the γ study: acceptance vs γ, speedup and CR vs γ per k, speedup vs tree
                                    # size with and without pruning; writes results/toy/ (JSON, Markdown, PNGs)
 
@@ -39,12 +42,13 @@ from benchmarks.params import run_params
 from benchmarks.profile import run_profile
 from benchmarks.sampling import run_sampling
 from benchmarks.speed import run_rows, run_speed, run_toy
+from benchmarks.study import run_study
 from benchmarks.tasks import METHODS, run_ablation, run_baselines, run_draft_cost, run_task
 from benchmarks.throughput import run_batch
 
 RUNNERS = {"speed": run_speed, "toy": run_toy, "params": run_params, "rows": run_rows, "task": run_task,
            "baselines": run_baselines, "draftcost": run_draft_cost, "batch": run_batch, "ablation": run_ablation,
-           "sampling": run_sampling, "profile": run_profile}  # subcommand -> the benchmark it runs
+           "sampling": run_sampling, "profile": run_profile, "study": run_study}  # subcommand -> the benchmark it runs
 
 # Flags that several subcommands use, each defined once; parser() gives every subcommand the ones it reads.
 SHARED_FLAGS = {
@@ -127,6 +131,15 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--toy", action="store_true", help="the toy model instead of --task's SS model")
     c.add_argument("--profile-calls", type=positive_int, default=200, help="timed calls (median; + 10%% warm-up)")
     c.set_defaults(prompts=1)  # the profile decodes the first held-out prompt
+    c = command("study", "--task", "--task-dir", "--data-dir", "--results-dir", "--prompts", "--device")
+    c.add_argument("--recipes", nargs="+", required=True, help="checkpoints <task>_<recipe>_pruned.pt (SS or Medusa)")
+    c.add_argument("--values", type=float, nargs="+", required=True, help="the setting's value of each recipe")
+    c.add_argument("--label", required=True, help="what the values are, e.g. 'stream training steps'")
+    c.add_argument("--name", required=True, help="results/<task>/study_<name>.*")
+    c.add_argument("--split", choices=["test", "dev"], default="dev", help="dev for model selection")
+    c.add_argument("--mark", type=float, default=None, help="a value to mark on the plot (e.g. the paper's)")
+    c.add_argument("--mark-label", default="", help="the mark's legend")
+    c.set_defaults(prompts=1000)  # every prompt of the split
     return p
 
 

@@ -6,7 +6,7 @@ deterministic training batches of the form  prompt, SEP, completion, EOS  (loss 
     vocab = CompactVocab.build(t for ex in train for t in (ex.prompt, ex.completion))
     idx, targets, loss_mask = TaskData(vocab, train, block_size=256).batch(step=0, batch_size=16)
 
-The data folder is `--data-dir` / `data_dir`, else $SPECSTREAM_DATA, else ../shared/data (see its README.md).
+The data folder is `--data-dir` / `data_dir`, else $SPECSTREAM_DATA, else ../shared/data.
 A machine without that folder fetches the data sets from their public sources (sha256-checked, see the end of
 this file):
 
@@ -429,7 +429,7 @@ class TaskData:
 # against the sha256 of the copy in ../shared/data, so a download is byte-identical to what the results used.
 
 GITHUB_RAW = "https://raw.githubusercontent.com"
-SOURCES = {  # local folder -> (GitHub repository, commit, folder inside the repository), as ../shared/data/README.md
+SOURCES = {  # local folder -> (GitHub repository, commit, folder inside the repository) of each data set
     "e2e": ("tuetschek/e2e-dataset", "ab0d967dd5729ce455ef14ba9ffafc456a335264", ""),
     "text2sql": ("jkkummerfeld/text2sql-data", "5050bad2309a93636ea4788d3660c9202bf11e0e", "data/"),
     "dialogsum": ("cylnlp/dialogsum", "848cc8c05e0a04def79326539de827f1b28786a0", "DialogSum_Data/"),
@@ -482,7 +482,7 @@ def fetch(url: str, dest: pathlib.Path, sha256: str, bar: tqdm):
                     f"SPECSTREAM_DATA=DIR) to train_task.py and bench.py") from None
         if h.hexdigest() != sha256:
             raise ValueError(f"{dest.name}: the sha256 of {url} is {h.hexdigest()}, expected {sha256}: the file is "
-                             f"corrupted or not the version in ../shared/data/README.md; nothing was written")
+                             f"corrupted or not the pinned version (data.SOURCES); nothing was written")
         os.replace(tmp, dest)
     finally:
         if os.path.exists(tmp):
@@ -506,8 +506,8 @@ def download(to: str | os.PathLike, base_url: str = GITHUB_RAW, quiet: bool = Fa
 
 def main(argv: list[str] | None = None):
     p = ArgumentParser(prog="data.py", description="The real-task data sets. `download` fetches E2E, ATIS + "
-                       "GeoQuery and DialogSum from GitHub at the commits of ../shared/data/README.md and checks "
-                       "each file's sha256.")
+                       "GeoQuery and DialogSum from GitHub at pinned commits (data.SOURCES) and checks each file's "
+                       "sha256.")
     commands = p.add_subparsers(dest="command", required=True)
     d = commands.add_parser("download", help="fetch the data sets into a folder (then use it as --data-dir)")
     d.add_argument("--to", required=True, help="destination folder (created; e2e/, text2sql/, dialogsum/ inside)")

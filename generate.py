@@ -13,6 +13,7 @@ All return a `GenerationResult`. Metric conventions (docs/CONVENTIONS.md):
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -43,6 +44,7 @@ class StepTrace:
 
 @dataclass
 class GenerationResult:
+    """What a decoder returns: the new tokens and the metrics of docs/CONVENTIONS.md (see the module docstring)."""
     tokens: list[int] = field(default_factory=list)            # new tokens only
     step_tokens: list[list[int]] = field(default_factory=list)  # tokens committed by each forward call
     forward_calls: int = 0
@@ -71,31 +73,6 @@ class GenerationResult:
         return [a / t if t else float("nan") for a, t in zip(self.depth_accepted, self.depth_attempted)]
 
 
-def check_prompt(model: GPT, prompt_ids, max_new_tokens: int) -> torch.Tensor:
-    """Validate a prompt (list of ints or 1-D LongTensor) and return it as a (1, P) tensor on the model's device."""
-    if isinstance(prompt_ids, torch.Tensor):
-        if prompt_ids.dim() != 1 or prompt_ids.dtype not in (torch.long, torch.int, torch.int32, torch.int16):
-            raise TypeError(f"prompt_ids must be a 1-D integer tensor, got shape {tuple(prompt_ids.shape)} "
-                            f"and dtype {prompt_ids.dtype}")
-        prompt_ids = prompt_ids.tolist()
-    if not all(isinstance(t, int) and not isinstance(t, bool) for t in prompt_ids):
-        raise TypeError("prompt_ids must be integers (token ids); tokenize the text first")
-    cfg = model.config
-    if len(prompt_ids) == 0:
-        raise ValueError("the prompt is empty: give at least one token (e.g. an EOS/BOS id)")
-    bad = [t for t in prompt_ids if not 0 <= t < cfg.vocab_size]
-    if bad:
-        raise ValueError(f"prompt token ids {bad[:5]} are outside the vocabulary [0, {cfg.vocab_size})")
-    if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 0:
-        raise ValueError(f"max_new_tokens={max_new_tokens!r} must be an integer >= 0")
-    if len(prompt_ids) + max_new_tokens - 1 > cfg.block_size:
-        raise ValueError(f"prompt of {len(prompt_ids)} tokens + max_new_tokens={max_new_tokens} needs "
-                         f"{len(prompt_ids) + max_new_tokens - 1} positions but block_size={cfg.block_size}: "
-                         f"shorten the prompt or lower max_new_tokens")
-    device = next(model.parameters()).device
-    return torch.tensor([prompt_ids], dtype=torch.long, device=device)
-
-
 def commit_tokens(result: GenerationResult, new: list[int], max_new_tokens: int, eos_id: int | None) -> bool:
     """Append the tokens of one call, truncated at EOS (kept) and at max_new_tokens. Returns True when done."""
     new = new[:max_new_tokens - len(result.tokens)]
@@ -118,6 +95,95 @@ def record_call(result: GenerationResult, drafted_depth: int, accepted_depth: in
     result.pruned_tree_sizes.append(verified_nodes)
 
 
+def is_int(value) -> bool:
+    """An integer that is not a bool (True is an int to Python, never a count or a token id)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_int(name: str, value, low: int, high: int | None = None, optional: bool = False, note: str = "") -> None:
+    """Refuse `value` with a one-line ValueError that names it unless it is an integer in low..high (no upper
+    bound when high is None), or None when optional."""
+    if optional and value is None:
+        return
+    if not is_int(value) or value < low or (high is not None and value > high):
+        bounds = f">= {low}" if high is None else f"in {low}..{high}"
+        raise ValueError(f"{name}={value!r} must be {'None or ' if optional else ''}an integer {bounds}{note}")
+
+
+def check_number(name: str, value, within: Callable[[float], bool], allowed: str, optional: bool = False) -> None:
+    """Refuse `value` unless it is a real number for which within(value) holds (`allowed` says which), or None
+    when optional."""
+    if optional and value is None:
+        return
+    if not (isinstance(value, (int, float)) and not isinstance(value, bool) and within(value)):
+        raise ValueError(f"{name}={value!r} must be {'None or ' if optional else ''}a number {allowed}")
+
+
+def check_prompt(model: GPT, prompt_ids, max_new_tokens: int) -> torch.Tensor:
+    """Validate a prompt (list of ints or 1-D LongTensor) and return it as a (1, P) tensor on the model's device."""
+    if isinstance(prompt_ids, torch.Tensor):
+        if prompt_ids.dim() != 1 or prompt_ids.dtype not in (torch.long, torch.int, torch.int32, torch.int16):
+            raise TypeError(f"prompt_ids must be a 1-D integer tensor, got shape {tuple(prompt_ids.shape)} "
+                            f"and dtype {prompt_ids.dtype}")
+        prompt_ids = prompt_ids.tolist()
+    if not all(is_int(t) for t in prompt_ids):
+        raise TypeError("prompt_ids must be integers (token ids); tokenize the text first")
+    V, P = model.config.vocab_size, len(prompt_ids)
+    if P == 0:
+        raise ValueError("the prompt is empty: give at least one token (e.g. an EOS/BOS id)")
+    bad = [t for t in prompt_ids if not 0 <= t < V]
+    if bad:
+        raise ValueError(f"prompt token ids {bad[:5]} are outside the vocabulary [0, {V})")
+    check_int("max_new_tokens", max_new_tokens, 0)
+    if P + max_new_tokens - 1 > model.config.block_size:
+        raise ValueError(f"prompt of {P} tokens + max_new_tokens={max_new_tokens} needs {P + max_new_tokens - 1} "
+                         f"positions but block_size={model.config.block_size}: shorten the prompt or lower "
+                         f"max_new_tokens")
+    return torch.tensor([prompt_ids], dtype=torch.long, device=next(model.parameters()).device)
+
+
+def check_sampling(temperature: float, top_k: int | None, top_p: float | None, acceptance: str = "recursive") -> None:
+    """Validate the sampling options shared by generate_autoregressive and generate_speculative."""
+    check_number("temperature", temperature, lambda t: t >= 0, ">= 0 (0 = greedy)")
+    check_int("top_k", top_k, 1, optional=True)
+    check_number("top_p", top_p, lambda p: 0 < p <= 1, "in (0, 1]", optional=True)
+    if acceptance not in ACCEPTANCE_RULES:
+        raise ValueError(f"acceptance={acceptance!r} must be one of {ACCEPTANCE_RULES} (only 'recursive' is lossless)")
+
+
+MAX_FULL_TREE = 4096  # an uncapped tree beyond this is a mistake (k=81, γ=4: 43 million nodes and their cache)
+
+
+def check_speculative(model: GPT, gamma: int | None, k: int, tree_cap: int | None, prune_threshold: float | None,
+                      stream_pass: str, batched: bool = False) -> int:
+    """Validate the tree options shared by generate_speculative and (batched=True, streams only)
+    batch.generate_speculative_batch; returns γ (None: all of the model's drafters)."""
+    cfg = model.config
+    drafters = cfg.n_streams if batched else cfg.n_drafts
+    if drafters == 0 and batched:
+        raise ValueError("batched speculative decoding drafts with streams and the model has none (n_streams=0): "
+                         "use generate_autoregressive_batch, or generate_speculative for a Medusa model")
+    if drafters == 0:
+        raise ValueError("the model has no streams (n_streams=0) and no Medusa heads: use generate_autoregressive "
+                         "or train streams")
+    gamma = drafters if gamma is None else gamma
+    heads = "n_streams" if batched or cfg.n_medusa_heads == 0 else "n_medusa_heads"
+    check_int("gamma", gamma, 1, drafters, note=f" (the model's {heads})")
+    check_int("k", k, 1, cfg.vocab_size, note=" (the model's vocab_size)")
+    check_int("tree_cap", tree_cap, 1, optional=True)
+    if stream_pass not in ("tree", "accepted"):
+        raise ValueError(f"stream_pass={stream_pass!r} must be 'tree' (the paper's single pass) or 'accepted'")
+    check_number("prune_threshold", prune_threshold, lambda x: 0 <= x < 1, "in [0, 1)", optional=True)
+    full = sum(k ** depth for depth in range(gamma + 1))
+    if tree_cap is None and full > MAX_FULL_TREE:
+        raise ValueError(f"k={k} with gamma={gamma} drafts a full tree of {full:,} nodes (at most {MAX_FULL_TREE:,} "
+                         f"without a cap): give tree_cap, e.g. 16, to keep the most probable nodes")
+    if prune_threshold is not None and cfg.prune_rank == 0:
+        raise ValueError("prune_threshold needs a pruning adapter: build the model with prune_rank > 0 and "
+                         "train it (see train_toy.py)")
+    return gamma
+
+
 def new_cache(model: GPT, prompt: torch.Tensor, max_new_tokens: int, max_pending: int = 1) -> KVCache:
     """A cache with room for the prompt, the output and the pending entries of one forward (a whole tree)."""
     p = next(model.parameters())
@@ -125,61 +191,24 @@ def new_cache(model: GPT, prompt: torch.Tensor, max_new_tokens: int, max_pending
 
 
 def causal_mask(n: int, device) -> torch.Tensor:
+    """The (n, n) causal mask: node i sees nodes 0..i."""
     return torch.ones(n, n, dtype=torch.bool, device=device).tril()
-
-
-def check_sampling(temperature: float, top_k: int | None, top_p: float | None, acceptance: str = "recursive"):
-    """Validate the sampling options shared by generate_autoregressive and generate_speculative."""
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature >= 0:
-        raise ValueError(f"temperature={temperature!r} must be a number >= 0 (0 = greedy)")
-    if top_k is not None and (not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1):
-        raise ValueError(f"top_k={top_k!r} must be None or an integer >= 1")
-    if top_p is not None and not (isinstance(top_p, (int, float)) and 0 < top_p <= 1):
-        raise ValueError(f"top_p={top_p!r} must be None or a number in (0, 1]")
-    if acceptance not in ACCEPTANCE_RULES:
-        raise ValueError(f"acceptance={acceptance!r} must be one of {ACCEPTANCE_RULES} (only 'recursive' is lossless)")
-
-
-def check_count(name: str, value, minimum: int = 1):
-    """Validate an integer option (a count) of a decoding function."""
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise ValueError(f"{name}={value!r} must be an integer >= {minimum}")
-
-
-def check_speculative(model: GPT, gamma: int | None, k: int, tree_cap: int | None, prune_threshold: float | None,
-                      stream_pass: str, batched: bool = False) -> int:
-    """Validate the tree options shared by generate_speculative and (batched=True, streams only)
-    generate_speculative_batch; returns γ (None: all of the model's drafters)."""
-    cfg = model.config
-    drafters = cfg.n_streams if batched else cfg.n_drafts
-    if drafters == 0:
-        raise ValueError("batched speculative decoding drafts with streams and the model has none (n_streams=0): "
-                         "use generate_autoregressive_batch, or generate_speculative for a Medusa model" if batched else
-                         "the model has no streams (n_streams=0) and no Medusa heads: use generate_autoregressive "
-                         "or train streams")
-    gamma = drafters if gamma is None else gamma
-    if not isinstance(gamma, int) or isinstance(gamma, bool) or not 1 <= gamma <= drafters:
-        raise ValueError(f"gamma={gamma!r} must be an integer in 1..{drafters} (the model's "
-                         f"{'n_streams' if batched or cfg.n_medusa_heads == 0 else 'n_medusa_heads'})")
-    if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= cfg.vocab_size:
-        raise ValueError(f"k={k!r} must be an integer in 1..vocab_size={cfg.vocab_size}")
-    if stream_pass not in ("tree", "accepted"):
-        raise ValueError(f"stream_pass={stream_pass!r} must be 'tree' (the paper's single pass) or 'accepted'")
-    if tree_cap is not None and (not isinstance(tree_cap, int) or isinstance(tree_cap, bool) or tree_cap < 1):
-        raise ValueError(f"tree_cap={tree_cap!r} must be None or an integer >= 1")
-    if prune_threshold is not None:
-        if not 0.0 <= prune_threshold < 1.0:
-            raise ValueError(f"prune_threshold={prune_threshold!r} must be in [0, 1)")
-        if cfg.prune_rank == 0:
-            raise ValueError("prune_threshold needs a pruning adapter: build the model with prune_rank > 0 and "
-                             "train it (see train_toy.py)")
-    return gamma
 
 
 def greedy_tokens(logits: torch.Tensor) -> torch.Tensor:
     """Argmax over the last dim (the first maximal index, as torch.argmax) by torch.max, whose CPU kernel is
-    ~40% faster (5 rows of a 10k vocabulary: 63 vs 101 us). logits (..., V) -> (...)."""
-    return logits.max(dim=-1).indices
+    ~40% faster (5 rows of a 10k vocabulary: 63 vs 101 us). logits (..., V) -> (...). A row holding NaN or +inf
+    (its max is then NaN or inf) stops decoding with an error instead of emitting a meaningless token."""
+    top = logits.max(dim=-1)
+    refuse_non_finite(top.values)
+    return top.indices
+
+
+def refuse_non_finite(values: torch.Tensor) -> None:
+    """Stop decoding, with a one-line error, where the model's logits hold NaN or inf."""
+    if not bool(torch.isfinite(values).all()):
+        raise ValueError("the model's logits hold NaN or inf, so decoding stops: its weights are broken or its "
+                         "activations overflow (float16 / bfloat16); check the checkpoint or decode in float32")
 
 
 def pick_token(logits: torch.Tensor, temperature: float, top_k: int | None, top_p: float | None,
@@ -188,6 +217,7 @@ def pick_token(logits: torch.Tensor, temperature: float, top_k: int | None, top_
     distribution (tree.sampling_probs; top_k / top_p do not change the argmax)."""
     if temperature == 0:
         return int(greedy_tokens(logits))
+    refuse_non_finite(logits)
     return sample(sampling_probs(logits.cpu(), temperature, top_k, top_p), generator)
 
 
@@ -235,6 +265,12 @@ class SpecSettings:
     top_p: float | None
     generator: torch.Generator | None
     acceptance: str
+
+    @property
+    def max_nodes(self) -> int:
+        """The most nodes one call forwards: the full k-ary tree of depth γ, or the cap."""
+        full = sum(self.k ** d for d in range(self.gamma + 1))
+        return full if self.tree_cap is None else min(self.tree_cap, full)
 
 
 @dataclass
@@ -292,9 +328,10 @@ class SpecStep:
 def draft_topk(model: GPT, main_state: torch.Tensor, stream_states: torch.Tensor | None, depth: int,
                k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Top-k tokens and probabilities of drafters 1..depth at one node: its streams (stream_states: (γ, C)) or,
-    for the Medusa baseline, the heads on its last hidden state (main_state: (C,)). Returns (depth, k) each."""
-    states = main_state if model.config.n_medusa_heads > 0 else stream_states[:depth]
-    top = F.softmax(model.draft_logits(states)[:depth].float(), dim=-1).topk(k, dim=-1)
+    for the Medusa baseline, the heads on its last hidden state (main_state: (C,)). Returns (depth, k) each.
+    Leading dimensions ride along: the streams of B nodes (B, γ, C) give (B, depth, k)."""
+    states = main_state if model.config.n_medusa_heads > 0 else stream_states[..., :depth, :]
+    top = F.softmax(model.draft_logits(states)[..., :depth, :].float(), dim=-1).topk(k, dim=-1)
     return top.indices, top.values
 
 
@@ -334,8 +371,8 @@ def draft(model: GPT, drafter: Drafter, depth: int, s: SpecSettings) -> Draft:
     if s.temperature == 0:
         topk = draft_topk(model, drafter.main, drafter.streams, depth, s.k)
         return Draft(draft_tree(drafter.root, *topk, cap=s.tree_cap), topk, None)
-    tree, topk, q = draft_sampled(model, drafter.main, drafter.streams, drafter.root, depth, s.k, s.tree_cap, s.temperature, s.top_k,
-                                  s.top_p, s.generator)
+    tree, topk, q = draft_sampled(model, drafter.main, drafter.streams, drafter.root, depth, s.k, s.tree_cap,
+                                  s.temperature, s.top_k, s.top_p, s.generator)
     return Draft(tree, topk, q)
 
 
@@ -425,8 +462,7 @@ def generate_speculative(model: GPT, prompt_ids, max_new_tokens: int, gamma: int
     result.depth_attempted, result.depth_accepted = [0] * gamma, [0] * gamma
     if max_new_tokens == 0:
         return result
-    full_size = sum(k ** d for d in range(gamma + 1))
-    cache = new_cache(model, prompt, max_new_tokens, full_size if tree_cap is None else min(tree_cap, full_size))
+    cache = new_cache(model, prompt, max_new_tokens, s.max_nodes)
     drafter, result.prefill_trace = speculative_prefill(model, prompt, cache, s, trace)
     result.forward_calls = 1
     done = commit_tokens(result, [drafter.root], max_new_tokens, eos_id)
@@ -443,6 +479,8 @@ def generate_speculative(model: GPT, prompt_ids, max_new_tokens: int, gamma: int
     return result
 
 
-if __name__ == "__main__":  # `python generate.py ...` is `python decode.py ...`
-    from decode import main
-    raise SystemExit(main())
+if __name__ == "__main__":  # `python generate.py ...` runs `python decode.py ...`, the command line of this file
+    import os
+    import sys
+    decode = os.path.join(os.path.dirname(os.path.abspath(__file__)), "decode.py")
+    os.execv(sys.executable, [sys.executable, decode, *sys.argv[1:]])

@@ -8,7 +8,7 @@ import time
 
 import torch
 
-from generate import (GenerationResult, causal_mask, check_count, check_prompt, commit_tokens, greedy_tokens,
+from generate import (GenerationResult, causal_mask, check_int, check_prompt, commit_tokens, greedy_tokens,
                       new_cache, record_call)
 from model import GPT, KVCache
 
@@ -67,8 +67,8 @@ def generate_prompt_lookup(model: GPT, prompt_ids, max_new_tokens: int, max_ngra
     """Greedy prompt-lookup decoding (training-free): each decode call drafts the tokens that followed the last
     earlier occurrence of the sequence's final n-gram and verifies the chain [root, drafts] in one forward.
     Output == greedy autoregressive output; depth j = the j-th drafted token."""
-    check_count("max_ngram", max_ngram)
-    check_count("num_draft", num_draft)
+    check_int("max_ngram", max_ngram, 1)
+    check_int("num_draft", num_draft, 1)
     prompt = check_prompt(model, prompt_ids, max_new_tokens)
     result, start = GenerationResult(), time.perf_counter()
     result.depth_attempted, result.depth_accepted = [0] * num_draft, [0] * num_draft
@@ -95,7 +95,7 @@ def generate_two_model(target: GPT, draft: GPT, prompt_ids, max_new_tokens: int,
     draft GPT proposes up to γ tokens, one draft call each, and the target verifies [root, d1..dm] in one call.
     Output == greedy autoregressive output of the target. forward_calls counts target calls (prefill included),
     draft_calls draft calls. The draft's prompt prefill is merged into its first call."""
-    check_count("gamma", gamma)
+    check_int("gamma", gamma, 1)
     check_draft_model(target, draft)
     prompt = check_prompt(target, prompt_ids, max_new_tokens)
     check_prompt(draft, prompt_ids, max_new_tokens)

@@ -1,6 +1,9 @@
-"""Shared fixtures for the test suite (keep this file small: other test files use it too)."""
+"""Shared fixtures for the test suite (keep this file small: other test files use it too); shared helpers are
+in helpers.py."""
 import pytest
 import torch
+
+from helpers import random_model, train_periodic_model
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -31,3 +34,24 @@ def tiny_config():
         return GPTConfig(**cfg)
 
     return make
+
+
+@pytest.fixture(scope="module")
+def toy_dir(tmp_path_factory):
+    """A tiny toy run (a few steps of each stage): base.pt, ss_gamma2.pt, ss_gamma2_pruned.pt."""
+    from train_toy import TINY, train_pipeline
+    out = tmp_path_factory.mktemp("toy")
+    train_pipeline(TINY, str(out), quiet=True)
+    return out
+
+
+@pytest.fixture(scope="module")
+def rand_model(_one_thread):
+    """Random weights, untrained streams, 3 main-only blocks under 1 MSA block, pruning adapter randomized."""
+    return random_model(seed=1)
+
+
+@pytest.fixture(scope="module")
+def trained_model(_one_thread):
+    """Trained with the Eq. 5 loss on a periodic sequence (helpers.train_periodic_model), so most drafts are right."""
+    return train_periodic_model()

@@ -17,6 +17,7 @@ from benchmarks import baselines
 from benchmarks.baselines import generate_prompt_lookup, generate_two_model, lookup_draft
 from benchmarks.params import parameter_counts
 from generate import GenerationResult, generate_autoregressive
+from helpers import full_acceptance_lengths, make_model, perturb_, randomize_fan_in
 from model import GPT, GPTConfig
 
 V, BLOCK = 20, 32
@@ -33,21 +34,8 @@ def random_gpt(seed, n_layer=2, n_embd=32, n_streams=0, vocab_size=V, gain=3.0) 
     is one repeated token; gain 3 on the block matrices gives varied outputs."""
     cfg = GPTConfig(vocab_size=vocab_size, block_size=BLOCK, n_layer=n_layer, n_head=2, n_embd=n_embd,
                     n_streams=n_streams, n_msa_layers=1 if n_streams else 0)
-    torch.manual_seed(seed)
-    model = GPT(cfg)
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            noise = torch.randn(p.shape, generator=g)
-            if "ln_" in name and name.endswith("weight"):
-                p.copy_(1.0 + 0.2 * noise)
-            elif name in ("transformer.wte.weight", "transformer.stream_emb"):
-                p.copy_(noise)
-            elif p.dim() == 2:
-                p.copy_(gain * noise / math.sqrt(p.shape[-1]))
-            else:
-                p.copy_(0.1 * noise)
-    return model.double().eval()
+    return make_model(cfg, seed, noise_dtype=torch.float32, gain=gain,
+                      stds={"transformer.wte.weight": 1.0, "transformer.stream_emb": 1.0})
 
 
 def periodic_gpt(period=3) -> GPT:
@@ -64,11 +52,7 @@ def periodic_gpt(period=3) -> GPT:
 @pytest.fixture(scope="module")
 def models(_one_thread):
     target = random_gpt(seed=1)
-    noisy = copy.deepcopy(target)
-    g = torch.Generator().manual_seed(99)
-    with torch.no_grad():
-        for p in noisy.parameters():
-            p.add_(0.15 * torch.randn(p.shape, generator=g, dtype=p.dtype))
+    noisy = perturb_(copy.deepcopy(target), 99, std=0.15)
     torch.manual_seed(0)
     repeating = GPT(target.config).double().eval()  # the default init: greedy output is one repeated token
     return dict(target=target, streams=random_gpt(seed=2, n_streams=2), draft=random_gpt(seed=3, n_layer=1, n_embd=16),
@@ -235,14 +219,6 @@ def test_two_model_is_lossless(models):
     assert runs > 400 and draft_calls > 1000
 
 
-def full_acceptance_lengths(m, gamma):
-    lengths, left = [], m - 1
-    while left > 0:
-        lengths.append(min(gamma + 1, left))
-        left -= lengths[-1]
-    return lengths
-
-
 def test_two_model_identical_draft_accepts_everything(models, monkeypatch):
     """Draft = a copy of the target: every drafted token is right, so each call commits γ+1 tokens (except at
     the end) and the draft calls are exactly the accepted drafts."""
@@ -318,10 +294,7 @@ def random_medusa(seed, n_heads=4, prune_rank=4) -> GPT:
     cfg = GPTConfig(**{**vars(base.config), "n_medusa_heads": n_heads, "n_msa_layers": 1, "prune_rank": prune_rank})
     model = GPT(cfg).double()
     model.load_state_dict({**model.state_dict(), **base.state_dict()})
-    g = torch.Generator().manual_seed(seed + 100)
-    with torch.no_grad():
-        for p in list(model.medusa.parameters()) + list(model.prune_adapter.parameters()):
-            p.copy_(torch.randn(p.shape, generator=g, dtype=p.dtype) / math.sqrt(p.shape[-1]))
+    randomize_fan_in([*model.medusa.parameters(), *model.prune_adapter.parameters()], seed + 100)
     return model.eval()
 
 

@@ -6,9 +6,8 @@ import torch
 
 from batch import RowKVCache, generate_autoregressive_batch, generate_speculative_batch, streams_at_rows
 from generate import generate_autoregressive, generate_speculative
+from helpers import RAND_THRESHOLD, TRAINED_THRESHOLD, periodic_prompts, random_model, random_prompts
 from model import GPT, GPTConfig, CausalSelfAttention
-from test_generate import (RAND_THRESHOLD, TRAINED_THRESHOLD, periodic_prompts, rand_model, random_model,  # noqa: F401
-                           random_prompts, trained_model)
 
 FIELDS = ("tokens", "step_tokens", "forward_calls", "depth_attempted", "depth_accepted", "tree_sizes",
           "pruned_tree_sizes")

@@ -6,8 +6,8 @@ import generate
 import tree
 from benchmarks.harness import Clock, interleave
 from benchmarks.profile import PROFILE_PARTS, CallTimed, PartTimer, hook_points, patched, profile_model
+from helpers import toy_greedy
 from model import KVCache
-from test_cli import toy_dir, toy_greedy  # noqa: F401 (toy_dir is a fixture: a tiny toy run)
 
 
 def test_interleave_runs_every_run_on_every_item_in_turn():

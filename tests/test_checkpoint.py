@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from checkpoint import load_model, save_checkpoint, write_atomic
+from helpers import ATOL, make_model, tokens
 from model import GPT
-from test_model import ATOL, make_model, tokens
 
 
 def save_pt(obj, path):

@@ -9,25 +9,7 @@ import torch
 import decode
 from generate import generate_autoregressive, generate_speculative
 from checkpoint import load_model
-from model import GPT
-from train_toy import TINY, ToyData, train_pipeline
-
-
-@pytest.fixture(scope="module")
-def toy_dir(tmp_path_factory):
-    """A tiny toy run (a few steps of each stage): base.pt, ss_gamma2.pt, ss_gamma2_pruned.pt."""
-    out = tmp_path_factory.mktemp("toy")
-    train_pipeline(TINY, str(out), quiet=True)
-    return out
-
-
-def toy_greedy(toy_dir, words: str, max_new: int) -> tuple[GPT, ToyData, list[int], list[int]]:
-    """The model, the toy vocabulary, the prompt ids and the greedy AR output, computed without the CLI."""
-    model = load_model(str(toy_dir / "ss_gamma2_pruned.pt")).eval()
-    model.merge_lora()
-    data = ToyData(10)
-    prompt = [data.eos_id] + data.encode(words.split())
-    return model, data, prompt, generate_autoregressive(model, prompt, max_new, eos_id=data.eos_id).tokens
+from helpers import toy_greedy
 
 
 def line(out: str, label: str) -> str:

@@ -12,103 +12,12 @@ import torch
 
 import generate
 from generate import GenerationResult, generate_autoregressive, generate_speculative
-from model import GPT, GPTConfig, KVCache
+from helpers import (PERIOD, RAND_THRESHOLD, TRAINED_THRESHOLD, full_acceptance_lengths, make_model, periodic_prompts,
+                     periodic_sequence, random_model, random_prompts)
+from model import GPTConfig, KVCache
 from tree import subtree, tree_attention_mask
 
 GK = [(g, k) for g in (1, 2, 3, 4) for k in (1, 2, 3)]
-
-
-# ------------------------------------------------------------------------------------------------------------
-# models
-# ------------------------------------------------------------------------------------------------------------
-
-def randomize(model: GPT, seed: int) -> GPT:
-    """Non-trivial random weights: the default init (std 0.02) makes every greedy output one repeated token."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            noise = torch.randn(p.shape, generator=g)
-            if "ln_" in name and name.endswith("weight"):
-                p.copy_(1.0 + 0.2 * noise)
-            elif name == "transformer.stream_emb":
-                p.copy_(0.5 * noise)
-            elif p.dim() == 2:
-                p.copy_(noise / math.sqrt(p.shape[-1]))
-            else:
-                p.copy_(0.1 * noise)
-    return model
-
-
-def random_model(seed=0, vocab_size=50, n_layer=4, n_msa_layers=1, n_embd=16, n_streams=4, prune_rank=4,
-                 block_size=64) -> GPT:
-    torch.manual_seed(seed)
-    cfg = GPTConfig(vocab_size=vocab_size, block_size=block_size, n_layer=n_layer, n_head=2, n_embd=n_embd,
-                    n_streams=n_streams, n_msa_layers=n_msa_layers, prune_rank=prune_rank)
-    return randomize(GPT(cfg), seed).double().eval()
-
-
-TRAIN_VOCAB, PERIOD = 40, 17
-
-
-def periodic_sequence(length: int) -> torch.Tensor:
-    g = torch.Generator().manual_seed(123)
-    period = torch.randperm(TRAIN_VOCAB, generator=g)[:PERIOD]  # distinct tokens: one token fixes the phase
-    return period.repeat(length // PERIOD + 1)[:length]
-
-
-@pytest.fixture(scope="module")
-def rand_model(_one_thread):
-    """Random weights, untrained streams, 3 main-only blocks under 1 MSA block, pruning adapter randomized."""
-    return random_model(seed=1)
-
-
-@pytest.fixture(scope="module")
-def trained_model(_one_thread):
-    """Trained with the Eq. 5 loss on a periodic sequence, so most drafts are right."""
-    torch.manual_seed(0)
-    cfg = GPTConfig(vocab_size=TRAIN_VOCAB, block_size=64, n_layer=3, n_head=2, n_embd=24, n_streams=4,
-                    n_msa_layers=2, prune_rank=4)
-    model = GPT(cfg)
-    seq = periodic_sequence(400)
-    g = torch.Generator().manual_seed(0)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    for _ in range(150):
-        starts = torch.randint(0, len(seq) - 33, (8,), generator=g)
-        x = torch.stack([seq[s:s + 32] for s in starts])
-        y = torch.stack([seq[s + 1:s + 33] for s in starts])
-        loss = model(x, targets=y).loss
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    assert loss.item() < 0.2, f"toy training did not converge: loss {loss.item()}"
-    with torch.no_grad():  # an untrained adapter is the identity: make it non-trivial
-        model.prune_adapter.up.weight.copy_(torch.randn(model.prune_adapter.up.weight.shape,
-                                                        generator=g) * 0.5)
-    return model.double().eval()
-
-
-def random_prompts(n, vocab, seed):
-    g = torch.Generator().manual_seed(seed)
-    return [torch.randint(0, vocab, (1 + i % 20,), generator=g).tolist() for i in range(n)]
-
-
-def periodic_prompts(n, seed):
-    """Windows of the training sequence (length 1..20); every 5th one has a corrupted token."""
-    g = torch.Generator().manual_seed(seed)
-    seq = periodic_sequence(200)
-    prompts = []
-    for i in range(n):
-        length = 1 + i % 20
-        start = int(torch.randint(0, 150, (1,), generator=g))
-        p = seq[start:start + length].tolist()
-        if i % 5 == 4:
-            p[int(torch.randint(0, length, (1,), generator=g))] = int(torch.randint(0, TRAIN_VOCAB, (1,), generator=g))
-        prompts.append(p)
-    return prompts
-
-
-RAND_THRESHOLD = 0.02
-TRAINED_THRESHOLD = 0.02
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -248,15 +157,6 @@ def patch_streams(monkeypatch, truth, vocab, right: bool, true_prob=0.6):
 
     monkeypatch.setattr(generate, "commit_tokens", spy_commit)
     monkeypatch.setattr(generate, "draft_topk", fake_draft_topk)
-
-
-def full_acceptance_lengths(m, gamma):
-    """Committed tokens per decode call when every draft is accepted: γ+1, except at the end."""
-    lengths, left = [], m - 1
-    while left > 0:
-        lengths.append(min(gamma + 1, left))
-        left -= lengths[-1]
-    return lengths
 
 
 @pytest.mark.parametrize("which", ["rand", "trained"])
@@ -650,9 +550,8 @@ def test_pruning_needs_an_adapter():
 
 
 def test_model_without_streams_refuses_speculative_decoding():
-    torch.manual_seed(0)
     cfg = GPTConfig(vocab_size=30, block_size=32, n_layer=2, n_head=2, n_embd=16, n_streams=0, n_msa_layers=0)
-    model = randomize(GPT(cfg), 8).double().eval()
+    model = make_model(cfg, 8, noise_dtype=torch.float32)
     with pytest.raises(ValueError, match="n_streams"):
         generate_speculative(model, [1, 2], 5)
     ar = generate_autoregressive(model, [1, 2], 5)  # the plain baseline works
@@ -755,11 +654,10 @@ def test_stream_pass_must_be_known(trained_model):
 def test_merged_inference_layout_decodes_like_the_unmerged_model():
     """merge_lora (LoRA folded, transposed weights, the stream adapter folded into the stream rows' own weights)
     drafts the same trees and commits the same tokens as the unmerged model, and SS still equals AR."""
-    torch.manual_seed(7)
     cfg = GPTConfig(vocab_size=50, block_size=64, n_layer=3, n_head=2, n_embd=16, n_streams=3, n_msa_layers=2,
                     lora_rank=2, stream_adapter_rank=2, prune_rank=4)
-    unmerged = randomize(GPT(cfg), 7).double().eval()  # lora_B and stream_B random: both adapters act
-    merged = randomize(GPT(cfg), 7).double().eval()
+    unmerged = make_model(cfg, 7, noise_dtype=torch.float32)  # lora_B and stream_B random: both adapters act
+    merged = make_model(cfg, 7, noise_dtype=torch.float32)
     merged.merge_lora()
     assert merged.transformer.h[2].mlp.c_fc.stream_weight_t is not None
     for i, prompt in enumerate(random_prompts(6, 50, seed=41)):
@@ -771,3 +669,24 @@ def test_merged_inference_layout_decodes_like_the_unmerged_model():
         for ta, tb in zip(a.trace, b.trace):
             assert tb.drafted.tokens.tolist() == ta.drafted.tokens.tolist()
             torch.testing.assert_close(tb.drafted.scores, ta.drafted.scores, atol=1e-9, rtol=0)
+
+
+def test_non_finite_logits_stop_decoding_with_an_error():
+    """A model whose logits turn NaN (broken weights that bypassed loading, or an overflow) stops every decoder with
+    one clear error instead of emitting tokens; an uncapped tree too large to forward is refused."""
+    from batch import generate_autoregressive_batch, generate_speculative_batch
+    model = random_model(seed=3)
+    with torch.no_grad():
+        model.transformer.ln_f.weight[0] = float("nan")
+    prompt = [1, 2, 3]
+    decoders = [lambda: generate_autoregressive(model, prompt, 5),
+                lambda: generate_autoregressive(model, prompt, 5, temperature=1.0),
+                lambda: generate_speculative(model, prompt, 5, k=2),
+                lambda: generate_speculative(model, prompt, 5, temperature=1.0),
+                lambda: generate_autoregressive_batch(model, [prompt, prompt], 5),
+                lambda: generate_speculative_batch(model, [prompt, prompt], 5)]
+    for decode in decoders:
+        with pytest.raises(ValueError, match="logits hold NaN or inf, so decoding stops"):
+            decode()
+    with pytest.raises(ValueError, match=r"k=81 with gamma=4 drafts a full tree of 43,584,805 nodes .* tree_cap"):
+        generate_speculative(random_model(seed=4, vocab_size=90), prompt, 5, gamma=4, k=81)

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 import specstream_minimal as sm
+from helpers import perturb_
 from model import GPT, GPTConfig
 
 MINIMAL_FILE = Path(__file__).resolve().parents[1] / "specstream_minimal.py"
@@ -23,15 +24,6 @@ SHAPES = [  # (MiniConfig fields); model.GPT gets the same plus lora_rank=0, pru
     dict(vocab_size=17, block_size=16, n_layer=2, n_head=4, n_embd=16, bias=False, n_streams=2, n_msa_layers=2),
     dict(vocab_size=11, block_size=16, n_layer=2, n_head=1, n_embd=8, bias=True, n_streams=1, n_msa_layers=1),
 ]
-
-
-
-def perturb_(model: torch.nn.Module, seed: int):
-    """Move every parameter (biases, LayerNorms and stream embeddings included) away from its initial value."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.1 * torch.randn(p.shape, generator=gen, dtype=p.dtype))
 
 
 def make_pair(fields: dict, seed: int = 0):

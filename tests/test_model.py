@@ -10,39 +10,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from helpers import ATOL, make_model, tokens
 from model import GPT, GPTConfig, KVCache, LoRALinear, stream_targets
-
-ATOL = 1e-10  # float64 comparisons between different computation orders
 
 
 # ----------------------------------------------------------------------------------------------------------
 # helpers
 # ----------------------------------------------------------------------------------------------------------
-
-def randomize(model: GPT, seed: int = 0, lora_b: bool = True) -> GPT:
-    """Give every parameter a non-trivial random value (default init is so small that effects hide in noise).
-    lora_B stays zero unless lora_b is True."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            noise = torch.randn(p.shape, generator=g, dtype=torch.float64).to(p.dtype)
-            if name.endswith("lora_B") and not lora_b:
-                continue
-            if "ln_" in name and name.endswith("weight"):
-                p.copy_(1.0 + 0.2 * noise)
-            elif name == "transformer.stream_emb":
-                p.copy_(0.5 * noise)
-            elif p.dim() == 2:
-                p.copy_(noise / math.sqrt(p.shape[-1]))
-            else:
-                p.copy_(0.1 * noise)
-    return model
-
-
-def make_model(cfg: GPTConfig, seed: int = 0, dtype=torch.float64, lora_b: bool = True) -> GPT:
-    torch.manual_seed(seed)
-    return randomize(GPT(cfg), seed, lora_b).to(dtype).eval()
-
 
 def copy_shared(src: GPT, dst: GPT) -> GPT:
     """Copy every tensor whose name and shape both models share (the base weights)."""
@@ -55,10 +29,6 @@ def copy_shared(src: GPT, dst: GPT) -> GPT:
 
 def lora_layers(model: GPT) -> list[LoRALinear]:
     return [m for m in model.modules() if isinstance(m, LoRALinear) and m.rank > 0]
-
-
-def tokens(cfg: GPTConfig, B: int, T: int, seed: int = 0) -> torch.Tensor:
-    return torch.randint(0, cfg.vocab_size, (B, T), generator=torch.Generator().manual_seed(seed))
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -2,7 +2,6 @@
 stream-only adapter), self-distilled stream targets (the model's own greedy continuations, cached and resumable),
 E2E delexicalisation and the development split. Exactness tests run in float64 on tiny models."""
 import json
-import math
 
 import pytest
 import torch
@@ -12,36 +11,20 @@ from data import (EOS, SEP, CompactVocab, Example, TaskData, delexicalise, is_e2
                   relexicalise)
 from benchmarks.params import parameter_counts
 from generate import generate_autoregressive, generate_speculative
+from helpers import make_model, randomize_fan_in
 from model import GPT, GPTConfig, is_stream_param
 from train import StageConfig, from_base, train_stage, trainable_for
-
-
-def randomize(model: GPT, seed: int) -> GPT:
-    """Non-trivial random weights everywhere, LoRA and stream adapter included (their B start at zero)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            noise = torch.randn(p.shape, generator=g, dtype=torch.float64)
-            if "ln_" in name and name.endswith("weight"):
-                p.copy_(1.0 + 0.2 * noise)
-            elif p.dim() == 2:
-                p.copy_(noise / math.sqrt(p.shape[-1]))
-            else:
-                p.copy_(0.3 * noise)
-    return model
 
 
 def ntp_and_frozen(adapter_rank=4, n_msa_layers=2, seed=0):
     """A next-token LoRA model and the frozen-mode SS model built from it, as train_task.py builds them."""
     base = dict(vocab_size=40, block_size=64, n_layer=3, n_head=2, n_embd=16, lora_rank=4)
-    ntp = randomize(GPT(GPTConfig(**base)), seed).eval()  # float32 first: from_base builds a float32 model
+    ntp = make_model(GPTConfig(**base), seed, dtype=torch.float32, vector_std=0.3)  # from_base builds float32
     config = GPTConfig(**base, n_streams=3, n_msa_layers=n_msa_layers, stream_adapter_rank=adapter_rank, prune_rank=4)
     frozen, ntp = from_base(ntp, config, "cpu", seed=seed).double(), ntp.double()
-    with torch.no_grad():  # the stream side gets random values too (fresh, the adapter would be a no-op)
-        g = torch.Generator().manual_seed(seed + 1)
-        for name, p in frozen.named_parameters():
-            if is_stream_param(name) or name.startswith("prune_adapter."):
-                p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float64) / math.sqrt(p.shape[-1]))
+    # the stream side gets random values too (fresh, the adapter would be a no-op)
+    randomize_fan_in((p for name, p in frozen.named_parameters()
+                      if is_stream_param(name) or name.startswith("prune_adapter.")), seed + 1)
     return ntp, frozen.eval()
 
 

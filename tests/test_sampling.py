@@ -21,7 +21,7 @@ import torch
 import tree as tree_module
 from benchmarks.sampling import distribution_test, first_tokens_distribution
 from generate import generate_autoregressive, generate_speculative
-from test_generate import random_model
+from helpers import random_model
 from tree import draft_tree_sampled, prune_tree, sample, sampling_probs, subtree, verify_sampled
 
 pytest.importorskip("scipy")  # benchmarks.sampling.distribution_test uses scipy.stats

@@ -178,7 +178,8 @@ def test_toy_baselines_quick(tmp_path):
     assert (tmp_path / "res" / "toy_baselines" / "speedup_vs_k.png").exists()
 
 
-@pytest.mark.parametrize("script", ["train_toy.py", "train_task.py", "bench.py", "specstream_minimal.py"])
+@pytest.mark.parametrize("script", ["train_toy.py", "train_task.py", "bench.py", "specstream_minimal.py", "decode.py",
+                                    "generate.py", "validate.py", "data.py"])
 def test_scripts_have_help(script):
     out = subprocess.run([sys.executable, os.path.join(ROOT, script), "--help"], capture_output=True, text=True,
                          timeout=120, cwd=ROOT)
@@ -225,6 +226,13 @@ def test_train_task_quick_and_bench_task(tmp_path):
                 "--recipes", "ss_frozen_self", "--mr-values", "seen", "--n-eval", "2", "--prompts", "1",
                 "--repeats", "1"])
     assert "whose values all occur in training" in (tmp_path / "res" / "e2e" / "ablation_seen_values.md").read_text()
+    bench.main(["study", "--task", "e2e", "--task-dir", str(out), "--results-dir", str(tmp_path / "res"),
+                "--recipes", "ss_frozen_self", "medusa_frozen_self", "--values", "4", "4", "--label", "steps",
+                "--name", "steps", "--prompts", "2"])
+    study = json.loads((tmp_path / "res" / "e2e" / "study_steps.json").read_text())
+    assert [(r["method"], r["k"]) for r in study["rows"]] == [(m, k) for m in ("ss", "medusa") for k in (1, 2, 3, 4)]
+    assert all(r["same"] == 2 and r["cr"] >= 1 for r in study["rows"])  # frozen mode: the next-token model's output
+    assert (tmp_path / "res" / "e2e" / "study_steps.png").exists()
     # the SS-only path (DialogSum in `make tasks`)
     recipe = ["--mode", "shared", "--stream-targets", "data"]  # (the paper's v1 recipe; and no slow self-targets)
     train_task.train_task(dataclasses.replace(train_task.QUICK, task="dialogsum", methods=("ss",), mode="shared",
