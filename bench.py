@@ -18,6 +18,9 @@ benchmarks/ package (timing harness, speed, tasks, profile, sampling, throughput
                                    # the two lossy ones), distribution test drawn; writes results/sampling/
     python bench.py profile --toy  # one AR step and one SS call timed part by part, against a bare forward of the
                                    # same rows; writes results/toy/profile.md (without --toy: --task's SS model)
+    python bench.py study --task e2e --recipes ss_frozen_self_s300 ss_frozen_self --values 300 600 --label steps
+                                   # one training setting against CR and acceptance on the dev split (no timing);
+                                   # writes results/<task>/study_<name>.{md,json,png}
     python bench.py toy            # the γ study: acceptance vs γ, speedup and CR vs γ per k, speedup vs tree
                                    # size with and without pruning; writes results/toy/ (JSON, Markdown, PNGs)
 
@@ -34,28 +37,30 @@ import argparse
 
 import torch
 
+from cli import ArgumentParser, check_device, positive_int
 from benchmarks.params import run_params
 from benchmarks.profile import run_profile
 from benchmarks.sampling import run_sampling
 from benchmarks.speed import run_rows, run_speed, run_toy
+from benchmarks.study import run_study
 from benchmarks.tasks import METHODS, run_ablation, run_baselines, run_draft_cost, run_task
 from benchmarks.throughput import run_batch
 from generate import DTYPES
 
 RUNNERS = {"speed": run_speed, "toy": run_toy, "params": run_params, "rows": run_rows, "task": run_task,
            "baselines": run_baselines, "draftcost": run_draft_cost, "batch": run_batch, "ablation": run_ablation,
-           "sampling": run_sampling, "profile": run_profile}  # subcommand -> the benchmark it runs
+           "sampling": run_sampling, "profile": run_profile, "study": run_study}  # subcommand -> the benchmark it runs
 
 # Flags that several subcommands use, each defined once; parser() gives every subcommand the ones it reads.
 SHARED_FLAGS = {
     "--toy-dir": dict(default="checkpoints/toy", help="train_toy.py's --out-dir"),
-    "--toy-gamma": dict(type=int, default=6, help="γ of the toy checkpoint to load"),
-    "--n-stories": dict(type=int, default=4000, help="as given to train_toy.py"),
+    "--toy-gamma": dict(type=positive_int, default=6, help="γ of the toy checkpoint to load"),
+    "--n-stories": dict(type=positive_int, default=4000, help="as given to train_toy.py"),
     "--seed": dict(type=int, default=0, help="as given to train_toy.py"),
-    "--prompts": dict(type=int, default=20, help="number of held-out prompts"),
-    "--max-new-tokens": dict(type=int, default=60,
+    "--prompts": dict(type=positive_int, default=20, help="number of held-out prompts"),
+    "--max-new-tokens": dict(type=positive_int, default=60,
                              help="new tokens per prompt at most (toy model; `sampling`: E2E too)"),
-    "--repeats": dict(type=int, default=3, help="timed repetitions (median)"),
+    "--repeats": dict(type=positive_int, default=3, help="timed repetitions (median)"),
     "--prune-threshold": dict(type=float, default=0.1, help="pruning threshold of the pruned settings"),
     "--device": dict(default="cpu", help="cpu or cuda (timings then synchronise the GPU)"),
     "--task": dict(choices=["e2e", "sql", "dialogsum"], default="e2e", help="which real task"),
@@ -80,7 +85,7 @@ RECIPE = ("--task-dir", "--mode", "--stream-targets", "--tag")  # which SS / Med
 
 def parser() -> argparse.ArgumentParser:
     """`bench.py SUBCOMMAND [flags]`: one subcommand per benchmark, each with the flags it reads."""
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(prog="bench.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = p.add_subparsers(dest="what", required=True,
                                 help="which benchmark (see above); `bench.py SUBCOMMAND --help` lists its flags")
 
@@ -88,7 +93,7 @@ def parser() -> argparse.ArgumentParser:
         c = commands.add_parser(name, description=RUNNERS[name].__doc__)
         for flag in shared:
             c.add_argument(flag, **SHARED_FLAGS[flag])
-        c.add_argument("--threads", type=int, default=1, help="torch threads, fixed for the whole run")
+        c.add_argument("--threads", type=positive_int, default=1, help="torch threads, fixed for the whole run")
         return c
 
     command("speed", *TOY, "--prompts", "--max-new-tokens", "--repeats", "--device", "--dtype", "--draft-vocab")
@@ -110,7 +115,7 @@ def parser() -> argparse.ArgumentParser:
     command("draftcost", "--task", *RECIPE, "--device")
     c = command("batch", *TOY, "--prompts", "--max-new-tokens", "--repeats", *RECIPE, "--data-dir",
                 "--results-dir", "--device")
-    c.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 2, 4, 8, 16], help="batch sizes")
+    c.add_argument("--batch-sizes", type=positive_int, nargs="+", default=[1, 2, 4, 8, 16], help="batch sizes")
     c = command("ablation", "--task", "--task-dir", "--data-dir", "--results-dir", "--n-eval",
                 "--prompts", "--repeats", "--device", "--draft-vocab")
     c.add_argument("--recipes", nargs="+", default=["ss_shared_data", "ss_shared_self", "ss_frozen_data",
@@ -131,16 +136,29 @@ def parser() -> argparse.ArgumentParser:
     c = command("profile", *TOY, "--max-new-tokens", "--task", *RECIPE, "--data-dir", "--results-dir",
                 "--prune-threshold", "--device", "--dtype", "--draft-vocab")
     c.add_argument("--toy", action="store_true", help="the toy model instead of --task's SS model")
-    c.add_argument("--profile-calls", type=int, default=200, help="timed calls (median; + 10%% warm-up)")
+    c.add_argument("--profile-calls", type=positive_int, default=200, help="timed calls (median; + 10%% warm-up)")
     c.set_defaults(prompts=1)  # the profile decodes the first held-out prompt
+    c = command("study", "--task", "--task-dir", "--data-dir", "--results-dir", "--prompts", "--device")
+    c.add_argument("--recipes", nargs="+", required=True, help="checkpoints <task>_<recipe>_pruned.pt (SS or Medusa)")
+    c.add_argument("--values", type=float, nargs="+", required=True, help="the setting's value of each recipe")
+    c.add_argument("--label", required=True, help="what the values are, e.g. 'stream training steps'")
+    c.add_argument("--name", required=True, help="results/<task>/study_<name>.*")
+    c.add_argument("--split", choices=["test", "dev"], default="dev", help="dev for model selection")
+    c.add_argument("--mark", type=float, default=None, help="a value to mark on the plot (e.g. the paper's)")
+    c.add_argument("--mark-label", default="", help="the mark's legend")
+    c.set_defaults(prompts=1000)  # every prompt of the split
     return p
 
 
 def main(argv: list[str] | None = None):
-    """Parse the command line, fix the thread count, run the benchmark."""
+    """Parse the command line, fix the thread count, run the benchmark; bad input ends as one `error:` line."""
     args = parser().parse_args(argv)
     torch.set_num_threads(args.threads)
-    RUNNERS[args.what](args)
+    try:
+        check_device(getattr(args, "device", "cpu"))
+        RUNNERS[args.what](args)
+    except (ValueError, FileNotFoundError) as e:  # a checkpoint or data file missing or refused, a bad setting
+        raise SystemExit(f"error: {e}") from None
 
 
 if __name__ == "__main__":

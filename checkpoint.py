@@ -23,6 +23,7 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
+from cli import warn
 from model import GPT, GPTConfig, LoRALinear, is_stream_param
 
 
@@ -70,24 +71,31 @@ def save_checkpoint(path: str, model: GPT, **entries) -> str:
 def read_checkpoint(path: str, map_location="cpu") -> dict:
     """The dict saved by `save_checkpoint`, with clear errors for a missing, corrupt or foreign file."""
     if not os.path.exists(path):
-        raise FileNotFoundError(f"checkpoint {path} does not exist: train one first (e.g. python train_toy.py)")
+        raise FileNotFoundError(f"checkpoint {path} does not exist — train it first (python train_toy.py, "
+                                f"python train_task.py) or check the path")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:
-        raise ValueError(f"checkpoint {path} is corrupt or not a torch file ({type(e).__name__}: {e}); "
+        raise ValueError(f"checkpoint {path} is corrupt or not a torch file ({type(e).__name__}: {e}) — "
                          f"delete it and train again") from e
     if not isinstance(ckpt, dict):
-        raise ValueError(f"checkpoint {path} holds a {type(ckpt).__name__}, expected a dict")
+        raise ValueError(f"checkpoint {path} holds a {type(ckpt).__name__}, not a checkpoint's dict — give a .pt "
+                         f"file that train_toy.py or train_task.py wrote")
     return ckpt
 
 
 def load_model(path: str, map_location="cpu") -> GPT:
-    """The GPT of a checkpoint file, in training mode as nn.Module makes it (call .eval() to decode)."""
+    """The GPT of a checkpoint file, in training mode as nn.Module makes it (call .eval() to decode). A checkpoint
+    of an interrupted stage loads with a warning that says so."""
     ckpt = read_checkpoint(path, map_location)
     if "config" not in ckpt or "model" not in ckpt:
-        raise ValueError(f"{path} is not a specstream checkpoint (needs 'config' and 'model' entries)")
+        raise ValueError(f"{path} is not a specstream checkpoint (it lacks 'config' or 'model') — give a .pt file "
+                         f"that train_toy.py or train_task.py wrote")
     model = GPT(config_from_dict(ckpt["config"], path))
     load_weights(model, ckpt["model"], path)
+    if ckpt.get("done") is False:
+        warn(f"{path} is an unfinished checkpoint (stage {ckpt.get('stage')!r} stopped at step {ckpt.get('step')}): "
+             f"its run was interrupted — run the training command again to finish it")
     return model
 
 
@@ -101,7 +109,7 @@ def config_from_dict(d: dict, source: str = "checkpoint") -> GPTConfig:
     if unknown:
         raise ValueError(f"{source}: unknown config fields {sorted(unknown)}; was it written by another version?")
     if missing:
-        raise ValueError(f"{source}: the config lacks {sorted(missing)}; write it again with this version")
+        raise ValueError(f"{source}: the config lacks {sorted(missing)} — write it again with this version")
     return GPTConfig(**d)
 
 
@@ -124,7 +132,7 @@ def check_finite(state_dict: dict[str, torch.Tensor], source: str):
     for name, t in state_dict.items():
         if t.is_floating_point() and not torch.isfinite(t).all():
             bad = (~torch.isfinite(t)).sum().item()
-            raise ValueError(f"{source}: tensor {name} holds {bad} NaN or inf value(s): the weights are broken; "
+            raise ValueError(f"{source}: tensor {name} holds {bad} NaN or inf value(s): the weights are broken — "
                              f"train again or restore the file")
 
 
@@ -193,7 +201,7 @@ def export_portable(checkpoint: str, out_dir: str, vocabulary=None) -> str:
     checkpoint's own vocabulary, else `vocabulary`: a word list or CompactVocab.to_dict())."""
     from safetensors.torch import save_file
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
-        raise ValueError(f"{out_dir} is a file, not a folder: give the folder to export into")
+        raise ValueError(f"{out_dir} is a file, not a folder — give the folder to export into")
     ckpt = read_checkpoint(checkpoint)
     model = load_model(checkpoint)
     vocab = ckpt.get("vocabulary", vocabulary)
@@ -226,12 +234,13 @@ def read_json(path: str) -> dict:
         with open(path, encoding="utf-8") as f:
             obj = json.load(f)
     except FileNotFoundError:
-        raise FileNotFoundError(f"{path} does not exist: write the folder with validate.py export") from None
+        raise FileNotFoundError(f"{path} does not exist — write the folder with validate.py export") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         where = f"line {e.lineno}: " if isinstance(e, json.JSONDecodeError) else ""
-        raise ValueError(f"{path}: {where}not valid JSON ({e}); write it again with validate.py export") from None
+        raise ValueError(f"{path}: {where}not valid JSON ({e}) — write it again with validate.py export") from None
     if not isinstance(obj, dict):
-        raise ValueError(f"{path} holds a JSON {type(obj).__name__}, expected an object")
+        raise ValueError(f"{path} holds a JSON {type(obj).__name__}, not an object — write it again with validate.py "
+                         f"export")
     return obj
 
 
@@ -240,11 +249,11 @@ def read_safetensors(path: str) -> dict[str, torch.Tensor]:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
     if not os.path.exists(path):
-        raise FileNotFoundError(f"{path} does not exist: write the folder with validate.py export")
+        raise FileNotFoundError(f"{path} does not exist — write the folder with validate.py export")
     try:
         return load_file(path)
     except (SafetensorError, OSError, ValueError) as e:
-        raise ValueError(f"{path} is not a readable safetensors file ({e}): export it again") from None
+        raise ValueError(f"{path} is not a readable safetensors file ({e}) — export it again") from None
 
 
 def load_portable(model_dir: str) -> GPT:

@@ -6,7 +6,7 @@ deterministic training batches of the form  prompt, SEP, completion, EOS  (loss 
     vocab = CompactVocab.build(t for ex in train for t in (ex.prompt, ex.completion))
     idx, targets, loss_mask = TaskData(vocab, train, block_size=256).batch(step=0, batch_size=16)
 
-The data folder is `--data-dir` / `data_dir`, else $SPECSTREAM_DATA, else ../shared/data (see its README.md).
+The data folder is `--data-dir` / `data_dir`, else $SPECSTREAM_DATA, else ../shared/data.
 A machine without that folder fetches the data sets from their public sources (sha256-checked, see the end of
 this file):
 
@@ -14,7 +14,6 @@ this file):
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import functools
 import hashlib
@@ -33,6 +32,8 @@ from typing import Iterable
 
 import torch
 from tqdm import tqdm
+
+from cli import ArgumentParser
 
 ROOT = pathlib.Path(__file__).resolve().parent
 DEFAULT_DATA_DIR = ROOT.parent / "shared" / "data"
@@ -102,7 +103,7 @@ def unverified_files() -> list[str]:
 def _check_file(path: pathlib.Path) -> pathlib.Path:
     """`path` if it exists and holds the published content (see FILES), else a clear error."""
     if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: the data folder lacks this file (make data fetches it)")
+        raise FileNotFoundError(f"{path} not found: the data folder lacks this file — make data fetches it")
     name = f"{path.parent.name}/{path.name}"
     stat = path.stat()
     if name not in FILES or _VERIFIED.get(str(path)) == (stat.st_mtime_ns, stat.st_size):
@@ -116,7 +117,7 @@ def _check_file(path: pathlib.Path) -> pathlib.Path:
     elif ALLOW_UNVERIFIED:
         _UNVERIFIED.add(str(path))
     else:
-        raise ValueError(f"{path} {problem}: run `make data` (python data.py download --to DIR) for the published "
+        raise ValueError(f"{path} {problem} — run `make data` (python data.py download --to DIR) for the published "
                          f"data sets, or pass --unverified-data to use your own")
     return path
 
@@ -126,7 +127,8 @@ def _read_text(path: pathlib.Path) -> str:
     try:
         return _check_file(path).read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
-        raise ValueError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start}): is it the right file?") from None
+        raise ValueError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start}) — give the data set's text "
+                         f"file (make data fetches the published ones)") from None
 
 
 def _read_csv(path: pathlib.Path, columns: tuple[str, ...]) -> list[tuple[str, ...]]:
@@ -427,7 +429,7 @@ class TaskData:
 # against the sha256 of the copy in ../shared/data, so a download is byte-identical to what the results used.
 
 GITHUB_RAW = "https://raw.githubusercontent.com"
-SOURCES = {  # local folder -> (GitHub repository, commit, folder inside the repository), as ../shared/data/README.md
+SOURCES = {  # local folder -> (GitHub repository, commit, folder inside the repository) of each data set
     "e2e": ("tuetschek/e2e-dataset", "ab0d967dd5729ce455ef14ba9ffafc456a335264", ""),
     "text2sql": ("jkkummerfeld/text2sql-data", "5050bad2309a93636ea4788d3660c9202bf11e0e", "data/"),
     "dialogsum": ("cylnlp/dialogsum", "848cc8c05e0a04def79326539de827f1b28786a0", "DialogSum_Data/"),
@@ -480,7 +482,7 @@ def fetch(url: str, dest: pathlib.Path, sha256: str, bar: tqdm):
                     f"SPECSTREAM_DATA=DIR) to train_task.py and bench.py") from None
         if h.hexdigest() != sha256:
             raise ValueError(f"{dest.name}: the sha256 of {url} is {h.hexdigest()}, expected {sha256}: the file is "
-                             f"corrupted or not the version in ../shared/data/README.md; nothing was written")
+                             f"corrupted or not the pinned version (data.SOURCES); nothing was written")
         os.replace(tmp, dest)
     finally:
         if os.path.exists(tmp):
@@ -492,7 +494,7 @@ def download(to: str | os.PathLike, base_url: str = GITHUB_RAW, quiet: bool = Fa
     already there with the right sha256 are kept, so a second run downloads nothing. Returns the local paths."""
     to = pathlib.Path(to)
     if to.exists() and not to.is_dir():
-        raise ValueError(f"{to} is a file, not a folder: give --to the folder to download into")
+        raise ValueError(f"{to} is a file, not a folder — give --to the folder to download into")
     todo = [p for p in FILES if not ((to / p).is_file() and sha256_of(to / p) == FILES[p][1])]
     with tqdm(total=sum(FILES[p][0] for p in todo), unit="B", unit_scale=True, desc="download", disable=quiet,
               dynamic_ncols=True) as bar:
@@ -503,9 +505,9 @@ def download(to: str | os.PathLike, base_url: str = GITHUB_RAW, quiet: bool = Fa
 
 
 def main(argv: list[str] | None = None):
-    p = argparse.ArgumentParser(description="The real-task data sets. `download` fetches E2E, ATIS + GeoQuery and "
-                                "DialogSum from GitHub at the commits of ../shared/data/README.md and checks each "
-                                "file's sha256.")
+    p = ArgumentParser(prog="data.py", description="The real-task data sets. `download` fetches E2E, ATIS + "
+                       "GeoQuery and DialogSum from GitHub at pinned commits (data.SOURCES) and checks each file's "
+                       "sha256.")
     commands = p.add_subparsers(dest="command", required=True)
     d = commands.add_parser("download", help="fetch the data sets into a folder (then use it as --data-dir)")
     d.add_argument("--to", required=True, help="destination folder (created; e2e/, text2sql/, dialogsum/ inside)")

@@ -15,6 +15,7 @@ import torch
 
 from benchmarks.precision import first_difference, near_tie
 from checkpoint import load_model, read_checkpoint
+from cli import ArgumentParser, positive_int, warn
 from generate import DTYPES, StepTrace, cast_for_decoding, generate_autoregressive, generate_speculative
 from model import GPT
 
@@ -44,7 +45,7 @@ def find_checkpoint(path: str) -> str:
     if os.path.isfile(path):
         return path
     if not os.path.isdir(path):
-        raise SystemExit(f"error: checkpoint {path} does not exist: train one first (python train_toy.py, or "
+        raise SystemExit(f"error: checkpoint {path} does not exist — train one first (python train_toy.py, or "
                          f"python train_task.py --task e2e) or give the path of a .pt file")
     found = sorted(set(glob.glob(os.path.join(path, "ss_*_pruned.pt")) + glob.glob(os.path.join(path, "*_ss_*_pruned.pt"))),
                    key=os.path.getmtime)
@@ -66,7 +67,7 @@ class PromptCodec:
             self.words, self.index = vocabulary, {w: i for i, w in enumerate(vocabulary)}
             if "<eos>" not in self.index:
                 raise SystemExit(f"error: the vocabulary of {path} has no <eos> word: it is not a toy vocabulary of "
-                                 f"train_toy.py; train the model again")
+                                 f"train_toy.py — train the model again")
             self.eos_id, size = self.index["<eos>"], len(vocabulary)
         elif isinstance(vocabulary, dict):  # train_task.py: a CompactVocab
             from data import EOS, CompactVocab
@@ -77,7 +78,7 @@ class PromptCodec:
                              f"checkpoint of a run (the *_pruned.pt one), which stores it")
         if size != vocab_size:
             raise SystemExit(f"error: the vocabulary of {path} has {size} tokens but its model has "
-                             f"vocab_size={vocab_size}: the checkpoint is inconsistent; train the model again")
+                             f"vocab_size={vocab_size}: the checkpoint is inconsistent — train the model again")
         self.slots: dict[str, str] = {}
 
     def encode(self, text: str, is_mr: bool, max_prompt_len: int) -> list[int]:
@@ -116,11 +117,6 @@ class PromptCodec:
         return relexicalise(self.vocab.decode(ids), self.slots)
 
 
-def warn(message: str):
-    """A one-line warning on stderr: the input was changed or may not mean what the user meant."""
-    print(f"warning: {message}", file=sys.stderr)
-
-
 def show_call(n: int, step: StepTrace, codec: PromptCodec, colour: bool) -> str:
     """One decode call's drafted tree, one node a line, indented by depth: `*` marks the accepted path, `x` a
     node removed by pruning; the tokens committed by the call follow."""
@@ -138,15 +134,8 @@ def show_call(n: int, step: StepTrace, codec: PromptCodec, colour: bool) -> str:
     return "\n".join(lines)
 
 
-def positive_int(text: str) -> int:
-    """argparse type: an integer >= 1."""
-    if not text.lstrip("-").isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} must be an integer >= 1")
-    return int(text)
-
-
 def cli_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=CLI_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(prog="decode.py", description=CLI_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="a checkpoint file, or a folder (its newest ss_*_pruned.pt)")
     prompt = p.add_mutually_exclusive_group(required=True)
     prompt.add_argument("--prompt", help="the prompt text (toy: words separated by spaces)")
@@ -167,7 +156,8 @@ def cli_parser() -> argparse.ArgumentParser:
 
 
 def load(path: str) -> tuple[dict, GPT]:
-    """The checkpoint dict and its model, ready to decode (eval mode, LoRA merged); one-line errors."""
+    """The checkpoint dict and its model, ready to decode (eval mode, LoRA merged); one-line errors (and a warning
+    for an unfinished checkpoint: checkpoint.load_model)."""
     try:
         ckpt = read_checkpoint(path)
         model = load_model(path).eval()
@@ -176,9 +166,6 @@ def load(path: str) -> tuple[dict, GPT]:
     if model.config.n_drafts == 0:
         raise SystemExit(f"error: {path} is a model without streams (n_streams=0): give a Speculative Streaming "
                          f"checkpoint (ss_*_pruned.pt or <task>_ss_*_pruned.pt)")
-    if ckpt.get("done") is False:
-        warn(f"{path} is an unfinished checkpoint (stage {ckpt.get('stage')!r} stopped at step {ckpt.get('step')}): "
-             f"its run was interrupted; run the training command again to finish it")
     model.merge_lora()  # inference: fold LoRA into the weights (the same for SS and AR)
     return ckpt, model
 

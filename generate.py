@@ -208,7 +208,7 @@ def cast_for_decoding(model: GPT, dtype: str) -> GPT:
             model.forward_nodes(one, one[0], causal_mask(1, device), cache)
     except RuntimeError as e:
         raise ValueError(f"dtype={dtype} does not run on {device.type} with torch {torch.__version__} "
-                         f"({str(e).splitlines()[0]}): decode in float32") from None
+                         f"({str(e).splitlines()[0]}) — decode in float32") from None
     return model
 
 
@@ -360,7 +360,7 @@ def frequent_tokens(sequences: Iterable[Sequence[int]], n: int, vocab_size: int)
     ids = torch.tensor([t for seq in sequences for t in seq], dtype=torch.long)
     if len(ids) and not 0 <= int(ids.min()) <= int(ids.max()) < vocab_size:
         raise ValueError(f"token ids must lie in [0, {vocab_size}): the sequences hold {int(ids.min())}.."
-                         f"{int(ids.max())}; give sequences of this vocabulary")
+                         f"{int(ids.max())} — give sequences of this vocabulary")
     counts = torch.bincount(ids, minlength=vocab_size)  # (V,)
     return torch.sort(counts, descending=True, stable=True).indices[:n]  # stable: equal counts keep id order
 
@@ -525,6 +525,8 @@ def generate_speculative(model: GPT, prompt_ids, max_new_tokens: int, gamma: int
     return result
 
 
-if __name__ == "__main__":  # `python generate.py ...` is `python decode.py ...`
-    from decode import main
-    raise SystemExit(main())
+if __name__ == "__main__":  # `python generate.py ...` runs `python decode.py ...`, the command line of this file
+    import os
+    import sys
+    decode = os.path.join(os.path.dirname(os.path.abspath(__file__)), "decode.py")
+    os.execv(sys.executable, [sys.executable, decode, *sys.argv[1:]])

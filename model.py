@@ -502,7 +502,7 @@ class GPT(nn.Module):
             self.draft_ids = ids.to(self.lm_head.weight.device, torch.long)
             self.draft_weight_t = torch.stack([h.weight.detach()[self.draft_ids].t() for h in heads]).contiguous()
         else:
-            raise ValueError(f"a draft vocabulary is a 1-D tensor of 1..{V} distinct token ids in [0, {V})")
+            raise ValueError(f"not a draft vocabulary — give a 1-D tensor of 1..{V} distinct token ids in [0, {V})")
 
     def merge_lora(self, merge: bool = True):
         """Inference: fold LoRA into the weights and give every projection and the LM head the inference layout

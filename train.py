@@ -3,17 +3,24 @@ and one loss, with a progress bar, a linear learning-rate schedule, and atomic, 
 
 `train_stage` is the loop; its parts are `resume` (an unfinished checkpoint, or a finished one), `step_batch`,
 `stage_loss` (Eq. 5, its stream terms alone, or the pruning adapter's early-exit loss), `optimizer_step`,
-`log_step` (history and progress bar) and `save_stage`. `from_base` starts a fine-tuning from a trained model.
-Data-parallel under torchrun (see `train_stage`): `torchrun --nproc_per_node=N train_task.py ...`."""
+`log_step` (history and progress bar) and `save_stage`. `new_model` and `from_base` build a stage's model from a
+seed of its own; `stage_record` is what a checkpoint records of the inputs that made it.
+Data-parallel under torchrun (see `train_stage`): `torchrun --nproc_per_node=N train_task.py ...`.
+
+A resumed run equals a straight one, bit for bit at a fixed thread count: what drives step s is the weights, AdamW's
+moments and the schedule's position (all in the checkpoint), the batch (get_batch(s), a function of s) and torch's
+generator, seeded afresh at every step (`step_seed`); a stage's model is initialised from a seed of its own, never
+from whatever the process ran before. A checkpoint is reused only when the inputs it records match this run's."""
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 import math
 import os
-import random
 from dataclasses import dataclass
 from typing import Callable
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch.optim import Optimizer
@@ -21,6 +28,7 @@ from torch.optim.lr_scheduler import LambdaLR
 from tqdm import tqdm
 
 from checkpoint import load_weights, read_checkpoint, save_checkpoint
+from cli import warn
 from model import GPT, GPTConfig, GPTOutput, cross_entropy, is_stream_param, stream_targets
 
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # idx (B, T), targets (B, T), loss_mask (B, T) bool
@@ -53,8 +61,35 @@ def sample_stream_rows(targets: torch.Tensor, loss_mask: torch.Tensor, n_ahead: 
     return candidates[torch.randperm(len(candidates), device=targets.device)[:n]].sort().values
 
 
-def seed_everything(seed: int) -> None:
-    random.seed(seed), np.random.seed(seed), torch.manual_seed(seed)
+def step_seed(stage: StageConfig, step: int) -> int:
+    """The seed of torch's generator at `step` of `stage`: the stream rows and dropout masks of a step are a
+    function of the step, so a resumed stage draws what a straight one draws."""
+    return stage.seed * 1_000_003 + step
+
+
+def check_ranges(recipe, at_least_one: tuple[str, ...] = (), at_least_zero: tuple[str, ...] = (),
+                 positive: tuple[str, ...] = ()) -> None:
+    """Refuse (ValueError) a recipe field out of its range, named as its flag (n_stories: --n-stories)."""
+    rules = [(at_least_one, lambda v: v >= 1, ">= 1"), (at_least_zero, lambda v: v >= 0, ">= 0"),
+             (positive, lambda v: v > 0, "> 0")]
+    for names, ok, rule in rules:
+        for name in names:
+            flag, value = "--" + name.replace("_", "-"), getattr(recipe, name)
+            if not ok(value):
+                raise ValueError(f"{flag}={value} must be {rule} — give {flag} a value {rule}")
+
+
+def check_stage(stage: StageConfig) -> None:
+    """Refuse (ValueError) settings a stage cannot train with, before anything is written."""
+    problems = [f"steps={stage.steps} (a stage trains at least one step)" if stage.steps < 1 else "",
+                f"lr={stage.lr} (must be > 0)" if not stage.lr > 0 else "",
+                f"warmup={stage.warmup} (must be >= 1)" if stage.warmup < 1 else "",
+                f"save_every={stage.save_every} (must be >= 1)" if stage.save_every < 1 else "",
+                f"stream_fraction={stage.stream_fraction} (must be in (0, 1])"
+                if not 0 < stage.stream_fraction <= 1 else ""]
+    if any(problems):
+        raise ValueError(f"stage {stage.name!r}: " + ", ".join(p for p in problems if p)
+                         + " — change the setting")
 
 
 def stream_accuracy(stream_logits: torch.Tensor, stream_targets: torch.Tensor) -> list[float]:
@@ -112,11 +147,54 @@ def average_gradients(params: list[torch.nn.Parameter]) -> None:
         g.copy_(mean.view_as(g))
 
 
-def from_base(source: GPT, config: GPTConfig, device: str | torch.device = "cpu") -> GPT:
+def weights_sha256(model: torch.nn.Module) -> str:
+    """sha256 of a model's tensors in state-dict order: the model a stage starts from, or a cache was made with."""
+    h = hashlib.sha256()
+    for t in model.state_dict().values():
+        h.update(t.detach().cpu().numpy().tobytes())
+    return h.hexdigest()
+
+
+def fingerprint(data) -> str:
+    """sha256 of training data: a tensor's values, or any JSON value (e.g. lists of token ids)."""
+    raw = data.cpu().numpy().tobytes() if isinstance(data, torch.Tensor) else json.dumps(data).encode()
+    return hashlib.sha256(raw).hexdigest()
+
+
+FINGERPRINTS = {"data": "the training data", "vocabulary": "the vocabulary",
+                "parent": "the model it starts from"}  # record entries that are hashes, and what they hash
+
+
+def stage_record(model: GPT, stage: StageConfig, inputs: dict | None = None) -> dict:
+    """What determines a stage's result, as its checkpoint records it: the stage's name, the model's config, the
+    stage's settings (save_every changes nothing: left out) and the caller's `inputs`: the data's fingerprint, the
+    batch settings, the hash of the parent checkpoint's weights (FINGERPRINTS)."""
+    settings = {k: v for k, v in dataclasses.asdict(stage).items() if k != "save_every"}
+    return {**settings, **dataclasses.asdict(model.config), **(inputs or {})}
+
+
+def differences(saved: dict, current: dict) -> list[str]:
+    """The entries of two stage records that differ, as "name old → new" (fingerprints: "the data changed")."""
+    out = []
+    for key in list(current) + [k for k in saved if k not in current]:
+        old, new = saved.get(key, "unset"), current.get(key, "unset")
+        if old != new:
+            out.append(f"{FINGERPRINTS[key]} changed" if key in FINGERPRINTS else f"{key} {old!r} → {new!r}")
+    return out
+
+
+def new_model(config: GPTConfig, device: str | torch.device, seed: int) -> GPT:
+    """GPT(config) initialised from torch.manual_seed(seed): a function of the seed alone, whatever ran before."""
+    torch.manual_seed(seed)
+    return GPT(config).to(device)
+
+
+def from_base(source: GPT, config: GPTConfig, device: str | torch.device = "cpu", *, seed: int) -> GPT:
     """A new model of `config` that starts a fine-tuning stage from a trained one: every tensor `source` has is
     copied (a base, or the next-token model of frozen mode); the new parts (LoRA, streams, stream adapter, Medusa
-    heads, pruning adapter) keep their fresh init, except Medusa's LM heads, which start as copies of the LM head."""
-    model = GPT(config).to(device)
+    heads, pruning adapter) keep their fresh init from `seed` (new_model), except Medusa's LM heads, which start as
+    copies of the LM head."""
+    model = new_model(config, device, seed)
     own = model.state_dict()
     own.update(source.state_dict())
     load_weights(model, own, "the base model")
@@ -139,16 +217,28 @@ def make_optimizer(params: list[torch.nn.Parameter], stage: StageConfig) -> tupl
     return optimizer, LambdaLR(optimizer, schedule)
 
 
-def resume(model: GPT, optimizer: Optimizer, scheduler: LambdaLR, stage: StageConfig,
-           ckpt_path: str | None) -> tuple[int, dict, bool]:
+def resume(model: GPT, optimizer: Optimizer, scheduler: LambdaLR, ckpt_path: str | None, record: dict,
+           overwrite: bool = False) -> tuple[int, dict, bool]:
     """Load the stage's checkpoint, if there is one: (step, history, done). A finished stage loads its weights
-    only; an unfinished one also its optimizer and schedule. A checkpoint of another stage is refused."""
+    only; an unfinished one also its optimizer and schedule. A checkpoint whose recorded inputs differ from
+    `record` (stage_record) is refused, or with `overwrite` ignored (the stage trains again and replaces it); one
+    that records none (an earlier version wrote it) is reused with a warning."""
     if not (ckpt_path and os.path.exists(ckpt_path)):
         return 0, new_history(), False
     ckpt = read_checkpoint(ckpt_path)
-    if ckpt.get("stage") != stage.name:
-        raise ValueError(f"{ckpt_path} belongs to stage {ckpt.get('stage')!r}, not {stage.name!r}; "
-                         f"delete it or use another checkpoint folder")
+    saved = ckpt.get("inputs")
+    if saved is None:  # (an earlier version's checkpoint: its stage name is all it records)
+        saved = {**record, "name": ckpt.get("stage")}
+    changed = differences(saved, record)
+    if changed and not overwrite:
+        raise ValueError(f"{ckpt_path} was trained with other inputs ({', '.join(changed)}) — use another "
+                         f"--out-dir, or --overwrite to retrain the stages whose inputs changed")
+    if changed or (overwrite and "inputs" not in ckpt):  # (changed: only with overwrite, else refused above)
+        warn(f"retraining {ckpt_path}: " + (", ".join(changed) or "it records no inputs"))
+        return 0, new_history(), False
+    if "inputs" not in ckpt:
+        warn(f"{ckpt_path} records no training inputs (an earlier version wrote it): reused unchecked — "
+             f"--overwrite retrains it")
     load_weights(model, ckpt["model"], ckpt_path)
     if not ckpt["done"]:
         optimizer.load_state_dict(ckpt["optimizer"])
@@ -161,7 +251,7 @@ def step_batch(get_batch: Callable[[int], Batch], stage: StageConfig, step: int,
     """This rank's share of the step's batch, and the positions whose streams are scored (None = all).
     Seeds torch first: the stream rows and the dropout masks are a function of the step (and of the rank)."""
     rank, world = rank_and_world()
-    torch.manual_seed(stage.seed * 1_000_003 + step)
+    torch.manual_seed(step_seed(stage, step))
     batch = [x.to(device) for x in get_batch(step)]  # the step's whole batch: idx, targets, loss_mask
     rows = None
     if stage.loss != "early_exit":  # drawn from the whole batch: the same stream rows on every rank
@@ -171,7 +261,7 @@ def step_batch(get_batch: Callable[[int], Batch], stage: StageConfig, step: int,
             raise ValueError(f"a batch of {len(batch[0])} sequences does not split over {world} processes: "
                              f"use a batch size divisible by --nproc_per_node")
         batch = [x.chunk(world)[rank] for x in batch]
-        torch.manual_seed((stage.seed * 1_000_003 + step) * world + rank)
+        torch.manual_seed(step_seed(stage, step) * world + rank)
     return tuple(batch), rows
 
 
@@ -217,18 +307,23 @@ def log_step(history: dict, bar: tqdm, step: int, loss: torch.Tensor, out: GPTOu
 
 
 def save_stage(ckpt_path: str | None, model: GPT, stage: StageConfig, step: int, done: bool, optimizer: Optimizer,
-               scheduler: LambdaLR, history: dict, extra: dict | None) -> None:
-    """The stage's checkpoint (rank 0 only): weights, optimizer, schedule, step, history and the caller's entries."""
+               scheduler: LambdaLR, history: dict, extra: dict | None, record: dict) -> None:
+    """The stage's checkpoint (rank 0 only): weights, optimizer, schedule, step, history, the stage's record
+    ("inputs") and the caller's entries."""
     if ckpt_path and rank_and_world()[0] == 0:
         save_checkpoint(ckpt_path, model, stage=stage.name, done=done, step=step, optimizer=optimizer.state_dict(),
-                        scheduler=scheduler.state_dict(), history=history, **(extra or {}))
+                        scheduler=scheduler.state_dict(), history=history, inputs=record, **(extra or {}))
 
 
 def train_stage(model: GPT, get_batch: Callable[[int], Batch], stage: StageConfig, ckpt_path: str | None = None,
-                extra: dict | None = None, quiet: bool = False) -> dict:
+                extra: dict | None = None, quiet: bool = False, inputs: dict | None = None,
+                overwrite: bool = False) -> dict:
     """Train one stage. get_batch(step) must be deterministic in `step` so that a resumed run is identical.
-    The checkpoint at ckpt_path holds model, optimizer, step and history; an unfinished one is resumed, a finished
-    one is loaded and returned. Returns the history: per logged step, the losses and per-stream accuracies.
+    The checkpoint at ckpt_path holds model, optimizer, step, history and the stage's record (stage_record: the
+    config, the stage's settings and `inputs`, e.g. the data's fingerprint and the parent's hash); an unfinished
+    one is resumed, a finished one is loaded and returned, and either only when its record matches this call's
+    (`resume`: otherwise an error, or with `overwrite` a new training). The checkpoint is marked done only after
+    the last of stage.steps >= 1 steps. Returns the history: per logged step, the losses and per-stream accuracies.
 
     Under torchrun (`torchrun --nproc_per_node=N`, a process group initialised) the N processes share each step's
     batch: rank r trains on the r-th of N equal slices of get_batch(step), with the stream rows drawn from the
@@ -238,11 +333,14 @@ def train_stage(model: GPT, get_batch: Callable[[int], Batch], stage: StageConfi
     are means over ranks. Each rank's loss is the mean over its own valid targets, so with N > 1 the step equals the
     single-process step only when every slice holds as many valid targets (otherwise tokens of short slices weigh
     a little more). N = 1 is the single-process run exactly."""
+    check_stage(stage)
     rank, world = rank_and_world()
     params = trainable_for(model, stage.loss)
     optimizer, scheduler = make_optimizer(params, stage)
-    step, history, done = resume(model, optimizer, scheduler, stage, ckpt_path)
+    record = stage_record(model, stage, inputs)
+    step, history, done = resume(model, optimizer, scheduler, ckpt_path, record, overwrite)
     if done:
+        model.eval()
         return history
     # Frozen mode ("streams"): the frozen model runs as it will at decode time, without dropout, so the drafters
     # learn from the very hidden states they will see (and a step is cheaper: no dropout masks, fused attention).
@@ -261,9 +359,9 @@ def train_stage(model: GPT, get_batch: Callable[[int], Batch], stage: StageConfi
             log_step(history, bar, step, loss, out)
         bar.update(1)
         if step % stage.save_every == 0 and step < stage.steps:
-            save_stage(ckpt_path, model, stage, step, False, optimizer, scheduler, history, extra)
+            save_stage(ckpt_path, model, stage, step, False, optimizer, scheduler, history, extra, record)
     bar.close()
-    save_stage(ckpt_path, model, stage, step, True, optimizer, scheduler, history, extra)
+    save_stage(ckpt_path, model, stage, step, True, optimizer, scheduler, history, extra, record)
     if world > 1:  # the checkpoint exists for every rank once train_stage returns
         dist.barrier()
     model.eval()

@@ -22,7 +22,6 @@ Data comes from --data-dir, else $SPECSTREAM_DATA, else ../shared/data (see data
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import random
@@ -32,11 +31,14 @@ from dataclasses import dataclass, replace
 import torch
 from tqdm import tqdm
 
-from data import EOS, MAX_NEW_TOKENS, SPLITS, CompactVocab, TaskData, load_task, prompt_ids
+import data as data_files
+from data import EOS, MAX_NEW_TOKENS, SEP, SPLITS, CompactVocab, TaskData, load_task, prompt_ids
 from batch import generate_autoregressive_batch
-from checkpoint import read_checkpoint, write_json
+from checkpoint import write_json
+from cli import ArgumentParser, check_device, warn
 from model import GPT, GPTConfig
-from train import StageConfig, from_base, rank_and_world, seed_everything, train_stage
+from train import (StageConfig, check_ranges, fingerprint, from_base, new_model, rank_and_world, train_stage,
+                   weights_sha256)
 
 BLOCK_SIZE = {"e2e": 160, "sql": 384, "dialogsum": 512}  # longest prompt + completion we train and decode
 SELF_TARGET_CHUNK = 64  # prompts decoded together (and saved together) when generating self-distillation targets
@@ -93,6 +95,24 @@ class TaskRecipe:
     threads: int = 0                    # torch threads (0 = torch's default)
     device: str = "cpu"
 
+    def __post_init__(self):
+        """Settings out of range are refused here, before anything is trained or written."""
+        check_ranges(self, at_least_one=("n_layer", "n_head", "n_embd", "draft_layers", "draft_heads", "draft_embd",
+                                         "gamma", "pretrain_batch_size", "pretrain_steps", "draft_pretrain_steps",
+                                         "ft_steps", "prune_steps"),
+                     at_least_zero=("self_target_prompts", "stream_adapter_rank", "n_msa_layers", "lora_rank",
+                                    "batch_size", "threads"), positive=("drafter_lr", "lr", "ft_lr"))
+        choices = dict(task=(None, *SPLITS), mode=("frozen", "shared"), stream_targets=("self", "data"))
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"--{name.replace('_', '-')}={getattr(self, name)!r} — use one of {allowed}")
+        if not set(self.methods) <= set(METHODS):
+            raise ValueError(f"--method {' '.join(self.methods)}: unknown method — use some of {METHODS}")
+        if not 0 < self.stream_fraction <= 1:
+            raise ValueError(f"--stream-fraction={self.stream_fraction} must be in (0, 1] — 1 scores every position")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"--dropout={self.dropout} must be in [0, 1) — e.g. 0.1")
+
 
 def quick(recipe: TaskRecipe) -> TaskRecipe:
     """The same recipe on a tiny model with a few steps (what --quick trains: tests, smoke runs)."""
@@ -141,21 +161,18 @@ def self_targets(recipe: TaskRecipe, model: GPT, vocab: CompactVocab, examples: 
     checkpoint's weights, "max_new_tokens": N, "prompts": [[ids]], "continuations": [[ids]]} (compact-vocabulary
     ids; prompts end with SEP, continuations with EOS unless cut at N). Prompts are decoded SELF_TARGET_CHUNK at a
     time, sorted by length (right-padded); the file is written after each chunk, atomically: an interrupted run
-    resumes where it stopped; a changed model starts over. Under torchrun, rank 0 generates and the others read it."""
+    resumes where it stopped; a changed model starts over, and so does a cache that is not what it must be
+    (`read_self_targets`). Every chosen prompt must have its continuation before training on them. Under
+    torchrun, rank 0 generates and the others read it."""
     max_new = MAX_NEW_TOKENS[recipe.task]
     budget = min(BLOCK_SIZE[recipe.task] - 1, model.config.block_size - max_new)  # prompt + SEP ids that fit
     prompts = sorted({tuple(prompt_ids(vocab, ex, budget)) for ex in examples})
     if len(prompts) > limit:
         prompts = random.Random(recipe.seed).sample(prompts, limit)
     prompts.sort(key=lambda p: (len(p), p))
-    weights = b"".join(t.detach().cpu().numpy().tobytes() for t in model.state_dict().values())
-    digest = hashlib.sha256(weights).hexdigest()
-    cache = dict(format=1, model_sha256=digest, max_new_tokens=max_new, prompts=[], continuations=[])
-    if os.path.exists(path):
-        with open(path) as f:
-            saved = json.load(f)
-        if saved.get("model_sha256") == digest and saved.get("max_new_tokens") == max_new:
-            cache = saved
+    digest = weights_sha256(model)
+    cache = (read_self_targets(path, digest, max_new, vocab.size)
+             or dict(format=1, model_sha256=digest, max_new_tokens=max_new, prompts=[], continuations=[]))
     done = {tuple(p) for p in cache["prompts"]}
     todo = [p for p in prompts if p not in done]
     rank, world = rank_and_world()
@@ -172,19 +189,60 @@ def self_targets(recipe: TaskRecipe, model: GPT, vocab: CompactVocab, examples: 
         bar.close()
     if world > 1:
         torch.distributed.barrier()
-        with open(path) as f:
-            cache = json.load(f)
+        cache = read_self_targets(path, digest, max_new, vocab.size) or dict(prompts=[], continuations=[])
     chosen = set(prompts)
     pairs = [(p, c) for p, c in zip(cache["prompts"], cache["continuations"]) if tuple(p) in chosen]
+    if len(pairs) != len(prompts):
+        raise ValueError(f"{path} holds the targets of {len(pairs)} of the {len(prompts)} chosen prompts — delete "
+                         f"it and run again")
     return TaskData.from_sequences(vocab, pairs, BLOCK_SIZE[recipe.task])
 
 
+def read_self_targets(path: str, digest: str, max_new: int, vocab_size: int) -> dict | None:
+    """The self-distillation cache at `path` when it holds targets of the model of sha256 `digest` for `max_new`
+    tokens, well formed (cache_problem); else None (a warning says why it is generated again, unless it is
+    simply absent or of another model or budget)."""
+    if not os.path.exists(path):
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            saved = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        warn(f"{path} is not valid JSON (cut short? {e}): generating its self-distillation targets again")
+        return None
+    if not isinstance(saved, dict) or saved.get("format") != 1:
+        warn(f"{path} is not a self-distillation cache of format 1: generating it again")
+        return None
+    if saved.get("model_sha256") != digest or saved.get("max_new_tokens") != max_new:
+        return None  # made by another next-token model, or for another budget
+    problem = cache_problem(saved, max_new, vocab_size)
+    if problem:
+        warn(f"{path}: {problem}: generating its self-distillation targets again")
+        return None
+    return saved
+
+
+def cache_problem(cache: dict, max_new: int, vocab_size: int) -> str | None:
+    """What is wrong with a self-distillation cache's content, or None: as many continuations as prompts, ids in
+    the vocabulary, prompts ending with SEP, continuations of 1..max_new ids ending with EOS unless cut at max_new."""
+    prompts, continuations = cache.get("prompts"), cache.get("continuations")
+    if not isinstance(prompts, list) or not isinstance(continuations, list):
+        return "it lacks the prompts or continuations list"
+    if len(prompts) != len(continuations):
+        return f"it holds {len(prompts)} prompts but {len(continuations)} continuations"
+    ids = lambda x: isinstance(x, list) and x and all(type(t) is int and 0 <= t < vocab_size for t in x)
+    for i, (p, c) in enumerate(zip(prompts, continuations)):
+        if not (ids(p) and p[-1] == SEP):
+            return f"prompt {i} is not a list of ids of the vocabulary ending with SEP"
+        if not (ids(c) and len(c) <= max_new and (c[-1] == EOS or len(c) == max_new)):
+            return f"continuation {i} is not 1..{max_new} ids of the vocabulary ending with EOS or cut at {max_new}"
+    return None
+
+
 def pretrain(recipe: TaskRecipe, out_dir: str, vocab: CompactVocab, name: str, config: GPTConfig, steps: int,
-             quiet: bool) -> GPT:
-    """Pretrain (or load) a GPT on the union of the tasks' training text, loss on every token."""
-    path = os.path.join(out_dir, f"{name}.pt")
-    if os.path.exists(path) and read_checkpoint(path).get("vocabulary") != vocab.to_dict():
-        raise ValueError(f"{path} was trained with another vocabulary (other data?): delete it or use --out-dir")
+             quiet: bool, overwrite: bool = False) -> GPT:
+    """Pretrain (or load) a GPT on the union of the tasks' training text, loss on every token; initialised from
+    recipe.seed whether the other base was trained before it or not."""
     union = TaskData(vocab, [ex for task in SPLITS for ex in load_task(task, "train", recipe.data_dir, True)],
                      PRETRAIN_BLOCK)
 
@@ -192,9 +250,11 @@ def pretrain(recipe: TaskRecipe, out_dir: str, vocab: CompactVocab, name: str, c
         idx, targets, _ = union.batch(step, recipe.pretrain_batch_size, seed=recipe.seed)
         return idx, targets, targets != -1  # pretraining: every real token counts
 
-    model = GPT(config).to(recipe.device)
+    model = new_model(config, recipe.device, recipe.seed)
+    inputs = dict(data=fingerprint(union.encoded), batch_size=recipe.pretrain_batch_size,
+                  vocabulary=fingerprint(vocab.to_dict()))
     train_stage(model, batch, StageConfig(f"pretrain {name} (all tasks)", steps, recipe.lr, seed=recipe.seed),
-                path, extra=dict(vocabulary=vocab.to_dict()), quiet=quiet)
+                os.path.join(out_dir, f"{name}.pt"), dict(vocabulary=vocab.to_dict()), quiet, inputs, overwrite)
     return model
 
 
@@ -203,31 +263,36 @@ def recipe_name(method: str, recipe: TaskRecipe) -> str:
     return f"{method}_{recipe.mode}_{recipe.stream_targets}{recipe.tag}"
 
 
-def drafter(recipe: TaskRecipe, method: str, vocab: CompactVocab, base: GPT, ntp: GPT) -> tuple[GPT, str, float]:
-    """The SS or Medusa model of recipe.mode, with its stage's loss and learning rate. Frozen mode: the next-token
-    model, frozen, with stream embeddings and a stream-only adapter (or Medusa heads), α_0 = 0. Shared mode: the
-    base, with LoRA shared by the main stream and the drafters, the full Eq. 5 (paper v1), LoRA's learning rate."""
+def drafter(recipe: TaskRecipe, method: str, vocab: CompactVocab, base: GPT, ntp: GPT,
+            seed: int) -> tuple[GPT, GPT, str, float]:
+    """The SS or Medusa model of recipe.mode (its new parts initialised from `seed`), the model it starts from, its
+    stage's loss and learning rate. Frozen mode: the next-token model, frozen, with stream embeddings and a
+    stream-only adapter (or Medusa heads), α_0 = 0. Shared mode: the base, with LoRA shared by the main stream
+    and the drafters, the full Eq. 5 (paper v1), LoRA's learning rate."""
     heads = dict(n_streams=recipe.gamma) if method == "ss" else dict(n_medusa_heads=recipe.gamma)
     if recipe.mode == "frozen" and method == "ss":
         heads["stream_adapter_rank"] = recipe.stream_adapter_rank
     config = model_config(recipe, vocab, lora_rank=recipe.lora_rank, n_msa_layers=recipe.n_msa_layers, prune_rank=8,
                           **heads)
     if recipe.mode == "frozen":
-        return from_base(ntp, config, recipe.device), "streams", recipe.drafter_lr
-    return from_base(base, config, recipe.device), "eq5", recipe.ft_lr
+        return from_base(ntp, config, recipe.device, seed=seed), ntp, "streams", recipe.drafter_lr
+    return from_base(base, config, recipe.device, seed=seed), base, "eq5", recipe.ft_lr
 
 
-def train_task(recipe: TaskRecipe, out_dir: str = "checkpoints/tasks", quiet: bool = False) -> dict[str, str]:
+def train_task(recipe: TaskRecipe, out_dir: str = "checkpoints/tasks", quiet: bool = False,
+               overwrite: bool = False) -> dict[str, str]:
     """Run (or resume) the stages of recipe.methods for recipe.task, checkpointed in out_dir (the bases are shared
-    by every task); returns the checkpoint paths."""
-    seed_everything(recipe.seed)
+    by every task); returns the checkpoint paths. A checkpoint is reused when the inputs it records match;
+    overwrite=True retrains the stages whose inputs changed instead of refusing them."""
+    check_device(recipe.device)
     if recipe.threads:
         torch.set_num_threads(recipe.threads)
-    os.makedirs(out_dir, exist_ok=True)
     vocab = build_vocab(recipe.data_dir)
-    base = pretrain(recipe, out_dir, vocab, "base", model_config(recipe, vocab), recipe.pretrain_steps, quiet)
+    os.makedirs(out_dir, exist_ok=True)
+    base = pretrain(recipe, out_dir, vocab, "base", model_config(recipe, vocab), recipe.pretrain_steps, quiet,
+                    overwrite)
     draft_base = lambda: pretrain(recipe, out_dir, vocab, "draft_base", model_config(recipe, vocab, draft=True),
-                                  recipe.draft_pretrain_steps, quiet)
+                                  recipe.draft_pretrain_steps, quiet, overwrite)
     if recipe.bases_only:
         draft_base()
         return {name: os.path.join(out_dir, f"{name}.pt") for name in ("base", "draft_base")}
@@ -237,38 +302,46 @@ def train_task(recipe: TaskRecipe, out_dir: str = "checkpoints/tasks", quiet: bo
     extra = dict(vocabulary=vocab.to_dict(), task=recipe.task)
     paths = {}
 
-    def stage(name: str, model: GPT, title: str, steps: int, seed: int, lr: float = recipe.ft_lr, data=data,
-              **options):
-        """One stage, checkpointed as <task>_<name>.pt; `seed` offsets recipe.seed (batches and dropout)."""
+    def stage(name: str, model: GPT, parent: GPT, title: str, steps: int, seed: int, lr: float = recipe.ft_lr,
+              data=data, **options):
+        """One stage, checkpointed as <task>_<name>.pt, starting from `parent`'s weights; `seed` offsets
+        recipe.seed (batches and dropout)."""
         paths[name] = os.path.join(out_dir, f"{recipe.task}_{name}.pt")
         config = StageConfig(f"{recipe.task}: {title}", steps, lr, seed=recipe.seed + seed, **options)
         batches = lambda step: data.batch(step, batch_size, seed=recipe.seed + seed)
-        train_stage(model, batches, config, paths[name], extra, quiet)
+        inputs = dict(data=fingerprint(data.encoded), batch_size=batch_size,
+                      vocabulary=fingerprint(extra["vocabulary"]), parent=weights_sha256(parent))
+        train_stage(model, batches, config, paths[name], extra, quiet, inputs, overwrite)
 
-    ntp = from_base(base, model_config(recipe, vocab, lora_rank=recipe.lora_rank), recipe.device)
-    stage("ntp", ntp, "next-token LoRA", recipe.ft_steps, 1)
+    # each model's new parts are initialised from its stage's seed: ntp 1, ss 2-3, draft 4, medusa 5-6
+    ntp = from_base(base, model_config(recipe, vocab, lora_rank=recipe.lora_rank), recipe.device,
+                    seed=recipe.seed + 1)
+    stage("ntp", ntp, base, "next-token LoRA", recipe.ft_steps, 1)
     if any(m != "draft" for m in recipe.methods) and recipe.stream_targets == "self":
         limit = recipe.self_target_prompts or recipe.ft_steps * batch_size
         data = self_targets(recipe, ntp, vocab, examples, limit,
                             os.path.join(out_dir, f"{recipe.task}_self_targets.json"), quiet)
     for method in recipe.methods:
         if method == "draft":  # not distilled: trained on the references, like the next-token model
-            stage("draft", draft_base(), "draft model (full fine-tuning)", recipe.ft_steps, 4, lr=recipe.lr)
+            model = draft_base()
+            stage("draft", model, model, "draft model (full fine-tuning)", recipe.ft_steps, 4, lr=recipe.lr)
             continue
-        model, loss, lr = drafter(recipe, method, vocab, base, ntp)
+        name, seed = recipe_name(method, recipe), 2 if method == "ss" else 5
+        model, parent, loss, lr = drafter(recipe, method, vocab, base, ntp, recipe.seed + seed)
         if method == "ss":  # (a resumed or finished stage then loads its own P_j over these)
             scale_stream_embeddings(model, data.batch(0, batch_size, seed=recipe.seed)[0].to(recipe.device))
-        name, seed = recipe_name(method, recipe), 2 if method == "ss" else 5  # ntp 1, ss 2-3, draft 4, medusa 5-6
-        stage(name, model, f"{name} (γ={recipe.gamma})", recipe.ft_steps, seed, lr=lr,
+        stage(name, model, parent, f"{name} (γ={recipe.gamma})", recipe.ft_steps, seed, lr=lr,
               data=data, loss=loss, stream_fraction=recipe.stream_fraction)
-        stage(f"{name}_pruned", model, f"{name} pruning adapter", recipe.prune_steps, seed + 1, loss="early_exit")
+        stage(f"{name}_pruned", model, model, f"{name} pruning adapter", recipe.prune_steps, seed + 1,
+              loss="early_exit")
     return paths
 
 
 def parser() -> argparse.ArgumentParser:
-    """The command line: one flag per TaskRecipe field (defaults from TaskRecipe), --out-dir and --quick."""
+    """The command line: one flag per TaskRecipe field (defaults from TaskRecipe), --out-dir, --overwrite,
+    --unverified-data and --quick."""
     d = TaskRecipe()
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(prog="train_task.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--task", choices=sorted(SPLITS), help="the task to train (required unless --bases-only)")
     p.add_argument("--bases-only", action="store_true",
                    help="pretrain (or find) the two bases every task shares, base and draft_base, and stop: "
@@ -277,7 +350,12 @@ def parser() -> argparse.ArgumentParser:
                    help="what to train besides the NTP baseline (default: all)")
     p.add_argument("--data-dir", default=d.data_dir,
                    help="folder with e2e/, text2sql/, dialogsum/ (else $SPECSTREAM_DATA, else ../shared/data)")
-    p.add_argument("--out-dir", default="checkpoints/tasks", help="checkpoints (the bases are shared by all tasks)")
+    p.add_argument("--out-dir", default="checkpoints/tasks",
+                   help="checkpoints (the bases are shared by all tasks); reused when they record the same inputs")
+    p.add_argument("--overwrite", action="store_true",
+                   help="retrain the stages whose checkpoints in --out-dir were trained with other inputs")
+    p.add_argument("--unverified-data", action="store_true",
+                   help="accept data files whose content is not the published data sets' (your own data)")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--n-layer", type=int, default=d.n_layer)
     p.add_argument("--n-head", type=int, default=d.n_head)
@@ -324,25 +402,35 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def parse(argv: list[str] | None = None) -> tuple[TaskRecipe, str]:
-    """The recipe and the checkpoint folder of a command line (--quick: the tiny recipe, in checkpoints/tasks_quick
-    unless --out-dir says otherwise)."""
+def parse(argv: list[str] | None = None) -> tuple[TaskRecipe, str, bool]:
+    """The recipe, the checkpoint folder and --overwrite of a command line (--quick: the tiny recipe, in
+    checkpoints/tasks_quick unless --out-dir says otherwise; a warning names each given flag it overrides)."""
     p = parser()
     args = vars(p.parse_args(argv))
     out_dir, is_quick, methods = args.pop("out_dir"), args.pop("quick"), tuple(args.pop("method"))
-    recipe = TaskRecipe(**args, methods=methods)
-    if recipe.task is None and not recipe.bases_only:
+    overwrite = args.pop("overwrite")
+    if args.pop("unverified_data"):
+        data_files.use_unverified_data()
+    if args["task"] is None and not args["bases_only"]:
         p.error("--task is required (or --bases-only, to pretrain the shared bases)")
+    recipe = TaskRecipe(**args, methods=methods)
     if is_quick:
+        given = {k: v for k, v in vars(recipe).items() if v != getattr(TaskRecipe(), k)}
         recipe = quick(recipe)
+        for name, value in given.items():
+            if getattr(recipe, name) != value:
+                warn(f"--quick sets --{name.replace('_', '-')}={getattr(recipe, name)}, not the given {value} — "
+                     f"leave out --quick to train with {value}")
         out_dir = out_dir if out_dir != "checkpoints/tasks" else "checkpoints/tasks_quick"
-    if not 0 < recipe.stream_fraction <= 1:
-        raise SystemExit(f"--stream-fraction={recipe.stream_fraction} must be in (0, 1]")
-    return recipe, out_dir
+    return recipe, out_dir, overwrite
 
 
 def main(argv: list[str] | None = None) -> None:
-    recipe, out_dir = parse(argv)
+    try:
+        recipe, out_dir, overwrite = parse(argv)
+        check_device(recipe.device)
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from None
     distributed = "WORLD_SIZE" in os.environ  # started by torchrun: train.train_stage splits each batch over ranks
     if distributed:
         if recipe.device == "cuda":  # one GPU per process
@@ -350,9 +438,15 @@ def main(argv: list[str] | None = None) -> None:
             torch.cuda.set_device(recipe.device)
         torch.distributed.init_process_group("nccl" if recipe.device.startswith("cuda") else "gloo")
     start = time.time()
-    paths = train_task(recipe, out_dir)
+    try:
+        paths = train_task(recipe, out_dir, overwrite=overwrite)
+    except (ValueError, FileNotFoundError) as e:  # bad settings or data, checkpoints of other inputs
+        raise SystemExit(f"error: {e}") from None
     if int(os.environ.get("RANK", 0)) == 0:
         print(f"{recipe.task or 'bases'}: trained in {time.time() - start:.0f} s -> " + ", ".join(paths.values()))
+        if data_files.unverified_files():
+            warn("trained on data files that are not the published data sets: "
+                 + ", ".join(data_files.unverified_files()))
         if recipe.task:
             print(f"evaluate with: python bench.py task --task {recipe.task} --task-dir {out_dir}")
     if distributed:

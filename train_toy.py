@@ -35,8 +35,10 @@ from dataclasses import dataclass, replace
 
 import torch
 
+from cli import ArgumentParser, check_device
 from model import GPT, GPTConfig
-from train import StageConfig, from_base, seed_everything, train_stage
+from train import (StageConfig, check_ranges, fingerprint, from_base, new_model, step_seed, train_stage,
+                   weights_sha256)
 
 ADJECTIVES = ["big", "small", "old", "happy", "quiet", "brave"]
 ANIMALS = ["cat", "dog", "fox", "owl", "bear", "frog", "duck", "mouse"]
@@ -147,6 +149,18 @@ class ToyRecipe:
     threads: int = 0             # torch threads (0 = torch's default)
     device: str = "cpu"
 
+    def __post_init__(self):
+        """Settings out of range are refused here, before anything is trained or written."""
+        check_ranges(self, at_least_one=("n_stories", "n_layer", "n_head", "n_embd", "block_size", "train_block",
+                                         "batch_size", "ss_batch_size", "gamma", "draft_layers", "draft_heads",
+                                         "draft_embd", "pretrain_steps", "ss_steps", "prune_steps"),
+                     at_least_zero=("n_msa_layers", "lora_rank", "threads"), positive=("lr", "ss_lr", "prune_lr"))
+        if self.method not in ("ss", "medusa", "draft"):
+            raise ValueError(f"--method={self.method!r} is not a method — use ss, medusa or draft")
+        if self.train_block > self.block_size:
+            raise ValueError(f"--train-block={self.train_block} is longer than the model's --block-size="
+                             f"{self.block_size} — shorten the windows or lengthen the context")
+
 
 # Fixed small recipes. TINY: a few seconds (tests). NOTEBOOK: notebook 02's model, about a minute on one thread;
 # notebooks 03 and 05 change a few of its settings. (The committed reference model's: validate.REFERENCE_TRAINING.)
@@ -162,49 +176,64 @@ def base_config(recipe: ToyRecipe, vocab_size: int) -> GPTConfig:
                      n_head=recipe.n_head, n_embd=recipe.n_embd, dropout=0.0, bias=True)
 
 
-def train_pipeline(recipe: ToyRecipe, out_dir: str | None = None, quiet: bool = False) -> tuple[GPT, ToyData, dict]:
+def train_pipeline(recipe: ToyRecipe, out_dir: str | None = None, quiet: bool = False,
+                   overwrite: bool = False) -> tuple[GPT, ToyData, dict]:
     """Run (or resume) the stages of `recipe`; returns the final model (eval mode), the data and the histories.
-    Checkpoints go to out_dir and are reused there (None: train in memory, write nothing)."""
-    seed_everything(recipe.seed)
+    Checkpoints go to out_dir and are reused there when the inputs they record match (None: train in memory,
+    write nothing); overwrite=True retrains the stages whose inputs changed instead of refusing them."""
+    check_device(recipe.device)
     if recipe.threads:
         torch.set_num_threads(recipe.threads)
     data = ToyData(recipe.n_stories, recipe.seed)
+    if len(data.stream) < recipe.train_block + 2:
+        raise ValueError(f"--n-stories={recipe.n_stories} give {len(data.stream)} tokens, too few for training "
+                         f"windows of --train-block={recipe.train_block} — use more stories")
     if out_dir:
         os.makedirs(out_dir, exist_ok=True)
     path = lambda name: os.path.join(out_dir, name) if out_dir else None
     batches = lambda seed, size=recipe.batch_size: (lambda step: data.batch(step, size, recipe.train_block, seed))
+    inputs = lambda size=recipe.batch_size, **more: dict(data=fingerprint(data.stream), batch_size=size,
+                                                         train_block=recipe.train_block, **more)
+    run = lambda model, batch, stage, name, **kw: train_stage(model, batch, stage, path(name), quiet=quiet,
+                                                              overwrite=overwrite, **kw)
     histories = {}
 
-    base = GPT(base_config(recipe, len(data.words))).to(recipe.device)
-    histories["pretrain"] = train_stage(base, batches(recipe.seed), StageConfig(
-        "pretrain", recipe.pretrain_steps, recipe.lr, seed=recipe.seed), path("base.pt"), quiet=quiet)
+    pretrain = StageConfig("pretrain", recipe.pretrain_steps, recipe.lr, seed=recipe.seed)
+    base = new_model(base_config(recipe, len(data.words)), recipe.device, recipe.seed)
+    histories["pretrain"] = run(base, batches(recipe.seed), pretrain, "base.pt", inputs=inputs())
+    # Every later model starts from the generator as the base's last step seeded it (how these models were always
+    # initialised): a function of the recipe, whether the base was trained now or loaded.
+    init_seed = step_seed(pretrain, pretrain.steps - 1)
     if recipe.method == "draft":  # two-model SD: a small GPT trained from scratch on the same text
         cfg = replace(base_config(recipe, len(data.words)), n_layer=recipe.draft_layers, n_head=recipe.draft_heads,
                       n_embd=recipe.draft_embd)
-        model = GPT(cfg).to(recipe.device)
-        histories["draft"] = train_stage(model, batches(recipe.seed + 3), StageConfig(
-            "draft model", recipe.pretrain_steps, recipe.lr, seed=recipe.seed + 3),
-            path("draft.pt"), extra=dict(vocabulary=data.words), quiet=quiet)
+        model = new_model(cfg, recipe.device, init_seed)
+        histories["draft"] = run(model, batches(recipe.seed + 3), StageConfig(
+            "draft model", recipe.pretrain_steps, recipe.lr, seed=recipe.seed + 3), "draft.pt",
+            extra=dict(vocabulary=data.words), inputs=inputs())
         return model, data, histories
     drafter = dict(n_streams=recipe.gamma) if recipe.method == "ss" else dict(n_medusa_heads=recipe.gamma)
     cfg = replace(base_config(recipe, len(data.words)), **drafter, n_msa_layers=recipe.n_msa_layers,
                   lora_rank=recipe.lora_rank, prune_rank=8)
-    model = from_base(base, cfg, recipe.device)  # LoRA, streams / heads and adapter keep their init
+    model = from_base(base, cfg, recipe.device, seed=init_seed)  # LoRA, streams / heads and adapter: fresh
     name, title = f"{recipe.method}_gamma{recipe.gamma}", "streams" if recipe.method == "ss" else "medusa"
-    histories["streams"] = train_stage(model, batches(recipe.seed + 1, recipe.ss_batch_size), StageConfig(
-        f"{title} (γ={recipe.gamma})", recipe.ss_steps, recipe.ss_lr, seed=recipe.seed + 1),
-        path(f"{name}.pt"), quiet=quiet)
-    histories["prune_adapter"] = train_stage(model, batches(recipe.seed + 2), StageConfig(
+    histories["streams"] = run(model, batches(recipe.seed + 1, recipe.ss_batch_size), StageConfig(
+        f"{title} (γ={recipe.gamma})", recipe.ss_steps, recipe.ss_lr, seed=recipe.seed + 1), f"{name}.pt",
+        inputs=inputs(recipe.ss_batch_size, parent=weights_sha256(base)))
+    histories["prune_adapter"] = run(model, batches(recipe.seed + 2), StageConfig(
         "pruning adapter", recipe.prune_steps, recipe.prune_lr, loss="early_exit", seed=recipe.seed + 2),
-        path(f"{name}_pruned.pt"), extra=dict(vocabulary=data.words), quiet=quiet)
+        f"{name}_pruned.pt", extra=dict(vocabulary=data.words), inputs=inputs(parent=weights_sha256(model)))
     return model, data, histories
 
 
 def parser() -> argparse.ArgumentParser:
-    """The command line: one flag per ToyRecipe field (defaults from ToyRecipe), and --out-dir."""
+    """The command line: one flag per ToyRecipe field (defaults from ToyRecipe), --out-dir and --overwrite."""
     d = ToyRecipe()
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out-dir", default="checkpoints/toy", help="where checkpoints go (reused and resumed)")
+    p = ArgumentParser(prog="train_toy.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out-dir", default="checkpoints/toy",
+                   help="where checkpoints go (reused when they record the same inputs, resumed when unfinished)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="retrain the stages whose checkpoints in --out-dir were trained with other inputs")
     p.add_argument("--seed", type=int, default=d.seed, help="seed for data, init and batches")
     p.add_argument("--n-stories", type=int, default=d.n_stories, help="stories in the training text")
     p.add_argument("--n-layer", type=int, default=d.n_layer)
@@ -236,17 +265,20 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def parse(argv: list[str] | None = None) -> tuple[ToyRecipe, str]:
-    """The recipe and the checkpoint folder of a command line."""
+def parse(argv: list[str] | None = None) -> tuple[ToyRecipe, str, bool]:
+    """The recipe, the checkpoint folder and --overwrite of a command line."""
     args = vars(parser().parse_args(argv))
-    out_dir = args.pop("out_dir")
-    return ToyRecipe(**args), out_dir
+    out_dir, overwrite = args.pop("out_dir"), args.pop("overwrite")
+    return ToyRecipe(**args), out_dir, overwrite
 
 
 def main(argv: list[str] | None = None) -> None:
-    recipe, out_dir = parse(argv)
     start = time.time()
-    model, data, histories = train_pipeline(recipe, out_dir)
+    try:
+        recipe, out_dir, overwrite = parse(argv)
+        model, data, histories = train_pipeline(recipe, out_dir, overwrite=overwrite)
+    except (ValueError, FileNotFoundError) as e:  # bad settings, a checkpoint of other inputs
+        raise SystemExit(f"error: {e}") from None
     from generate import generate_autoregressive, generate_speculative
     if recipe.method == "draft":
         print(f"\ntrained the draft model in {time.time() - start:.0f} s")

@@ -20,6 +20,7 @@ import sys
 import torch
 
 from checkpoint import export_portable
+from cli import ArgumentParser, non_negative_float, positive_int
 from train_toy import ToyRecipe
 from validation.compare import LOGPROB_ATOL, compare_command
 from validation.minimal import minimal_trace
@@ -72,8 +73,9 @@ def make_reference(out_dir: str = "reference", work_dir: str = "checkpoints/refe
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest for the tiny reference model)")
+    p = ArgumentParser(prog="validate.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--threads", type=positive_int, default=1,
+                   help="torch threads (1 is fastest for the tiny reference model)")
     sub = p.add_subparsers(dest="command", required=True)
     e = sub.add_parser("export", help="checkpoint -> model.safetensors (HF GPT-2 names) + config.json + vocabulary")
     e.add_argument("checkpoint")
@@ -85,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--prompts", required=True, help="JSON lines: id, prompt_ids, max_new_tokens, eos_id")
     t.add_argument("--out", required=True)
     t.add_argument("--gamma", type=int, default=None, help="streams used (default: all)")
-    t.add_argument("--k", type=int, default=1, help="top-k per stream")
+    t.add_argument("--k", type=positive_int, default=1, help="top-k per stream")
     t.add_argument("--tree-cap", type=int, default=None)
     t.add_argument("--prune-threshold", type=float, default=None)
     t.add_argument("--stream-pass", choices=["tree", "accepted"], default="tree")
@@ -94,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
                                        "2 not a trace")
     c.add_argument("reference")
     c.add_argument("candidate")
-    c.add_argument("--atol", type=float, default=LOGPROB_ATOL, help="tolerance on log-probabilities")
+    c.add_argument("--atol", type=non_negative_float, default=LOGPROB_ATOL, help="tolerance on log-probabilities")
     o = sub.add_parser("outputs", help="outputs, accepted lengths and forward calls against the reference's run "
                                        "with the same settings; exit 0 pass, 1 fail, 2 bad input")
     o.add_argument("--model", required=True)
@@ -105,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     m.add_argument("--model", required=True)
     m.add_argument("--prompts", required=True)
     m.add_argument("--out", required=True)
-    m.add_argument("--k", type=int, default=1)
+    m.add_argument("--k", type=positive_int, default=1, help="top-k per stream")
     m.add_argument("--answers", default=None, help="also write its outputs as an answers file here")
     r = sub.add_parser("reference", help="retrain the toy reference model and rewrite reference/")
     r.add_argument("--out-dir", default="reference")

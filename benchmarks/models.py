@@ -25,7 +25,8 @@ def toy_model(args: argparse.Namespace) -> GPT:
     """The toy checkpoint of --toy-dir and --toy-gamma (train_toy.py writes it), LoRA merged."""
     path = os.path.join(args.toy_dir, f"ss_gamma{args.toy_gamma}_pruned.pt")
     if not os.path.exists(path):
-        raise SystemExit(f"{path} not found: run `python train_toy.py --out-dir {args.toy_dir}` first (or make demo)")
+        raise SystemExit(f"error: {path} not found — run `python train_toy.py --out-dir {args.toy_dir}` first (or make "
+                         f"demo)")
     return load_for_decoding(path, args.device)
 
 
@@ -48,7 +49,8 @@ def task_vocab(args: argparse.Namespace, task: str):
     from data import CompactVocab
     ntp = os.path.join(args.task_dir, f"{task}_ntp.pt")
     if not os.path.exists(ntp):
-        raise SystemExit(f"{ntp} not found: run `python train_task.py --task {task} --out-dir {args.task_dir}` first")
+        raise SystemExit(f"error: {ntp} not found — run `python train_task.py --task {task} --out-dir {args.task_dir}` "
+                         f"first")
     return CompactVocab.from_dict(torch.load(ntp, weights_only=True)["vocabulary"])
 
 
@@ -94,6 +96,8 @@ def draft_vocabulary(sequences: list[list[int]], n: int, vocab_size: int) -> tor
     GPT.trim_draft_vocab; None when N = 0 (every token)."""
     if n == 0:
         return None
+    if not 0 < n <= vocab_size:
+        raise SystemExit(f"error: --draft-vocab {n} is no token count — give 0 (every token) or 1..{vocab_size}")
     try:
         return frequent_tokens(sequences, n, vocab_size)
     except ValueError as e:

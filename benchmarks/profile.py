@@ -265,7 +265,7 @@ def run_profile(args: argparse.Namespace):
     else:
         path = drafter_path(args, "ss", args.task)
         if not os.path.exists(path):
-            raise SystemExit(f"{path} not found: train it with `python train_task.py --task {args.task}` (or profile "
+            raise SystemExit(f"error: {path} not found — train it with `python train_task.py --task {args.task}` (or profile "
                              f"the toy model with --toy)")
         from data import EOS
         _, prompts, max_new, _ = task_setup(args, args.task, "test")

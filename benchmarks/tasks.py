@@ -74,7 +74,7 @@ def run_baselines(args: argparse.Namespace):
     for key, name in names.items():
         if not os.path.exists(os.path.join(args.toy_dir, name)):
             flag = {"ss": " --gamma 4", "medusa": " --method medusa --gamma 4", "draft": " --method draft"}.get(key, "")
-            raise SystemExit(f"{args.toy_dir}/{name} not found: run `python train_toy.py{flag}` first")
+            raise SystemExit(f"error: {args.toy_dir}/{name} not found — run `python train_toy.py{flag}` first")
     models = {key: load_for_decoding(os.path.join(args.toy_dir, name), args.device) for key, name in names.items()}
     data = ToyData(args.n_stories, args.seed)
     prompts = data.prompts(args.prompts)
@@ -104,7 +104,7 @@ def task_models(args: argparse.Namespace) -> dict[str, GPT]:
              if key == "target" or key in args.methods or (key == "draft" and "two-model" in args.methods)}
     for key, path in files.items():
         if not os.path.exists(path):
-            raise SystemExit(f"{path} not found: run `python train_task.py --task {task} --out-dir {folder} --mode "
+            raise SystemExit(f"error: {path} not found — run `python train_task.py --task {task} --out-dir {folder} --mode "
                              f"{args.mode} --stream-targets {args.stream_targets}` first")
     return {key: load_for_decoding(path, args.device) for key, path in files.items()}
 
@@ -207,7 +207,7 @@ def by_training_values(args: argparse.Namespace, examples: list, prompts: list, 
     training file has coffee shops only). Compared delexicalised, so the name and landmark never count."""
     from data import load_task, mr_values
     if args.task != "e2e":
-        raise SystemExit("--mr-values applies to E2E (MRs with attribute values) only: drop it for other tasks")
+        raise SystemExit("error: --mr-values applies to E2E (MRs with attribute values) only — drop it for other tasks")
     known = {kv for ex in load_task("e2e", "train", args.data_dir, True) for kv in mr_values(ex.prompt).items()}
     keep = [i for i, ex in enumerate(examples) if all(kv in known for kv in mr_values(ex.prompt).items()) == seen]
     return [examples[i] for i in keep], [prompts[i] for i in keep]
@@ -245,7 +245,7 @@ def run_ablation(args: argparse.Namespace):
                  **{r: os.path.join(args.task_dir, f"{args.task}_{r}_pruned.pt") for r in args.recipes})
     missing = [p for p in paths.values() if not os.path.exists(p)]
     if missing:
-        raise SystemExit(f"{missing[0]} not found: train it (`make ablation` trains the default recipes)")
+        raise SystemExit(f"error: {missing[0]} not found — train it (`make ablation` trains the default recipes)")
     models = {name: load_for_decoding(path, args.device) for name, path in paths.items()}
     draft_ids = task_draft_vocabulary(args, args.task, args.draft_vocab)
     for recipe in args.recipes:
@@ -270,7 +270,13 @@ def run_ablation(args: argparse.Namespace):
 def run_draft_cost(args: argparse.Namespace):
     """Cost of drafting at one node on a task's models: Medusa's heads vs SS's γ stream rows through the MSA
     blocks plus the shared LM head (after verification, as in stream_pass="accepted")."""
-    ss, medusa = (load_for_decoding(drafter_path(args, name, args.task), args.device) for name in ("ss", "medusa"))
+    paths = [drafter_path(args, name, args.task) for name in ("ss", "medusa")]
+    for path in paths:
+        if not os.path.exists(path):
+            raise SystemExit(f"error: {path} not found — train the task's SS and Medusa models first: `python "
+                             f"train_task.py --task {args.task} --method ss medusa --mode {args.mode} --stream-targets "
+                             f"{args.stream_targets} --out-dir {args.task_dir}`")
+    ss, medusa = (load_for_decoding(path, args.device) for path in paths)
     cache = KVCache(ss.config, 1, 200, device=args.device)
     cache.length = 150  # a 150-token context, as in the middle of a decode
     h = torch.randn(1, ss.config.n_embd, device=args.device)

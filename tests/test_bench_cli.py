@@ -90,12 +90,15 @@ SUBCOMMANDS = list(bench.parser()._subparsers._group_actions[0].choices)
 
 def test_every_benchmark_has_its_subcommand():
     assert SUBCOMMANDS == ["speed", "toy", "params", "rows", "task", "baselines", "draftcost", "batch", "ablation",
-                           "sampling", "profile"]
+                           "sampling", "profile", "study"]
+
+
+REQUIRED = {"study": ["--recipes", "a", "--values", "1", "--label", "x", "--name", "n"]}  # flags without a default
 
 
 @pytest.mark.parametrize("name", SUBCOMMANDS)
 def test_each_subcommand_has_exactly_the_flags_it_reads(name, capsys):
-    args = vars(bench.parser().parse_args([name]))
+    args = vars(bench.parser().parse_args([name] + REQUIRED.get(name, [])))
     runner = bench.RUNNERS[name]
     used = reads(runner, set())
     assert used <= set(args), f"`bench.py {name}` lacks {sorted(used - set(args))}, which {runner.__name__} reads"

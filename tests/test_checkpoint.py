@@ -152,3 +152,18 @@ def test_export_into_an_earlier_export_or_a_file(tiny_config, tmp_path):
     with pytest.raises(ValueError, match="is a file, not a folder"):
         export_portable(str(tmp_path / "plain.pt"), str(tmp_path / "plain.pt"))
 
+
+
+def test_a_full_disk_leaves_no_temporary_file(tmp_path, monkeypatch):
+    """write_json on a full disk: the error comes through, and neither the file nor a temporary one is left."""
+    import errno
+    import checkpoint
+
+    def no_space(obj, f, **kwargs):
+        f.write("{")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(checkpoint.json, "dump", no_space)
+    with pytest.raises(OSError, match="No space left"):
+        checkpoint.write_json(str(tmp_path / "cache.json"), {"a": 1})
+    assert os.listdir(tmp_path) == []

@@ -147,9 +147,9 @@ def test_bad_data(tmp_path, own_data):
     with pytest.raises(ValueError, match="atis.json: entry 0: malformed"):
         load_task("sql", "train", tmp_path)
     (tmp_path / "e2e" / "devset.csv").write_bytes(b"mr,ref\n\xff\xfe\x00binary")
-    with pytest.raises(ValueError, match=r"devset.csv: not UTF-8 text .* is it the right file"):
+    with pytest.raises(ValueError, match=r"devset.csv: not UTF-8 text .* — give the data set's text file"):
         load_task("e2e", "train", tmp_path)
-    with pytest.raises(ValueError, match=r"is a file, not a folder: give --to"):
+    with pytest.raises(ValueError, match=r"is a file, not a folder — give --to"):
         data.download(tmp_path / "e2e" / "devset.csv", quiet=True)
     with pytest.raises(ValueError, match="unknown task"):
         load_task("geo", "train", tmp_path)

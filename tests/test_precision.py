@@ -92,7 +92,8 @@ def test_cast_for_decoding_casts_or_refuses_in_one_line(rand_model, monkeypatch)
     with pytest.raises(ValueError) as refused:
         cast_for_decoding(copy.deepcopy(model), "float16")
     message = str(refused.value)
-    assert message.startswith("dtype=float16 does not run on cpu") and "\n" not in message
+    assert message.startswith("dtype=float16 does not run on cpu") and message.endswith(" — decode in float32")
+    assert "\n" not in message
 
 
 def test_machine_description_names_the_cpu_its_vector_extensions_and_the_blas():

@@ -21,7 +21,7 @@ def ntp_and_frozen(adapter_rank=4, n_msa_layers=2, seed=0):
     base = dict(vocab_size=40, block_size=64, n_layer=3, n_head=2, n_embd=16, lora_rank=4)
     ntp = make_model(GPTConfig(**base), seed, dtype=torch.float32, vector_std=0.3)  # from_base builds float32
     config = GPTConfig(**base, n_streams=3, n_msa_layers=n_msa_layers, stream_adapter_rank=adapter_rank, prune_rank=4)
-    frozen, ntp = from_base(ntp, config, "cpu").double(), ntp.double()
+    frozen, ntp = from_base(ntp, config, "cpu", seed=seed).double(), ntp.double()
     # the stream side gets random values too (fresh, the adapter would be a no-op)
     randomize_fan_in((p for name, p in frozen.named_parameters()
                       if is_stream_param(name) or name.startswith("prune_adapter.")), seed + 1)
@@ -149,6 +149,36 @@ def test_self_targets_are_cached_resumed_and_renewed(tmp_path, monkeypatch):
         ntp.lm_head.weight.mul_(1.5)
     train_task.self_targets(recipe, ntp, FakeVocab(), examples, 10, path, quiet=True)
     assert calls == [3, 1]
+
+
+def test_self_target_cache_is_checked_before_it_is_trained_on(tmp_path, monkeypatch, capsys):
+    """A cache cut short (not JSON), of another format, with fewer continuations than prompts or with ids outside
+    the vocabulary is generated again, with a warning that names the file; targets that still lack a chosen prompt
+    are refused, never trained on as they are."""
+    ntp, _ = ntp_and_frozen()
+    ntp = ntp.float()
+    recipe = train_task.TaskRecipe(task="e2e")
+    examples = [Example(p, "x", ["x"]) for p in ("abc", "abd", "bcdef", "zz")]
+    monkeypatch.setattr(train_task, "MAX_NEW_TOKENS", {"e2e": 12})
+    path = tmp_path / "self.json"
+    fresh = train_task.self_targets(recipe, ntp, FakeVocab(), examples, 10, str(path), quiet=True)
+    text = path.read_text()
+    saved = json.loads(text)
+    broken = [(text[:len(text) // 2], "is not valid JSON (cut short?"),
+              ("[1, 2]", "is not a self-distillation cache of format 1"),
+              (json.dumps(dict(saved, continuations=saved["continuations"][:2])), "holds 4 prompts but 2 continuations"),
+              (json.dumps(dict(saved, continuations=[[999]] + saved["continuations"][1:])), "continuation 0 is not"),
+              (json.dumps(dict(saved, prompts=[[5, 6]] + saved["prompts"][1:])), "prompt 0 is not a list of ids")]
+    for content, warning in broken:
+        path.write_text(content)
+        data = train_task.self_targets(recipe, ntp, FakeVocab(), examples, 10, str(path), quiet=True)
+        err = capsys.readouterr().err
+        assert err.startswith(f"warning: {path}") and warning in err and "generating" in err
+        assert json.loads(path.read_text()) == saved and data.encoded == fresh.encoded
+    path.unlink()
+    monkeypatch.setattr(train_task, "greedy_continuations", lambda model, prompts, max_new, eos: [])
+    with pytest.raises(ValueError, match=r"holds the targets of 0 of the 4 chosen prompts — delete it"):
+        train_task.self_targets(recipe, ntp, FakeVocab(), examples, 10, str(path), quiet=True)
 
 
 def test_task_data_from_sequences_learns_the_completion_only():

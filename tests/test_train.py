@@ -75,7 +75,7 @@ def test_interrupted_stage_resumes_to_the_same_weights(tmp_path):
     resumed = GPT(cfg)
     history = train_stage(resumed, batches, stage, str(tmp_path / "resumed.pt"), quiet=True)
     for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
-        torch.testing.assert_close(a, b, atol=1e-6, rtol=0, msg=name)
+        assert torch.equal(a, b), name  # bit for bit: weights, AdamW moments and schedule restored, batches re-drawn
     assert history["step"][-1] == 30
     # a finished stage is loaded, not trained again; a checkpoint of another stage is refused
     again = GPT(cfg)
@@ -130,14 +130,14 @@ def test_toy_pipeline_tiny_run_is_deterministic(tmp_path):
 
 def test_toy_command_line_builds_the_recipe():
     """Every flag of train_toy.py sets the ToyRecipe field of the same name; no flag gives ToyRecipe()."""
-    assert parse([]) == (ToyRecipe(), "checkpoints/toy")
+    assert parse([]) == (ToyRecipe(), "checkpoints/toy", False)
     changed = dict(seed=3, n_stories=7, n_layer=1, n_head=1, n_embd=8, block_size=32, train_block=8, batch_size=2,
                    ss_batch_size=3, method="medusa", gamma=2, n_msa_layers=1, lora_rank=4, draft_layers=2,
                    draft_heads=1, draft_embd=8, pretrain_steps=5, ss_steps=6, prune_steps=7, lr=0.5, ss_lr=0.25,
                    prune_lr=0.125, threads=1, device="meta")
     assert set(changed) == {f.name for f in dataclasses.fields(ToyRecipe)}
     argv = [a for name, value in changed.items() for a in ("--" + name.replace("_", "-"), str(value))]
-    assert parse(argv + ["--out-dir", "x"]) == (ToyRecipe(**changed), "x")
+    assert parse(argv + ["--out-dir", "x", "--overwrite"]) == (ToyRecipe(**changed), "x", True)
 
 
 def test_from_base_copies_every_base_tensor_and_keeps_the_new_parts_fresh():
@@ -146,7 +146,7 @@ def test_from_base_copies_every_base_tensor_and_keeps_the_new_parts_fresh():
     torch.manual_seed(0)
     base = GPT(GPTConfig(vocab_size=30, block_size=16, n_layer=2, n_head=2, n_embd=16))
     for extra in (dict(n_streams=2, n_msa_layers=1), dict(n_medusa_heads=2)):
-        model = from_base(base, dataclasses.replace(base.config, lora_rank=2, prune_rank=2, **extra))
+        model = from_base(base, dataclasses.replace(base.config, lora_rank=2, prune_rank=2, **extra), seed=1)
         own = model.state_dict()
         assert all(torch.equal(own[name], t) for name, t in base.state_dict().items())
         assert all(not t.any() for name, t in own.items() if "lora_B" in name or name == "prune_adapter.up.weight")
@@ -178,7 +178,8 @@ def test_toy_baselines_quick(tmp_path):
     assert (tmp_path / "res" / "toy_baselines" / "speedup_vs_k.png").exists()
 
 
-@pytest.mark.parametrize("script", ["train_toy.py", "train_task.py", "bench.py", "specstream_minimal.py"])
+@pytest.mark.parametrize("script", ["train_toy.py", "train_task.py", "bench.py", "specstream_minimal.py", "decode.py",
+                                    "generate.py", "validate.py", "data.py"])
 def test_scripts_have_help(script):
     out = subprocess.run([sys.executable, os.path.join(ROOT, script), "--help"], capture_output=True, text=True,
                          timeout=120, cwd=ROOT)
@@ -225,6 +226,13 @@ def test_train_task_quick_and_bench_task(tmp_path):
                 "--recipes", "ss_frozen_self", "--mr-values", "seen", "--n-eval", "2", "--prompts", "1",
                 "--repeats", "1"])
     assert "whose values all occur in training" in (tmp_path / "res" / "e2e" / "ablation_seen_values.md").read_text()
+    bench.main(["study", "--task", "e2e", "--task-dir", str(out), "--results-dir", str(tmp_path / "res"),
+                "--recipes", "ss_frozen_self", "medusa_frozen_self", "--values", "4", "4", "--label", "steps",
+                "--name", "steps", "--prompts", "2"])
+    study = json.loads((tmp_path / "res" / "e2e" / "study_steps.json").read_text())
+    assert [(r["method"], r["k"]) for r in study["rows"]] == [(m, k) for m in ("ss", "medusa") for k in (1, 2, 3, 4)]
+    assert all(r["same"] == 2 and r["cr"] >= 1 for r in study["rows"])  # frozen mode: the next-token model's output
+    assert (tmp_path / "res" / "e2e" / "study_steps.png").exists()
     # the SS-only path (DialogSum in `make tasks`)
     recipe = ["--mode", "shared", "--stream-targets", "data"]  # (the paper's v1 recipe; and no slow self-targets)
     train_task.train_task(dataclasses.replace(train_task.QUICK, task="dialogsum", methods=("ss",), mode="shared",
@@ -252,18 +260,24 @@ def test_bases_only_pretrains_the_shared_bases_that_tasks_then_reuse(tmp_path):
         train_task.parse(["--quick"])
 
 
-def test_task_command_line_builds_the_recipe():
-    """Every flag of train_task.py but --out-dir and --quick sets a TaskRecipe field; --quick replaces the model size
-    and steps (over any given flag) and moves the default folder to checkpoints/tasks_quick."""
+def test_task_command_line_builds_the_recipe(capsys):
+    """Every flag of train_task.py but --out-dir, --overwrite, --unverified-data and --quick sets a TaskRecipe
+    field; --quick replaces the model size and steps (over any given flag, with a warning that names it) and moves
+    the default folder to checkpoints/tasks_quick."""
     import train_task
     from train_task import QUICK, TaskRecipe, parse
-    assert parse(["--task", "e2e"]) == (TaskRecipe(task="e2e"), "checkpoints/tasks")
+    assert parse(["--task", "e2e"]) == (TaskRecipe(task="e2e"), "checkpoints/tasks", False)
+    assert capsys.readouterr().err == ""
     assert parse(["--task", "sql", "--quick", "--ft-steps", "9", "--method", "ss", "draft"]) == \
-        (dataclasses.replace(QUICK, task="sql", methods=("ss", "draft")), "checkpoints/tasks_quick")
-    assert parse(["--bases-only", "--quick", "--out-dir", "x"]) == (dataclasses.replace(QUICK, bases_only=True), "x")
-    flags = {a.dest for a in train_task.parser()._actions} - {"help", "out_dir", "quick", "method"} | {"methods"}
+        (dataclasses.replace(QUICK, task="sql", methods=("ss", "draft")), "checkpoints/tasks_quick", False)
+    assert capsys.readouterr().err == ("warning: --quick sets --ft-steps=4, not the given 9 — leave out --quick to "
+                                       "train with 9\n")
+    assert parse(["--bases-only", "--quick", "--out-dir", "x", "--overwrite"]) == \
+        (dataclasses.replace(QUICK, bases_only=True), "x", True)
+    flags = {a.dest for a in train_task.parser()._actions} - {"help", "out_dir", "quick", "method", "overwrite",
+                                                             "unverified_data"} | {"methods"}
     assert flags == {f.name for f in dataclasses.fields(TaskRecipe)}
-    with pytest.raises(SystemExit, match="stream-fraction"):
+    with pytest.raises(ValueError, match="stream-fraction"):
         parse(["--task", "e2e", "--stream-fraction", "0"])
 
 
