@@ -88,14 +88,23 @@ def parser() -> argparse.ArgumentParser:
     p = ArgumentParser(prog="bench.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = p.add_subparsers(dest="what", required=True,
                                 help="which benchmark (see above); `bench.py SUBCOMMAND --help` lists its flags")
+    command = lambda name, *shared: subcommand(commands, name, *shared)
+    toy_commands(command)
+    task_commands(command)
+    return p
 
-    def command(name: str, *shared: str) -> argparse.ArgumentParser:
-        c = commands.add_parser(name, description=RUNNERS[name].__doc__)
-        for flag in shared:
-            c.add_argument(flag, **SHARED_FLAGS[flag])
-        c.add_argument("--threads", type=positive_int, default=1, help="torch threads, fixed for the whole run")
-        return c
 
+def subcommand(commands, name: str, *shared: str) -> argparse.ArgumentParser:
+    """The subcommand `name` with the SHARED_FLAGS it reads, and --threads."""
+    c = commands.add_parser(name, description=RUNNERS[name].__doc__)
+    for flag in shared:
+        c.add_argument(flag, **SHARED_FLAGS[flag])
+    c.add_argument("--threads", type=positive_int, default=1, help="torch threads, fixed for the whole run")
+    return c
+
+
+def toy_commands(command):
+    """The benchmarks of the toy model (train_toy.py) and of parameters."""
     command("speed", *TOY, "--prompts", "--max-new-tokens", "--repeats", "--device", "--dtype", "--draft-vocab")
     c = command("toy", *TOY, "--prompts", "--max-new-tokens", "--repeats", "--prune-threshold", "--device")
     c.add_argument("--out", default="results/toy", help="output folder")
@@ -106,24 +115,11 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--stream-adapter-params", type=int, default=32,
                    help="rank of the frozen mode's stream adapter in the accounting table")
     command("rows", "--toy-dir", "--toy-gamma", "--device")
-    c = command("task", "--task", *RECIPE, "--data-dir", "--results-dir", "--n-eval", "--prompts",
-                "--repeats", "--prune-threshold", "--device", "--dtype", "--draft-vocab")
-    c.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS),
-                   help="decoders compared with the autoregressive baseline")
     command("baselines", "--toy-dir", "--n-stories", "--seed", "--prompts", "--max-new-tokens",
             "--repeats", "--prune-threshold", "--results-dir", "--device")
-    command("draftcost", "--task", *RECIPE, "--device")
     c = command("batch", *TOY, "--prompts", "--max-new-tokens", "--repeats", *RECIPE, "--data-dir",
                 "--results-dir", "--device")
     c.add_argument("--batch-sizes", type=positive_int, nargs="+", default=[1, 2, 4, 8, 16], help="batch sizes")
-    c = command("ablation", "--task", "--task-dir", "--data-dir", "--results-dir", "--n-eval",
-                "--prompts", "--repeats", "--device", "--draft-vocab")
-    c.add_argument("--recipes", nargs="+", default=["ss_shared_data", "ss_shared_self", "ss_frozen_data",
-                                                    "ss_frozen_self"],
-                   help="SS checkpoints <task>_<recipe>_pruned.pt compared with the next-token model")
-    c.add_argument("--split", choices=["test", "dev"], default="test", help="dev for model selection")
-    c.add_argument("--mr-values", choices=["all", "seen", "unseen"], default="all",
-                   help="E2E: only the MRs whose attribute values all occur in training (seen) or not (unseen)")
     c = command("sampling", *TOY, "--prompts", "--max-new-tokens", *RECIPE, "--data-dir",
                 "--results-dir", "--device")
     c.add_argument("--sampling-gamma", type=int, default=4, help="γ of the temperature sweep")
@@ -133,6 +129,23 @@ def parser() -> argparse.ArgumentParser:
                    help="samples per acceptance rule in the distribution test")
     c.add_argument("--top-k", type=int, default=None, help="top-k of target and drafts (T > 0)")
     c.add_argument("--top-p", type=float, default=None, help="top-p of target and drafts (T > 0)")
+
+
+def task_commands(command):
+    """The benchmarks of the real-task models (train_task.py), and the profile (toy or task)."""
+    c = command("task", "--task", *RECIPE, "--data-dir", "--results-dir", "--n-eval", "--prompts",
+                "--repeats", "--prune-threshold", "--device", "--dtype", "--draft-vocab")
+    c.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS),
+                   help="decoders compared with the autoregressive baseline")
+    command("draftcost", "--task", *RECIPE, "--device")
+    c = command("ablation", "--task", "--task-dir", "--data-dir", "--results-dir", "--n-eval",
+                "--prompts", "--repeats", "--device", "--draft-vocab")
+    c.add_argument("--recipes", nargs="+", default=["ss_shared_data", "ss_shared_self", "ss_frozen_data",
+                                                    "ss_frozen_self"],
+                   help="SS checkpoints <task>_<recipe>_pruned.pt compared with the next-token model")
+    c.add_argument("--split", choices=["test", "dev"], default="test", help="dev for model selection")
+    c.add_argument("--mr-values", choices=["all", "seen", "unseen"], default="all",
+                   help="E2E: only the MRs whose attribute values all occur in training (seen) or not (unseen)")
     c = command("profile", *TOY, "--max-new-tokens", "--task", *RECIPE, "--data-dir", "--results-dir",
                 "--prune-threshold", "--device", "--dtype", "--draft-vocab")
     c.add_argument("--toy", action="store_true", help="the toy model instead of --task's SS model")
@@ -147,7 +160,6 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--mark", type=float, default=None, help="a value to mark on the plot (e.g. the paper's)")
     c.add_argument("--mark-label", default="", help="the mark's legend")
     c.set_defaults(prompts=1000)  # every prompt of the split
-    return p
 
 
 def main(argv: list[str] | None = None):

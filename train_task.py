@@ -88,6 +88,7 @@ class TaskRecipe:
     pretrain_steps: int = 1500
     draft_pretrain_steps: int = 1000
     ft_steps: int = 600                 # each fine-tuning (NTP, SS, Medusa, draft)
+    drafter_steps: int = 0              # the SS / Medusa stage alone (0 = ft_steps)
     prune_steps: int = 100
     stream_fraction: float = 0.25       # share of positions whose streams / Medusa heads are scored each step
     lr: float = 2e-3                    # pretraining (and draft fine-tuning)
@@ -101,7 +102,7 @@ class TaskRecipe:
                                          "gamma", "pretrain_batch_size", "pretrain_steps", "draft_pretrain_steps",
                                          "ft_steps", "prune_steps"),
                      at_least_zero=("self_target_prompts", "stream_adapter_rank", "n_msa_layers", "lora_rank",
-                                    "batch_size", "threads"), positive=("drafter_lr", "lr", "ft_lr"))
+                                    "batch_size", "threads", "drafter_steps"), positive=("drafter_lr", "lr", "ft_lr"))
         choices = dict(task=(None, *SPLITS), mode=("frozen", "shared"), stream_targets=("self", "data"))
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
@@ -118,7 +119,7 @@ def quick(recipe: TaskRecipe) -> TaskRecipe:
     """The same recipe on a tiny model with a few steps (what --quick trains: tests, smoke runs)."""
     return replace(recipe, n_layer=2, n_head=2, n_embd=32, batch_size=4, pretrain_batch_size=4, draft_layers=1,
                    draft_heads=1, draft_embd=16, pretrain_steps=4, draft_pretrain_steps=2, ft_steps=4, prune_steps=2,
-                   lora_rank=4)
+                   lora_rank=4, drafter_steps=0)
 
 
 QUICK = quick(TaskRecipe())
@@ -154,7 +155,7 @@ def self_targets(recipe: TaskRecipe, model: GPT, vocab: CompactVocab, examples: 
     """Self-distillation data: the next-token model's own greedy continuation of every distinct training prompt
     (the streams learn to predict what the main stream will say at decode time, not the varied references).
 
-    At most `limit` prompts (a seeded random subset): the drafter stage draws ft_steps x batch sequences, and
+    At most `limit` prompts (a seeded random subset): the drafter stage draws its steps x batch sequences, and
     decoding more prompts than that costs time the stage cannot use (SQL: 3,200 of ~4,300 training questions).
 
     Generated once and cached at `path`, a JSON file: {"format": 1, "model_sha256": hash of the generating
@@ -318,7 +319,7 @@ def train_task(recipe: TaskRecipe, out_dir: str = "checkpoints/tasks", quiet: bo
                     seed=recipe.seed + 1)
     stage("ntp", ntp, base, "next-token LoRA", recipe.ft_steps, 1)
     if any(m != "draft" for m in recipe.methods) and recipe.stream_targets == "self":
-        limit = recipe.self_target_prompts or recipe.ft_steps * batch_size
+        limit = recipe.self_target_prompts or (recipe.drafter_steps or recipe.ft_steps) * batch_size
         data = self_targets(recipe, ntp, vocab, examples, limit,
                             os.path.join(out_dir, f"{recipe.task}_self_targets.json"), quiet)
     for method in recipe.methods:
@@ -330,7 +331,7 @@ def train_task(recipe: TaskRecipe, out_dir: str = "checkpoints/tasks", quiet: bo
         model, parent, loss, lr = drafter(recipe, method, vocab, base, ntp, recipe.seed + seed)
         if method == "ss":  # (a resumed or finished stage then loads its own P_j over these)
             scale_stream_embeddings(model, data.batch(0, batch_size, seed=recipe.seed)[0].to(recipe.device))
-        stage(name, model, parent, f"{name} (γ={recipe.gamma})", recipe.ft_steps, seed, lr=lr,
+        stage(name, model, parent, f"{name} (γ={recipe.gamma})", recipe.drafter_steps or recipe.ft_steps, seed, lr=lr,
               data=data, loss=loss, stream_fraction=recipe.stream_fraction)
         stage(f"{name}_pruned", model, model, f"{name} pruning adapter", recipe.prune_steps, seed + 1,
               loss="early_exit")
@@ -356,6 +357,15 @@ def parser() -> argparse.ArgumentParser:
                    help="retrain the stages whose checkpoints in --out-dir were trained with other inputs")
     p.add_argument("--unverified-data", action="store_true",
                    help="accept data files whose content is not the published data sets' (your own data)")
+    recipe_flags(p, d)
+    p.add_argument("--threads", type=int, default=d.threads, help="torch threads (0 = torch's default)")
+    p.add_argument("--device", default=d.device)
+    p.add_argument("--quick", action="store_true", help="a tiny model and a few steps (tests, smoke runs)")
+    return p
+
+
+def recipe_flags(p: argparse.ArgumentParser, d: TaskRecipe):
+    """The flags of the model, the drafters and the optimisation, with TaskRecipe's defaults `d`."""
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--n-layer", type=int, default=d.n_layer)
     p.add_argument("--n-head", type=int, default=d.n_head)
@@ -390,16 +400,14 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--draft-pretrain-steps", type=int, default=d.draft_pretrain_steps)
     p.add_argument("--ft-steps", type=int, default=d.ft_steps,
                    help="steps of each fine-tuning (NTP, SS, Medusa, draft)")
+    p.add_argument("--drafter-steps", type=int, default=d.drafter_steps,
+                   help="steps of the SS / Medusa stage alone (0 = --ft-steps): the next-token model stays the same")
     p.add_argument("--prune-steps", type=int, default=d.prune_steps)
     p.add_argument("--stream-fraction", type=float, default=d.stream_fraction,
                    help="share of positions whose streams / Medusa heads are scored each step (1 = exact Eq. 5)")
     p.add_argument("--lr", type=float, default=d.lr, help="pretraining (and draft fine-tuning) learning rate")
     p.add_argument("--ft-lr", type=float, default=d.ft_lr,
                    help="fine-tuning learning rate (LoRA, streams, Medusa heads)")
-    p.add_argument("--threads", type=int, default=d.threads, help="torch threads (0 = torch's default)")
-    p.add_argument("--device", default=d.device)
-    p.add_argument("--quick", action="store_true", help="a tiny model and a few steps (tests, smoke runs)")
-    return p
 
 
 def parse(argv: list[str] | None = None) -> tuple[TaskRecipe, str, bool]:

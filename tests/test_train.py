@@ -338,3 +338,16 @@ def test_bench_draftcost_on_quick_models(tmp_path, capsys):
                                               stream_targets="data"), str(out), quiet=True)
     bench.main(["draftcost", "--task", "sql", "--task-dir", str(out)] + recipe)
     assert "Medusa heads" in capsys.readouterr().out
+
+
+def test_drafter_steps_change_the_drafter_stage_only(tmp_path):
+    """--drafter-steps trains the SS stage for its own number of steps; the next-token model is the same."""
+    require_task_data()
+    import train_task
+    recipe = dataclasses.replace(train_task.QUICK, task="e2e", methods=("ss",), stream_targets="data")
+    a = train_task.train_task(recipe, str(tmp_path / "a"), quiet=True)
+    b = train_task.train_task(dataclasses.replace(recipe, drafter_steps=7), str(tmp_path / "b"), quiet=True)
+    ntp_a, ntp_b = (torch.load(p["ntp"], weights_only=True) for p in (a, b))
+    assert all(torch.equal(ntp_a["model"][k], ntp_b["model"][k]) for k in ntp_a["model"])
+    steps = [torch.load(p["ss_frozen_data"], weights_only=True)["step"] for p in (a, b)]
+    assert steps == [recipe.ft_steps, 7]
