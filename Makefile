@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo toy-study test tasks train-tasks train-e2e-dialogsum train-sql bench-tasks ablation sweep toy-baselines profile clean
+.PHONY: setup demo toy-study test tasks train-tasks train-e2e-dialogsum train-sql bench-tasks ablation sweep study-e2e toy-baselines profile clean
 
 setup: $(STAMP)
 
@@ -71,6 +71,26 @@ sweep: $(STAMP)
 	$(PY) train_task.py --task e2e --method ss --n-msa-layers 3 --tag _ns3 --threads $(THREADS)
 	$(PY) bench.py ablation --task e2e --split dev --n-eval 51 --prompts 51 --repeats 1 --recipes ss_frozen_self \
 		ss_frozen_self_r8 ss_frozen_self_r64 ss_frozen_self_lr5e-3 ss_frozen_self_ns3
+
+# How training moves acceptance, on the E2E dev split (no timing, so it may run beside other jobs): the drafter
+# stage's steps for SS and Medusa (results/e2e/study_steps.*), N_s and the stream adapter's rank (study_ns, study_rank).
+# The next-token model is the same throughout (train_task.py --drafter-steps changes the drafter stage only).
+study-e2e: $(STAMP)
+	$(PY) train_task.py --bases-only --threads $(THREADS)
+	$(PY) train_task.py --task e2e --threads 1
+	for s in 150 300 1200 2400 4800; do for m in ss medusa; do \
+		$(PY) train_task.py --task e2e --method $$m --drafter-steps $$s --tag _s$$s --threads 1 || exit 1; done; done
+	for ns in 1 3 4; do $(PY) train_task.py --task e2e --method ss --n-msa-layers $$ns --tag _ns$$ns --threads 1 || exit 1; done
+	for r in 8 64 128; do $(PY) train_task.py --task e2e --method ss --stream-adapter-rank $$r --tag _r$$r --threads 1 || exit 1; done
+	$(PY) bench.py study --task e2e --name steps --label "drafter training steps" --mark 1327 \
+		--mark-label "5 epochs of the 4,245 training rows" \
+		--recipes $(foreach m,ss medusa,$(m)_frozen_self_s150 $(m)_frozen_self_s300 $(m)_frozen_self \
+		$(m)_frozen_self_s1200 $(m)_frozen_self_s2400 $(m)_frozen_self_s4800) --values 150 300 600 1200 2400 4800 \
+		150 300 600 1200 2400 4800
+	$(PY) bench.py study --task e2e --name ns --label "N_s, MSA blocks" --recipes ss_frozen_self_ns1 ss_frozen_self \
+		ss_frozen_self_ns3 ss_frozen_self_ns4 --values 1 2 3 4
+	$(PY) bench.py study --task e2e --name rank --label "stream adapter rank" --recipes ss_frozen_self_r8 \
+		ss_frozen_self ss_frozen_self_r64 ss_frozen_self_r128 --values 8 32 64 128
 
 # The same side by side on the toy task: SS (γ=4), Medusa (4 heads) and a draft model on the toy base.
 toy-baselines: $(STAMP)
