@@ -26,6 +26,9 @@ toy-study: $(STAMP)
 # The real-task pipeline (train_task.py, then bench.py task): every task with every method.
 # Long sequences (SQL, DialogSum) get fewer fine-tuning steps so that training stays near one hour on 2 cores.
 THREADS ?= 2
+# E2E's drafter stage (SS and Medusa alike) trains for 1,200 steps, about 4.5 epochs of its training rows: the knee
+# of acceptance against steps on the dev split (results/e2e/study_steps.md). The other stages keep 600 steps.
+E2E := --task e2e --drafter-steps 1200
 # The two shared bases first (THREADS threads), then the tasks as two parallel jobs of 1 thread each (E2E then
 # DialogSum, and SQL): on small matrices two 1-thread processes get more done than one 2-thread process.
 # Their progress bars share the terminal; each bar names its task and stage.
@@ -34,7 +37,7 @@ train-tasks: $(STAMP)
 	$(MAKE) -j2 train-e2e-dialogsum train-sql
 
 train-e2e-dialogsum: $(STAMP)
-	$(PY) train_task.py --task e2e --threads 1
+	$(PY) train_task.py $(E2E) --threads 1
 	$(PY) train_task.py --task dialogsum --ft-steps 300 --threads 1
 
 train-sql: $(STAMP)
@@ -55,20 +58,20 @@ tasks: train-tasks bench-tasks
 # `train-tasks` trains the frozen/self recipe; this adds the three others (the base and next-token model are reused).
 ablation: $(STAMP)
 	$(PY) train_task.py --bases-only --threads $(THREADS)
-	$(PY) train_task.py --task e2e --threads 1
+	$(PY) train_task.py $(E2E) --threads 1
 	for recipe in "frozen data" "shared data" "shared self"; do set -- $$recipe; \
-		$(PY) train_task.py --task e2e --method ss --mode $$1 --stream-targets $$2 --threads $(THREADS) || exit 1; done
+		$(PY) train_task.py $(E2E) --method ss --mode $$1 --stream-targets $$2 --threads $(THREADS) || exit 1; done
 	$(PY) bench.py ablation --task e2e --prompts 200 --repeats 1
 
 # Model selection on the E2E dev split (51 held-out MRs, never the test file): the frozen/self recipe with other
 # stream-adapter ranks, learning rate and N_s, against the default one.
 sweep: $(STAMP)
 	$(PY) train_task.py --bases-only --threads $(THREADS)
-	$(PY) train_task.py --task e2e --method ss --threads 1
-	$(PY) train_task.py --task e2e --method ss --stream-adapter-rank 8 --tag _r8 --threads $(THREADS)
-	$(PY) train_task.py --task e2e --method ss --stream-adapter-rank 64 --tag _r64 --threads $(THREADS)
-	$(PY) train_task.py --task e2e --method ss --drafter-lr 5e-3 --tag _lr5e-3 --threads $(THREADS)
-	$(PY) train_task.py --task e2e --method ss --n-msa-layers 3 --tag _ns3 --threads $(THREADS)
+	$(PY) train_task.py $(E2E) --method ss --threads 1
+	$(PY) train_task.py $(E2E) --method ss --stream-adapter-rank 8 --tag _r8 --threads $(THREADS)
+	$(PY) train_task.py $(E2E) --method ss --stream-adapter-rank 64 --tag _r64 --threads $(THREADS)
+	$(PY) train_task.py $(E2E) --method ss --drafter-lr 5e-3 --tag _lr5e-3 --threads $(THREADS)
+	$(PY) train_task.py $(E2E) --method ss --n-msa-layers 3 --tag _ns3 --threads $(THREADS)
 	$(PY) bench.py ablation --task e2e --split dev --n-eval 51 --prompts 51 --repeats 1 --recipes ss_frozen_self \
 		ss_frozen_self_r8 ss_frozen_self_r64 ss_frozen_self_lr5e-3 ss_frozen_self_ns3
 
@@ -77,15 +80,15 @@ sweep: $(STAMP)
 # The next-token model is the same throughout (train_task.py --drafter-steps changes the drafter stage only).
 study-e2e: $(STAMP)
 	$(PY) train_task.py --bases-only --threads $(THREADS)
-	$(PY) train_task.py --task e2e --threads 1
-	for s in 150 300 1200 2400 4800; do for m in ss medusa; do \
+	$(PY) train_task.py $(E2E) --threads 1
+	for s in 150 300 600 2400 4800; do for m in ss medusa; do \
 		$(PY) train_task.py --task e2e --method $$m --drafter-steps $$s --tag _s$$s --threads 1 || exit 1; done; done
-	for ns in 1 3 4; do $(PY) train_task.py --task e2e --method ss --n-msa-layers $$ns --tag _ns$$ns --threads 1 || exit 1; done
-	for r in 8 64 128; do $(PY) train_task.py --task e2e --method ss --stream-adapter-rank $$r --tag _r$$r --threads 1 || exit 1; done
+	for ns in 1 3 4; do $(PY) train_task.py $(E2E) --method ss --n-msa-layers $$ns --tag _ns$$ns --threads 1 || exit 1; done
+	for r in 8 64 128; do $(PY) train_task.py $(E2E) --method ss --stream-adapter-rank $$r --tag _r$$r --threads 1 || exit 1; done
 	$(PY) bench.py study --task e2e --name steps --label "drafter training steps" --mark 1327 \
 		--mark-label "5 epochs of the 4,245 training rows" \
-		--recipes $(foreach m,ss medusa,$(m)_frozen_self_s150 $(m)_frozen_self_s300 $(m)_frozen_self \
-		$(m)_frozen_self_s1200 $(m)_frozen_self_s2400 $(m)_frozen_self_s4800) --values 150 300 600 1200 2400 4800 \
+		--recipes $(foreach m,ss medusa,$(m)_frozen_self_s150 $(m)_frozen_self_s300 $(m)_frozen_self_s600 \
+		$(m)_frozen_self $(m)_frozen_self_s2400 $(m)_frozen_self_s4800) --values 150 300 600 1200 2400 4800 \
 		150 300 600 1200 2400 4800
 	$(PY) bench.py study --task e2e --name ns --label "N_s, MSA blocks" --recipes ss_frozen_self_ns1 ss_frozen_self \
 		ss_frozen_self_ns3 ss_frozen_self_ns4 --values 1 2 3 4
