@@ -18,7 +18,7 @@ benchmarks/ package (timing harness, speed, tasks, profile, sampling, throughput
                                    # the two lossy ones), distribution test drawn; writes results/sampling/
     python bench.py profile --toy  # one AR step and one SS call timed part by part, against a bare forward of the
                                    # same rows; writes results/toy/profile.md (without --toy: --task's SS model)
-    python bench.py study --task e2e --recipes ss_frozen_self_s300 ss_frozen_self --values 300 600 --label steps
+    python bench.py study --task e2e --recipes ss_frozen_self_s300 ss_frozen_self --values 300 1200 --label steps
                                    # one training setting against CR and acceptance on the dev split (no timing);
                                    # writes results/<task>/study_<name>.{md,json,png}
     python bench.py toy            # the γ study: acceptance vs γ, speedup and CR vs γ per k, speedup vs tree

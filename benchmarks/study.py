@@ -106,6 +106,8 @@ def plot_study(args: argparse.Namespace, rows: list[dict], path: str):
             ax.axvline(args.mark, color="grey", linestyle=":", label=args.mark_label)
         if max(args.values) >= 8 * min(args.values) > 0:
             ax.set_xscale("log")
+            ax.minorticks_off()
+        ax.set_xticks(sorted(set(args.values)), [f"{v:g}" for v in sorted(set(args.values))])
         ax.set_xlabel(args.label)
         ax.set_ylabel(ylabel)
         ax.legend(fontsize=7)
