@@ -159,6 +159,8 @@ def task_commands(command):
     c.add_argument("--split", choices=["test", "dev"], default="dev", help="dev for model selection")
     c.add_argument("--mark", type=float, default=None, help="a value to mark on the plot (e.g. the paper's)")
     c.add_argument("--mark-label", default="", help="the mark's legend")
+    c.add_argument("--draft-vocabs", type=int, nargs="+", default=None, metavar="N",
+                   help="the --draft-vocab of each recipe, one number per recipe (0 = every token; default: all 0)")
     c.set_defaults(prompts=1000)  # every prompt of the split
 
 

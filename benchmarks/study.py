@@ -1,10 +1,11 @@
-"""`bench.py study`: how one training setting moves acceptance, on a task's development split.
+"""`bench.py study`: how one setting moves acceptance, on a task's development split.
 
-Several drafter checkpoints that differ in one setting (stream training steps, N_s, the stream adapter's rank, ...)
-decode the same prompts at k = 1..4 with the tree caps of `bench.py task`; their CR, tokens per call and acceptance
-per depth are written as a table and drawn against the setting. No wall times: acceptance and call counts do not
-depend on the machine or its load, so a study can run beside other jobs. Every output is checked to equal the
-next-token model's (frozen mode keeps the main stream exactly that model).
+Several drafter checkpoints that differ in one training setting (stream training steps, N_s, the stream adapter's
+rank, ...), or one checkpoint decoded with several draft vocabularies (--draft-vocabs), decode the same prompts at
+k = 1..4 with the tree caps of `bench.py task`; their CR, tokens per call and acceptance per depth are written as a
+table and drawn against the setting. No wall times: acceptance and call counts do not depend on the machine or its
+load, so a study can run beside other jobs. Every output is checked to equal the next-token model's (frozen mode
+keeps the main stream exactly that model).
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import torch
 from tqdm import tqdm
 
 from benchmarks.harness import summary
-from benchmarks.models import load_for_decoding, task_setup
+from benchmarks.models import load_for_decoding, task_draft_vocabulary, task_setup
 from benchmarks.report import pyplot
 from generate import generate_autoregressive, generate_speculative
 
@@ -41,21 +42,24 @@ def run_study(args: argparse.Namespace):
     """A training setting against acceptance, on the dev split: each of --recipes (checkpoints
     <task>_<recipe>_pruned.pt, SS or Medusa) at its --values, CR and acceptance at k = 1..4, a table and a plot."""
     from data import EOS
-    if len(args.values) != len(args.recipes):
-        raise SystemExit(f"error: {len(args.recipes)} recipes but {len(args.values)} values: give one --values "
-                         f"number per recipe")
+    draft_vocabs = args.draft_vocabs or [0] * len(args.recipes)
+    for flag, given in (("--values", args.values), ("--draft-vocabs", draft_vocabs)):
+        if len(given) != len(args.recipes):
+            raise SystemExit(f"error: {len(args.recipes)} recipes but {len(given)} {flag}: give one {flag} number "
+                             f"per recipe")
     _, prompts, max_new, _ = task_setup(args, args.task, args.split)
     prompts = prompts[:args.prompts]
     ntp = load_for_decoding(os.path.join(args.task_dir, f"{args.task}_ntp.pt"), args.device)
     reference = [generate_autoregressive(ntp, p, max_new, EOS) for p in tqdm(prompts, desc="next-token model")]
     rows = []
-    for recipe, value in zip(args.recipes, args.values):
+    for recipe, value, n in zip(args.recipes, args.values, draft_vocabs):
         path = os.path.join(args.task_dir, f"{args.task}_{recipe}_pruned.pt")
         if not os.path.exists(path):
-            raise SystemExit(f"error: {path} not found: train it first (train_task.py --task {args.task} --tag ...)")
+            raise SystemExit(f"error: {path} not found — train it first (train_task.py --task {args.task} --tag ...)")
         model = load_for_decoding(path, args.device)
+        model.trim_draft_vocab(task_draft_vocabulary(args, args.task, n))
         for row in decode_recipe(model, prompts, reference, max_new, EOS, recipe):
-            rows.append(dict(recipe=recipe, method=recipe.split("_")[0], value=value, **row))
+            rows.append(dict(recipe=recipe, method=recipe.split("_")[0], value=value, draft_vocab=n, **row))
     write_study(args, rows, len(prompts))
 
 
@@ -64,6 +68,7 @@ def command(args: argparse.Namespace) -> str:
     return (f"python bench.py study --task {args.task} --split {args.split} --name {args.name} --recipes "
             f"{' '.join(args.recipes)} --values {' '.join(f'{v:g}' for v in args.values)} --label '{args.label}'"
             + (f" --mark {args.mark:g} --mark-label '{args.mark_label}'" if args.mark is not None else "")
+            + (f" --draft-vocabs {' '.join(map(str, args.draft_vocabs))}" if args.draft_vocabs else "")
             + f" --prompts {args.prompts}")
 
 

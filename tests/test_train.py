@@ -227,11 +227,13 @@ def test_train_task_quick_and_bench_task(tmp_path):
                 "--repeats", "1"])
     assert "whose values all occur in training" in (tmp_path / "res" / "e2e" / "ablation_seen_values.md").read_text()
     bench.main(["study", "--task", "e2e", "--task-dir", str(out), "--results-dir", str(tmp_path / "res"),
-                "--recipes", "ss_frozen_self", "medusa_frozen_self", "--values", "4", "4", "--label", "steps",
-                "--name", "steps", "--prompts", "2"])
+                "--recipes", "ss_frozen_self", "medusa_frozen_self", "ss_frozen_self", "--values", "4", "4", "4",
+                "--label", "steps", "--name", "steps", "--prompts", "2", "--draft-vocabs", "0", "0", "30"])
     study = json.loads((tmp_path / "res" / "e2e" / "study_steps.json").read_text())
-    assert [(r["method"], r["k"]) for r in study["rows"]] == [(m, k) for m in ("ss", "medusa") for k in (1, 2, 3, 4)]
+    assert [(r["method"], r["k"], r["draft_vocab"]) for r in study["rows"]] == [
+        (m, k, n) for m, n in (("ss", 0), ("medusa", 0), ("ss", 30)) for k in (1, 2, 3, 4)]
     assert all(r["same"] == 2 and r["cr"] >= 1 for r in study["rows"])  # frozen mode: the next-token model's output
+    assert "--draft-vocabs 0 0 30" in study["command"]
     assert (tmp_path / "res" / "e2e" / "study_steps.png").exists()
     # the SS-only path (DialogSum in `make tasks`)
     recipe = ["--mode", "shared", "--stream-targets", "data"]  # (the paper's v1 recipe; and no slow self-targets)
