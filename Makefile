@@ -45,11 +45,15 @@ train-sql: $(STAMP)
 
 # bench.py runs every decoder on the same prompts, interleaved. Many prompts, one pass each: acceptance varies from
 # MR to MR, and the total time of one pass over many prompts, interleaved, is steady.
-# SQL outputs are ~250 tokens: fewer prompts.
+# SQL outputs are ~250 tokens: fewer prompts. Then E2E and SQL again with their drafters (SS and Medusa alike)
+# scoring only the N most frequent tokens of the training completions, N chosen on the dev split
+# (results/{e2e,sql}/study_draftvocab.md): written to results/e2e_draftvocab250/ and results/sql_draftvocab150/.
 bench-tasks: $(STAMP)
 	$(PY) bench.py task --task e2e --prompts 200 --repeats 1
 	$(PY) bench.py task --task sql --prompts 30 --repeats 1
 	$(PY) bench.py task --task dialogsum --prompts 60 --repeats 1
+	$(PY) bench.py task --task e2e --prompts 200 --repeats 1 --draft-vocab 250
+	$(PY) bench.py task --task sql --prompts 30 --repeats 1 --draft-vocab 150
 
 tasks: train-tasks bench-tasks
 
@@ -107,6 +111,7 @@ toy-baselines: $(STAMP)
 profile: $(STAMP)
 	$(PY) bench.py profile --toy
 	$(PY) bench.py profile --task e2e
+	$(PY) bench.py profile --task e2e --draft-vocab 250
 
 test: $(STAMP)
 	$(PY) -m pytest -q
