@@ -4,6 +4,7 @@ conftest.py), and expected accepted lengths."""
 import math
 from collections.abc import Iterable
 
+import pytest
 import torch
 
 from checkpoint import load_model
@@ -12,6 +13,17 @@ from model import GPT, GPTConfig
 from train_toy import ToyData
 
 ATOL = 1e-10  # float64 comparisons between different computation orders
+
+
+def require_task_data():
+    """Skip the calling test unless the real-task data and the GPT-2 tokenizer files are on this machine (tests
+    never download)."""
+    import data
+    try:
+        data.resolve_data_dir()
+        data.gpt2_encoding()
+    except (FileNotFoundError, RuntimeError) as e:
+        pytest.skip(f"no real-task data or tokenizer here: {e}")
 
 
 # ------------------------------------------------------------------------------------------------------------

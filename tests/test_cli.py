@@ -9,7 +9,7 @@ import torch
 import decode
 from generate import generate_autoregressive, generate_speculative
 from checkpoint import load_model
-from helpers import toy_greedy
+from helpers import require_task_data, toy_greedy
 
 
 def line(out: str, label: str) -> str:
@@ -111,11 +111,7 @@ def test_help(capsys):
 
 
 def test_e2e_quick_model_mr_is_delexicalised_and_output_equals_greedy(tmp_path, capsys):
-    data = pytest.importorskip("data")
-    try:
-        data.resolve_data_dir()
-    except FileNotFoundError as e:
-        pytest.skip(f"no real-task data here: {e}")
+    require_task_data()
     import train_task
     out = tmp_path / "tasks"
     recipe = dataclasses.replace(train_task.QUICK, task="e2e", methods=("ss",), stream_targets="data")

@@ -177,6 +177,7 @@ def test_sql_filling(tmp_path, own_data):
 # ------------------------------------------------------------------------------------------------------------
 
 @needs_data
+@needs_tokenizer
 def test_vocab_round_trip_on_training_text(real):
     for task in data.SPLITS:
         texts = training_texts(real[task, "train"])
@@ -303,6 +304,7 @@ def test_batch_deterministic_and_skips():
 
 
 @needs_data
+@needs_tokenizer
 def test_batch_on_real_data(real):
     train = real["e2e", "train"]
     vocab = CompactVocab.build(training_texts(train))

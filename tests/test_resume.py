@@ -12,6 +12,7 @@ import train
 import train_task
 import train_toy
 from train_toy import TINY, train_pipeline
+from helpers import require_task_data
 
 
 class Killed(Exception):
@@ -65,14 +66,6 @@ def test_toy_run_killed_in_every_stage_resumes_to_the_straight_run(tmp_path, mon
     resumed, _, _ = train_pipeline(TINY, str(tmp_path / "killed"), quiet=True)
     assert_same_checkpoints(tmp_path / "straight", tmp_path / "killed")
     assert all(torch.equal(a, b) for a, b in zip(straight.state_dict().values(), resumed.state_dict().values()))
-
-
-def require_task_data():
-    data = pytest.importorskip("data")
-    try:
-        data.resolve_data_dir()
-    except FileNotFoundError as e:
-        pytest.skip(f"no real-task data here: {e}")
 
 
 @pytest.fixture

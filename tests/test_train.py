@@ -12,6 +12,7 @@ from checkpoint import load_model
 from model import GPT, GPTConfig, stream_targets
 from train import StageConfig, from_base, stream_accuracy, train_stage
 from train_toy import TINY, ToyData, ToyRecipe, parse, story, train_pipeline, vocabulary
+from helpers import require_task_data
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -190,14 +191,6 @@ def test_bench_without_checkpoint_says_what_to_do(tmp_path):
     out = subprocess.run([sys.executable, os.path.join(ROOT, "bench.py"), "speed", "--toy-dir", str(tmp_path)],
                          capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert out.returncode != 0 and "train_toy.py" in (out.stdout + out.stderr)
-
-
-def require_task_data():
-    data = pytest.importorskip("data")
-    try:
-        data.resolve_data_dir()
-    except FileNotFoundError as e:
-        pytest.skip(f"no real-task data here: {e}")
 
 
 def test_train_task_quick_and_bench_task(tmp_path):
