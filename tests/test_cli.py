@@ -112,6 +112,7 @@ def test_help(capsys):
 
 def test_e2e_quick_model_mr_is_delexicalised_and_output_equals_greedy(tmp_path, capsys):
     require_task_data()
+    import data
     import train_task
     out = tmp_path / "tasks"
     recipe = dataclasses.replace(train_task.QUICK, task="e2e", methods=("ss",), stream_targets="data")
