@@ -139,7 +139,7 @@ plt.show()
 # The prediction is an upper bound, and a loose one on a CPU: a real call also drafts, builds and masks the tree
 # and compacts the cache, and above all the tree pass carries $\gamma$ stream rows per node through the top blocks
 # (the paper's single pass), so it costs far more than $t(n)$. `results/toy/profile.md` times each part: on the
-# machine that wrote it, a call with a 7-node tree cost 2.3 greedy steps with the tree pass and 1.8 with the
+# machine that wrote it, a call with a 7-node tree cost 2.6 greedy steps with the tree pass and 1.9 with the
 # accepted-node pass (`stream_pass="accepted"`: the streams of the accepted node only, after verification). The
 # measured speedups are lower, and they fall for big trees exactly where the cost of rows catches up with the extra
 # tokens.
