@@ -34,6 +34,7 @@ streams of the accepted node alone); their drafts, outputs, CR and acceptance ar
 from __future__ import annotations
 
 import argparse
+import functools
 
 import torch
 
@@ -88,7 +89,7 @@ def parser() -> argparse.ArgumentParser:
     p = ArgumentParser(prog="bench.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = p.add_subparsers(dest="what", required=True,
                                 help="which benchmark (see above); `bench.py SUBCOMMAND --help` lists its flags")
-    command = lambda name, *shared: subcommand(commands, name, *shared)
+    command = functools.partial(subcommand, commands)
     toy_commands(command)
     task_commands(command)
     return p

@@ -318,8 +318,9 @@ def train_task(recipe: TaskRecipe, out_dir: str = "checkpoints/tasks", quiet: bo
     ntp = from_base(base, model_config(recipe, vocab, lora_rank=recipe.lora_rank), recipe.device,
                     seed=recipe.seed + 1)
     stage("ntp", ntp, base, "next-token LoRA", recipe.ft_steps, 1)
+    drafter_steps = recipe.drafter_steps or recipe.ft_steps
     if any(m != "draft" for m in recipe.methods) and recipe.stream_targets == "self":
-        limit = recipe.self_target_prompts or (recipe.drafter_steps or recipe.ft_steps) * batch_size
+        limit = recipe.self_target_prompts or drafter_steps * batch_size
         data = self_targets(recipe, ntp, vocab, examples, limit,
                             os.path.join(out_dir, f"{recipe.task}_self_targets.json"), quiet)
     for method in recipe.methods:
@@ -331,7 +332,7 @@ def train_task(recipe: TaskRecipe, out_dir: str = "checkpoints/tasks", quiet: bo
         model, parent, loss, lr = drafter(recipe, method, vocab, base, ntp, recipe.seed + seed)
         if method == "ss":  # (a resumed or finished stage then loads its own P_j over these)
             scale_stream_embeddings(model, data.batch(0, batch_size, seed=recipe.seed)[0].to(recipe.device))
-        stage(name, model, parent, f"{name} (γ={recipe.gamma})", recipe.drafter_steps or recipe.ft_steps, seed, lr=lr,
+        stage(name, model, parent, f"{name} (γ={recipe.gamma})", drafter_steps, seed, lr=lr,
               data=data, loss=loss, stream_fraction=recipe.stream_fraction)
         stage(f"{name}_pruned", model, model, f"{name} pruning adapter", recipe.prune_steps, seed + 1,
               loss="early_exit")

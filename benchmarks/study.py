@@ -39,8 +39,8 @@ def decode_recipe(model, prompts: list[list[int]], reference: list, max_new: int
 
 
 def run_study(args: argparse.Namespace):
-    """A training setting against acceptance, on the dev split: each of --recipes (checkpoints
-    <task>_<recipe>_pruned.pt, SS or Medusa) at its --values, CR and acceptance at k = 1..4, a table and a plot."""
+    """A setting against acceptance, on the dev split: each of --recipes (checkpoints <task>_<recipe>_pruned.pt, SS
+    or Medusa, with its --draft-vocabs) at its --values, CR and acceptance at k = 1..4, a table and a plot."""
     from data import EOS
     draft_vocabs = args.draft_vocabs or [0] * len(args.recipes)
     for flag, given in (("--values", args.values), ("--draft-vocabs", draft_vocabs)):
@@ -106,13 +106,14 @@ def plot_study(args: argparse.Namespace, rows: list[dict], path: str):
         for j in range(len(rs[0]["acceptance"]) if rs else 0):
             right.plot([r["value"] for r in rs], [r["acceptance"][j] for r in rs], "o-", color=f"C{i}",
                        alpha=1 - 0.2 * j, label=f"{method} depth {j + 1}")
+    ticks = sorted(set(args.values))
     for ax, ylabel in ((left, "CR (greedy calls / calls)"), (right, "acceptance at depth j, k = 1")):
         if args.mark is not None:
             ax.axvline(args.mark, color="grey", linestyle=":", label=args.mark_label)
         if max(args.values) >= 8 * min(args.values) > 0:
             ax.set_xscale("log")
             ax.minorticks_off()
-        ax.set_xticks(sorted(set(args.values)), [f"{v:g}" for v in sorted(set(args.values))])
+        ax.set_xticks(ticks, [f"{v:g}" for v in ticks])
         ax.set_xlabel(args.label)
         ax.set_ylabel(ylabel)
         ax.legend(fontsize=7)
