@@ -32,6 +32,7 @@ class GPTConfig:
     stream_loss_weight: float = 0.1  # α_j of Eq. 5 (α_0 = 1)
     prune_rank: int = 0           # rank of the early-exit pruning adapter (0 = no adapter)
     stream_adapter_rank: int = 0  # "frozen" mode: a low-rank adapter in the MSA blocks that only stream rows use
+    stream_adapter_in: str = "attn+mlp"  # the sublayers of an MSA block that carry it: "attn", "mlp" or "attn+mlp"
     n_medusa_heads: int = 0       # Medusa baseline: drafting heads on the last hidden state instead of streams
 
     def __post_init__(self):
@@ -51,6 +52,7 @@ class GPTConfig:
         check(self.lora_alpha > 0, "lora_alpha", "> 0")
         check(self.stream_loss_weight >= 0, "stream_loss_weight", ">= 0")
         check(self.stream_adapter_rank == 0 or self.n_streams > 0, "stream_adapter_rank", "0 when n_streams = 0")
+        check(self.stream_adapter_in in ("attn", "mlp", "attn+mlp"), "stream_adapter_in", '"attn", "mlp" or "attn+mlp"')
         check(self.n_medusa_heads == 0 or self.n_streams == 0, "n_medusa_heads",
               "0 when n_streams > 0 (a model drafts with streams or with Medusa heads, not both)")
 
@@ -263,14 +265,15 @@ class MLP(nn.Module):
 
 class Block(nn.Module):
     """Pre-LayerNorm transformer block. Streams (if any) go through the very same weights as the main stream
-    (plus, in "frozen" mode, a stream-only adapter of rank `stream_rank` in MSA blocks)."""
+    (plus, in "frozen" mode, a stream-only adapter of rank `stream_rank` in MSA blocks, in the sublayers that
+    config.stream_adapter_in names)."""
 
     def __init__(self, config: GPTConfig, stream_rank: int = 0):
         super().__init__()
         self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)
-        self.attn = CausalSelfAttention(config, stream_rank)
+        self.attn = CausalSelfAttention(config, stream_rank if "attn" in config.stream_adapter_in else 0)
         self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
-        self.mlp = MLP(config, stream_rank)
+        self.mlp = MLP(config, stream_rank if "mlp" in config.stream_adapter_in else 0)
 
     def forward(self, x, s=None, mask=None, cache=None, layer=0, stream_rows=None):
         """x: (B, T, C) main stream; s: (B, T', γ, C) streams of the rows `stream_rows` of x, or None."""

@@ -174,10 +174,12 @@ def stage_record(model: GPT, stage: StageConfig, inputs: dict | None = None) -> 
 
 
 def differences(saved: dict, current: dict) -> list[str]:
-    """The entries of two stage records that differ, as "name old → new" (fingerprints: "the data changed")."""
+    """The entries of two stage records that differ, as "name old → new" (fingerprints: "the data changed"). A
+    model-config field that `saved` lacks counts as its default: a record written before the field existed."""
+    defaults = {f.name: f.default for f in dataclasses.fields(GPTConfig)}
     out = []
     for key in list(current) + [k for k in saved if k not in current]:
-        old, new = saved.get(key, "unset"), current.get(key, "unset")
+        old, new = saved.get(key, defaults.get(key, "unset")), current.get(key, "unset")
         if old != new:
             out.append(f"{FINGERPRINTS[key]} changed" if key in FINGERPRINTS else f"{key} {old!r} → {new!r}")
     return out

@@ -45,6 +45,7 @@ SELF_TARGET_CHUNK = 64  # prompts decoded together (and saved together) when gen
 BATCH_SIZE = {"e2e": 16, "sql": 8, "dialogsum": 8}  # sequences per step: about the same tokens per step
 PRETRAIN_BLOCK = 512  # pretraining windows: long dialogues are cut from the left, over-long SQL is left out
 METHODS = ("ss", "medusa", "draft")
+STREAM_ADAPTER_PLACES = ("attn+mlp", "attn", "mlp")  # GPTConfig.stream_adapter_in
 
 
 def build_vocab(data_dir: str | None) -> CompactVocab:
@@ -78,6 +79,7 @@ class TaskRecipe:
     stream_targets: str = "self"        # "self" (the next-token model's greedy continuations) or "data"
     self_target_prompts: int = 0        # prompts to distil (0 = ft_steps x batch size)
     stream_adapter_rank: int = 32       # frozen mode: rank of the stream-only adapter
+    stream_adapter_in: str = "attn+mlp"  # frozen mode: the MSA blocks' sublayers that carry it
     drafter_lr: float = 1e-2            # frozen mode: learning rate of the stream-side parameters / Medusa heads
     tag: str = ""                       # suffix of the SS / Medusa checkpoint names
     gamma: int = 4                      # γ, speculative streams (and Medusa heads)
@@ -103,7 +105,8 @@ class TaskRecipe:
                                          "ft_steps", "prune_steps"),
                      at_least_zero=("self_target_prompts", "stream_adapter_rank", "n_msa_layers", "lora_rank",
                                     "batch_size", "threads", "drafter_steps"), positive=("drafter_lr", "lr", "ft_lr"))
-        choices = dict(task=(None, *SPLITS), mode=("frozen", "shared"), stream_targets=("self", "data"))
+        choices = dict(task=(None, *SPLITS), mode=("frozen", "shared"), stream_targets=("self", "data"),
+                       stream_adapter_in=STREAM_ADAPTER_PLACES)
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"--{name.replace('_', '-')}={getattr(self, name)!r} — use one of {allowed}")
@@ -272,7 +275,7 @@ def drafter(recipe: TaskRecipe, method: str, vocab: CompactVocab, base: GPT, ntp
     and the drafters, the full Eq. 5 (paper v1), LoRA's learning rate."""
     heads = dict(n_streams=recipe.gamma) if method == "ss" else dict(n_medusa_heads=recipe.gamma)
     if recipe.mode == "frozen" and method == "ss":
-        heads["stream_adapter_rank"] = recipe.stream_adapter_rank
+        heads.update(stream_adapter_rank=recipe.stream_adapter_rank, stream_adapter_in=recipe.stream_adapter_in)
     config = model_config(recipe, vocab, lora_rank=recipe.lora_rank, n_msa_layers=recipe.n_msa_layers, prune_rank=8,
                           **heads)
     if recipe.mode == "frozen":
@@ -386,6 +389,8 @@ def recipe_flags(p: argparse.ArgumentParser, d: TaskRecipe):
                    help="--stream-targets self: training prompts to distil (0 = ft-steps x batch size)")
     p.add_argument("--stream-adapter-rank", type=int, default=d.stream_adapter_rank,
                    help="frozen mode: rank of the stream-only adapter")
+    p.add_argument("--stream-adapter-in", choices=STREAM_ADAPTER_PLACES, default=d.stream_adapter_in,
+                   help="frozen mode: the sublayers of each MSA block that carry the stream-only adapter")
     p.add_argument("--drafter-lr", type=float, default=d.drafter_lr,
                    help="frozen mode: learning rate of the stream-side parameters / Medusa heads (chosen on the E2E "
                         "dev split, results/e2e/ablation_dev.md); shared mode uses --ft-lr")

@@ -655,15 +655,18 @@ def test_stream_pass_must_be_known(trained_model):
         generate_speculative(trained_model, [1, 2], 5, stream_pass="every")
 
 
-def test_merged_inference_layout_decodes_like_the_unmerged_model():
+@pytest.mark.parametrize("adapter_in", ["attn+mlp", "mlp"])
+def test_merged_inference_layout_decodes_like_the_unmerged_model(adapter_in):
     """merge_lora (LoRA folded, transposed weights, the stream adapter folded into the stream rows' own weights)
-    drafts the same trees and commits the same tokens as the unmerged model, and SS still equals AR."""
+    drafts the same trees and commits the same tokens as the unmerged model, and SS still equals AR; with the
+    adapter in the MLPs only, the attention's rows share one weight."""
     cfg = GPTConfig(vocab_size=50, block_size=64, n_layer=3, n_head=2, n_embd=16, n_streams=3, n_msa_layers=2,
-                    lora_rank=2, stream_adapter_rank=2, prune_rank=4)
+                    lora_rank=2, stream_adapter_rank=2, prune_rank=4, stream_adapter_in=adapter_in)
     unmerged = make_model(cfg, 7, noise_dtype=torch.float32)  # lora_B and stream_B random: both adapters act
     merged = make_model(cfg, 7, noise_dtype=torch.float32)
     merged.merge_lora()
     assert merged.transformer.h[2].mlp.c_fc.stream_weight_t is not None
+    assert (merged.transformer.h[2].attn.c_attn.stream_weight_t is not None) == ("attn" in adapter_in)
     for i, prompt in enumerate(random_prompts(6, 50, seed=41)):
         kw = dict(gamma=3, k=2, tree_cap=[None, 5][i % 2], prune_threshold=[None, 0.02][i % 3 == 0], trace=True,
                   stream_pass=["tree", "accepted"][i % 2])

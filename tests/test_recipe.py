@@ -16,11 +16,12 @@ from model import GPT, GPTConfig, is_stream_param
 from train import StageConfig, from_base, train_stage, trainable_for
 
 
-def ntp_and_frozen(adapter_rank=4, n_msa_layers=2, seed=0):
+def ntp_and_frozen(adapter_rank=4, n_msa_layers=2, seed=0, adapter_in="attn+mlp"):
     """A next-token LoRA model and the frozen-mode SS model built from it, as train_task.py builds them."""
     base = dict(vocab_size=40, block_size=64, n_layer=3, n_head=2, n_embd=16, lora_rank=4)
     ntp = make_model(GPTConfig(**base), seed, dtype=torch.float32, vector_std=0.3)  # from_base builds float32
-    config = GPTConfig(**base, n_streams=3, n_msa_layers=n_msa_layers, stream_adapter_rank=adapter_rank, prune_rank=4)
+    config = GPTConfig(**base, n_streams=3, n_msa_layers=n_msa_layers, stream_adapter_rank=adapter_rank, prune_rank=4,
+                       stream_adapter_in=adapter_in)
     frozen, ntp = from_base(ntp, config, "cpu", seed=seed).double(), ntp.double()
     # the stream side gets random values too (fresh, the adapter would be a no-op)
     randomize_fan_in((p for name, p in frozen.named_parameters()
@@ -28,9 +29,9 @@ def ntp_and_frozen(adapter_rank=4, n_msa_layers=2, seed=0):
     return ntp, frozen.eval()
 
 
-@pytest.mark.parametrize("n_msa_layers", [1, 3])
-def test_frozen_mode_main_stream_is_the_next_token_model(n_msa_layers):
-    ntp, frozen = ntp_and_frozen(n_msa_layers=n_msa_layers)
+@pytest.mark.parametrize("n_msa_layers, adapter_in", [(1, "attn+mlp"), (3, "attn+mlp"), (2, "attn"), (2, "mlp")])
+def test_frozen_mode_main_stream_is_the_next_token_model(n_msa_layers, adapter_in):
+    ntp, frozen = ntp_and_frozen(n_msa_layers=n_msa_layers, adapter_in=adapter_in)
     idx = torch.randint(0, 40, (3, 30), generator=torch.Generator().manual_seed(5))
     with torch.no_grad():
         expected = ntp(idx).logits
@@ -50,8 +51,9 @@ def test_frozen_mode_main_stream_is_the_next_token_model(n_msa_layers):
         assert torch.allclose(frozen(idx).logits, ntp(idx).logits, atol=1e-12, rtol=0)
 
 
-def test_stream_adapter_changes_the_streams_only():
-    _, frozen = ntp_and_frozen()
+@pytest.mark.parametrize("adapter_in", ["attn+mlp", "attn", "mlp"])
+def test_stream_adapter_changes_the_streams_only(adapter_in):
+    _, frozen = ntp_and_frozen(adapter_in=adapter_in)
     without = GPT(frozen.config).double().eval()
     sd = frozen.state_dict()
     without.load_state_dict({k: torch.zeros_like(v) if ".stream_B" in k else v for k, v in sd.items()})
@@ -62,7 +64,11 @@ def test_stream_adapter_changes_the_streams_only():
     assert (a.stream_logits - b.stream_logits).abs().max() > 1e-3
     counts = parameter_counts(frozen)
     d, r, n_s = 16, 4, 2  # per MSA block: c_attn r(d + 3d), attn c_proj r(2d), c_fc r(d + 4d), mlp c_proj r(4d + d)
-    assert counts["stream_adapter"] == n_s * r * (4 * d + 2 * d + 5 * d + 5 * d)
+    per_block = dict(attn=4 * d + 2 * d, mlp=5 * d + 5 * d)
+    assert counts["stream_adapter"] == n_s * r * sum(per_block[s] for s in adapter_in.split("+"))
+    for sublayer in ("attn", "mlp"):
+        carries = any(".stream_" in n for n, _ in getattr(frozen.transformer.h[2], sublayer).named_parameters())
+        assert carries == (sublayer in adapter_in)
     assert not any(".stream_" in n for n, _ in frozen.transformer.h[0].named_parameters())  # lower block: none
 
 
@@ -86,6 +92,8 @@ def test_streams_loss_trains_only_stream_side_parameters(tmp_path):
 def test_stream_adapter_rank_needs_streams():
     with pytest.raises(ValueError, match="stream_adapter_rank"):
         GPTConfig(n_streams=0, stream_adapter_rank=4)
+    with pytest.raises(ValueError, match='stream_adapter_in=.mlp,attn. is invalid: it must be "attn", "mlp" or'):
+        GPTConfig(n_streams=2, n_msa_layers=1, stream_adapter_rank=4, stream_adapter_in="mlp,attn")
 
 
 # ------------------------------------------------------------------------------------------------------------

@@ -153,3 +153,13 @@ def test_checkpoints_are_reused_only_for_the_same_inputs(tmp_path, capsys):
     train_pipeline(recipe, str(folder), quiet=True)
     assert "base.pt records no training inputs (an earlier version wrote it): reused unchecked" in capsys.readouterr().err
     assert written() == {**before, "base.pt": (folder / "base.pt").stat().st_mtime_ns}
+
+
+def test_a_record_without_a_later_config_field_counts_as_its_default():
+    """A checkpoint written before a model-config field existed (here the stream adapter's placement) matches a run
+    at that field's default and no other: the model it holds is the default one."""
+    record = dict(name="streams", steps=5, n_embd=16, stream_adapter_rank=4, stream_adapter_in="attn+mlp")
+    older = {k: v for k, v in record.items() if k != "stream_adapter_in"}
+    assert train.differences(older, record) == []
+    assert train.differences(older, {**record, "stream_adapter_in": "mlp"}) == ["stream_adapter_in 'attn+mlp' → 'mlp'"]
+    assert train.differences({**older, "unknown": 1}, record) == ["unknown 1 → 'unset'"]
