@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 
 import torch
@@ -22,6 +23,13 @@ from benchmarks.report import pyplot
 from generate import generate_autoregressive, generate_speculative
 
 STUDY_SETTINGS = [(1, None), (2, 8), (3, 16), (4, 24)]  # (k, tree cap): the tree settings of `bench.py task`
+
+
+def perfect_drafter_cr(reference: list, gamma: int) -> float:
+    """The CR of a drafter that is never wrong, on these outputs: the prefill commits one token, every later call
+    γ + 1 (the whole draft and the bonus token), so an output of L tokens takes 1 + ceil((L - 1) / (γ + 1)) calls."""
+    calls = sum(1 + math.ceil((len(r.tokens) - 1) / (gamma + 1)) for r in reference)
+    return sum(r.forward_calls for r in reference) / calls
 
 
 def decode_recipe(model, prompts: list[list[int]], reference: list, max_new: int, eos: int, name: str) -> list[dict]:
@@ -51,16 +59,17 @@ def run_study(args: argparse.Namespace):
     prompts = prompts[:args.prompts]
     ntp = load_for_decoding(os.path.join(args.task_dir, f"{args.task}_ntp.pt"), args.device)
     reference = [generate_autoregressive(ntp, p, max_new, EOS) for p in tqdm(prompts, desc="next-token model")]
-    rows = []
+    rows, gammas = [], set()
     for recipe, value, n in zip(args.recipes, args.values, draft_vocabs):
         path = os.path.join(args.task_dir, f"{args.task}_{recipe}_pruned.pt")
         if not os.path.exists(path):
             raise SystemExit(f"error: {path} not found — train it first (train_task.py --task {args.task} --tag ...)")
         model = load_for_decoding(path, args.device)
+        gammas.add(model.config.n_drafts)
         model.trim_draft_vocab(task_draft_vocabulary(args, args.task, n))
         for row in decode_recipe(model, prompts, reference, max_new, EOS, recipe):
             rows.append(dict(recipe=recipe, method=recipe.split("_")[0], value=value, draft_vocab=n, **row))
-    write_study(args, rows, len(prompts))
+    write_study(args, rows, len(prompts), {g: perfect_drafter_cr(reference, g) for g in sorted(gammas)})
 
 
 def command(args: argparse.Namespace) -> str:
@@ -72,14 +81,17 @@ def command(args: argparse.Namespace) -> str:
             + f" --prompts {args.prompts}")
 
 
-def write_study(args: argparse.Namespace, rows: list[dict], n_prompts: int):
-    """RESULTS_DIR/<task>/study_<name>.{md,json,png}: the table, the rows and the curves."""
+def write_study(args: argparse.Namespace, rows: list[dict], n_prompts: int, ceilings: dict[int, float]):
+    """RESULTS_DIR/<task>/study_<name>.{md,json,png}: the table, the rows and the curves; `ceilings`: γ -> the CR
+    of a drafter that is never wrong (perfect_drafter_cr)."""
     out = os.path.join(args.results_dir, args.task)
     os.makedirs(out, exist_ok=True)
     lines = [f"# {args.task}: {args.label} against acceptance ({args.split} split)\n",
              f"Command: `{command(args)}` (after training the recipes). {n_prompts} prompts, greedy, the accepted-node "
              "stream pass; CR = greedy calls / calls; tokens per call count the root/bonus token; acceptance at depth "
-             "j = P(depth j accepted | depth j-1 accepted), nodes cut by the cap counting as rejections.\n",
+             "j = P(depth j accepted | depth j-1 accepted), nodes cut by the cap counting as rejections. A drafter "
+             "that is never wrong would reach CR " + ", ".join(f"{c:.2f} (γ = {g})" for g, c in ceilings.items())
+             + " on these outputs: the prefill commits one token, every later call at most γ + 1.\n",
              f"| recipe | {args.label} | k | cap | CR | tokens/call | acceptance at depth 1..γ | outputs = next-token "
              "model's |", "|---|---|---|---|---|---|---|---|"]
     lines += [f"| {r['recipe']} | {r['value']:g} | {r['k']} | {r['cap'] or '-'} | {r['cr']:.2f} | "
@@ -88,7 +100,8 @@ def write_study(args: argparse.Namespace, rows: list[dict], n_prompts: int):
     with open(os.path.join(out, f"study_{args.name}.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
     with open(os.path.join(out, f"study_{args.name}.json"), "w") as f:
-        json.dump(dict(command=command(args), threads=torch.get_num_threads(), rows=rows), f, indent=1)
+        json.dump(dict(command=command(args), threads=torch.get_num_threads(), perfect_drafter_cr=ceilings,
+                       rows=rows), f, indent=1)
     plot_study(args, rows, os.path.join(out, f"study_{args.name}.png"))
     print("\n".join(lines))
     print(f"wrote {out}/study_{args.name}.md, .json, .png")

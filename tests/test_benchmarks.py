@@ -1,11 +1,12 @@
-"""The benchmarks package: the harness's interleaving loop, and the profiler, which times generate.py's own decode
-calls through hooks that it puts back afterwards (a tiny toy model; a few seconds)."""
+"""The benchmarks package: the harness's interleaving loop, the profiler, which times generate.py's own decode
+calls through hooks that it puts back afterwards (a tiny toy model; a few seconds), and the study's CR ceiling."""
 import pytest
 
 import generate
 import tree
 from benchmarks.harness import Clock, interleave
 from benchmarks.profile import PROFILE_PARTS, CallTimed, PartTimer, hook_points, patched, profile_model
+from benchmarks.study import perfect_drafter_cr
 from helpers import toy_greedy
 from model import KVCache
 
@@ -65,3 +66,11 @@ def test_profile_hooks_leave_the_code_as_it_was(toy_dir):
     assert not {"embed", "lower", "upper", "streams_at"} & set(vars(model))  # the class's methods again
     assert not any(hasattr(f, "__wrapped__") for f in (KVCache.commit, tree.draft_tree, generate.commit_tokens,
                                                        generate.greedy_tokens, model.upper))
+
+
+def test_perfect_drafter_cr_counts_the_prefill_and_gamma_plus_one_tokens_per_call():
+    """Outputs of 1, 6 and 7 tokens take 1, 2 and 3 calls of a drafter that is never wrong at γ = 4 (the prefill
+    commits one token, every later call five); greedy decoding takes one call per token."""
+    outputs = [generate.GenerationResult(tokens=list(range(n)), forward_calls=n) for n in (1, 6, 7)]
+    assert perfect_drafter_cr(outputs, 4) == 14 / 6
+    assert perfect_drafter_cr(outputs[1:2], 1) == 6 / 4

@@ -226,6 +226,7 @@ def test_train_task_quick_and_bench_task(tmp_path):
     assert [(r["method"], r["k"], r["draft_vocab"]) for r in study["rows"]] == [
         (m, k, n) for m, n in (("ss", 0), ("medusa", 0), ("ss", 30)) for k in (1, 2, 3, 4)]
     assert all(r["same"] == 2 and r["cr"] >= 1 for r in study["rows"])  # frozen mode: the next-token model's output
+    assert all(r["cr"] <= study["perfect_drafter_cr"]["4"] for r in study["rows"])  # γ = 4: no drafter does better
     assert "--draft-vocabs 0 0 30" in study["command"]
     assert (tmp_path / "res" / "e2e" / "study_steps.png").exists()
     # the SS-only path (DialogSum in `make tasks`)
