@@ -28,7 +28,9 @@ toy-study: $(STAMP)
 THREADS ?= 2
 # E2E's drafter stage (SS and Medusa alike) trains for 1,200 steps, about 4.5 epochs of its training rows: the knee
 # of acceptance against steps on the dev split (results/e2e/study_steps.md). The other stages keep 600 steps.
-E2E := --task e2e --drafter-steps 1200
+# E2E's stream-only adapter sits in the MLPs only: on the dev split it accepts as much as one in both sublayers,
+# and its calls are cheaper (results/e2e/study_placement.md, ablation_dev_draftvocab250.md).
+E2E := --task e2e --drafter-steps 1200 --stream-adapter-in mlp
 # The two shared bases first (THREADS threads), then the tasks as two parallel jobs of 1 thread each (E2E then
 # DialogSum, and SQL): on small matrices two 1-thread processes get more done than one 2-thread process.
 # Their progress bars share the terminal; each bar names its task and stage.
@@ -67,37 +69,53 @@ ablation: $(STAMP)
 		$(PY) train_task.py $(E2E) --method ss --mode $$1 --stream-targets $$2 --threads $(THREADS) || exit 1; done
 	$(PY) bench.py ablation --task e2e --prompts 200 --repeats 1
 
+# E2E's recipe with the stream adapter in both sublayers, the setting under which the sweep and the studies
+# below chose the learning rate, steps, N_s and rank (checkpoints tagged _both and by their variant).
+E2E_BOTH := $(E2E) --stream-adapter-in attn+mlp
+
 # Model selection on the E2E dev split (51 held-out MRs, never the test file): the frozen/self recipe with other
-# stream-adapter ranks, learning rate and N_s, against the default one.
+# stream-adapter ranks, learning rate and N_s, against the same recipe at its defaults; then, timed with the
+# trimmed draft vocabulary, the adapter in both sublayers, in the MLPs only (E2E's default) and N_s = 1.
 sweep: $(STAMP)
 	$(PY) train_task.py --bases-only --threads $(THREADS)
+	$(PY) train_task.py $(E2E_BOTH) --method ss --tag _both --threads 1
+	$(PY) train_task.py $(E2E_BOTH) --method ss --stream-adapter-rank 8 --tag _r8 --threads $(THREADS)
+	$(PY) train_task.py $(E2E_BOTH) --method ss --stream-adapter-rank 64 --tag _r64 --threads $(THREADS)
+	$(PY) train_task.py $(E2E_BOTH) --method ss --drafter-lr 5e-3 --tag _lr5e-3 --threads $(THREADS)
+	$(PY) train_task.py $(E2E_BOTH) --method ss --n-msa-layers 3 --tag _ns3 --threads $(THREADS)
+	$(PY) bench.py ablation --task e2e --split dev --n-eval 51 --prompts 51 --repeats 1 --recipes \
+		ss_frozen_self_both ss_frozen_self_r8 ss_frozen_self_r64 ss_frozen_self_lr5e-3 ss_frozen_self_ns3
 	$(PY) train_task.py $(E2E) --method ss --threads 1
-	$(PY) train_task.py $(E2E) --method ss --stream-adapter-rank 8 --tag _r8 --threads $(THREADS)
-	$(PY) train_task.py $(E2E) --method ss --stream-adapter-rank 64 --tag _r64 --threads $(THREADS)
-	$(PY) train_task.py $(E2E) --method ss --drafter-lr 5e-3 --tag _lr5e-3 --threads $(THREADS)
-	$(PY) train_task.py $(E2E) --method ss --n-msa-layers 3 --tag _ns3 --threads $(THREADS)
-	$(PY) bench.py ablation --task e2e --split dev --n-eval 51 --prompts 51 --repeats 1 --recipes ss_frozen_self \
-		ss_frozen_self_r8 ss_frozen_self_r64 ss_frozen_self_lr5e-3 ss_frozen_self_ns3
+	$(PY) train_task.py $(E2E_BOTH) --method ss --n-msa-layers 1 --tag _ns1 --threads 1
+	$(PY) bench.py ablation --task e2e --split dev --n-eval 51 --prompts 51 --repeats 3 --draft-vocab 250 \
+		--recipes ss_frozen_self_both ss_frozen_self ss_frozen_self_ns1
 
 # How training moves acceptance, on the E2E dev split (no timing, so it may run beside other jobs): the drafter
-# stage's steps for SS and Medusa (results/e2e/study_steps.*), N_s and the stream adapter's rank (study_ns, study_rank).
+# stage's steps for SS and Medusa (results/e2e/study_steps.*), N_s, the stream adapter's rank and its placement
+# (study_ns, study_rank, study_placement; the placement's values are the adapter's parameters at rank 32).
 # The next-token model is the same throughout (train_task.py --drafter-steps changes the drafter stage only).
+# SS variants use E2E_BOTH; the placement study compares attention, MLP (E2E's default) and both.
 study-e2e: $(STAMP)
 	$(PY) train_task.py --bases-only --threads $(THREADS)
 	$(PY) train_task.py $(E2E) --threads 1
-	for s in 150 300 600 2400 4800; do for m in ss medusa; do \
-		$(PY) train_task.py --task e2e --method $$m --drafter-steps $$s --tag _s$$s --threads 1 || exit 1; done; done
-	for ns in 1 3 4; do $(PY) train_task.py $(E2E) --method ss --n-msa-layers $$ns --tag _ns$$ns --threads 1 || exit 1; done
-	for r in 8 64 128; do $(PY) train_task.py $(E2E) --method ss --stream-adapter-rank $$r --tag _r$$r --threads 1 || exit 1; done
+	$(PY) train_task.py $(E2E_BOTH) --method ss --tag _both --threads 1
+	$(PY) train_task.py $(E2E) --method ss --stream-adapter-in attn --tag _attn --threads 1
+	for s in 150 300 600 2400 4800; do for m in ss medusa; do $(PY) train_task.py $(E2E_BOTH) --method $$m \
+		--drafter-steps $$s --tag _s$$s --threads 1 || exit 1; done; done
+	for ns in 1 3 4; do $(PY) train_task.py $(E2E_BOTH) --method ss --n-msa-layers $$ns --tag _ns$$ns --threads 1 || exit 1; done
+	for r in 8 64 128; do $(PY) train_task.py $(E2E_BOTH) --method ss --stream-adapter-rank $$r --tag _r$$r --threads 1 || exit 1; done
 	$(PY) bench.py study --task e2e --name steps --label "drafter training steps" --mark 1327 \
 		--mark-label "5 epochs of the 4,245 training rows" \
-		--recipes $(foreach m,ss medusa,$(m)_frozen_self_s150 $(m)_frozen_self_s300 $(m)_frozen_self_s600 \
-		$(m)_frozen_self $(m)_frozen_self_s2400 $(m)_frozen_self_s4800) --values 150 300 600 1200 2400 4800 \
-		150 300 600 1200 2400 4800
-	$(PY) bench.py study --task e2e --name ns --label "N_s, MSA blocks" --recipes ss_frozen_self_ns1 ss_frozen_self \
-		ss_frozen_self_ns3 ss_frozen_self_ns4 --values 1 2 3 4
+		--recipes $(foreach s,_s150 _s300 _s600 _both _s2400 _s4800,ss_frozen_self$(s)) \
+		medusa_frozen_self_s150 medusa_frozen_self_s300 medusa_frozen_self_s600 medusa_frozen_self \
+		medusa_frozen_self_s2400 medusa_frozen_self_s4800 \
+		--values 150 300 600 1200 2400 4800 150 300 600 1200 2400 4800
+	$(PY) bench.py study --task e2e --name ns --label "N_s, MSA blocks" --recipes ss_frozen_self_ns1 \
+		ss_frozen_self_both ss_frozen_self_ns3 ss_frozen_self_ns4 --values 1 2 3 4
 	$(PY) bench.py study --task e2e --name rank --label "stream adapter rank" --recipes ss_frozen_self_r8 \
-		ss_frozen_self ss_frozen_self_r64 ss_frozen_self_r128 --values 8 32 64 128
+		ss_frozen_self_both ss_frozen_self_r64 ss_frozen_self_r128 --values 8 32 64 128
+	$(PY) bench.py study --task e2e --name placement --label "stream adapter parameters: attention, MLP, both" \
+		--recipes ss_frozen_self_attn ss_frozen_self ss_frozen_self_both --values 98304 163840 262144
 
 # The same side by side on the toy task: SS (γ=4), Medusa (4 heads) and a draft model on the toy base.
 toy-baselines: $(STAMP)
