@@ -15,6 +15,8 @@ import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
+STREAM_ADAPTER_PLACES = ("attn+mlp", "attn", "mlp")  # GPTConfig.stream_adapter_in: the MSA blocks' sublayers
+
 
 @dataclass
 class GPTConfig:
@@ -52,7 +54,7 @@ class GPTConfig:
         check(self.lora_alpha > 0, "lora_alpha", "> 0")
         check(self.stream_loss_weight >= 0, "stream_loss_weight", ">= 0")
         check(self.stream_adapter_rank == 0 or self.n_streams > 0, "stream_adapter_rank", "0 when n_streams = 0")
-        check(self.stream_adapter_in in ("attn", "mlp", "attn+mlp"), "stream_adapter_in", '"attn", "mlp" or "attn+mlp"')
+        check(self.stream_adapter_in in STREAM_ADAPTER_PLACES, "stream_adapter_in", " or ".join(STREAM_ADAPTER_PLACES))
         check(self.n_medusa_heads == 0 or self.n_streams == 0, "n_medusa_heads",
               "0 when n_streams > 0 (a model drafts with streams or with Medusa heads, not both)")
 

@@ -36,7 +36,7 @@ from data import EOS, MAX_NEW_TOKENS, SEP, SPLITS, CompactVocab, TaskData, load_
 from batch import generate_autoregressive_batch
 from checkpoint import write_json
 from cli import ArgumentParser, check_device, warn
-from model import GPT, GPTConfig
+from model import STREAM_ADAPTER_PLACES, GPT, GPTConfig
 from train import (StageConfig, check_ranges, fingerprint, from_base, new_model, rank_and_world, train_stage,
                    weights_sha256)
 
@@ -45,7 +45,6 @@ SELF_TARGET_CHUNK = 64  # prompts decoded together (and saved together) when gen
 BATCH_SIZE = {"e2e": 16, "sql": 8, "dialogsum": 8}  # sequences per step: about the same tokens per step
 PRETRAIN_BLOCK = 512  # pretraining windows: long dialogues are cut from the left, over-long SQL is left out
 METHODS = ("ss", "medusa", "draft")
-STREAM_ADAPTER_PLACES = ("attn+mlp", "attn", "mlp")  # GPTConfig.stream_adapter_in
 
 
 def build_vocab(data_dir: str | None) -> CompactVocab:

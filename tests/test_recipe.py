@@ -92,7 +92,7 @@ def test_streams_loss_trains_only_stream_side_parameters(tmp_path):
 def test_stream_adapter_rank_needs_streams():
     with pytest.raises(ValueError, match="stream_adapter_rank"):
         GPTConfig(n_streams=0, stream_adapter_rank=4)
-    with pytest.raises(ValueError, match='stream_adapter_in=.mlp,attn. is invalid: it must be "attn", "mlp" or'):
+    with pytest.raises(ValueError, match=r"stream_adapter_in='mlp,attn' is invalid: it must be attn\+mlp or attn or"):
         GPTConfig(n_streams=2, n_msa_layers=1, stream_adapter_rank=4, stream_adapter_in="mlp,attn")
 
 
