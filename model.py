@@ -267,8 +267,7 @@ class MLP(nn.Module):
 
 class Block(nn.Module):
     """Pre-LayerNorm transformer block. Streams (if any) go through the very same weights as the main stream
-    (plus, in "frozen" mode, a stream-only adapter of rank `stream_rank` in MSA blocks, in the sublayers that
-    config.stream_adapter_in names)."""
+    (plus, in "frozen" mode, a stream-only adapter in the sublayers that config.stream_adapter_in names)."""
 
     def __init__(self, config: GPTConfig, stream_rank: int = 0):
         super().__init__()

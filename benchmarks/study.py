@@ -20,12 +20,12 @@ from tqdm import tqdm
 from benchmarks.harness import summary
 from benchmarks.models import load_for_decoding, task_draft_vocabulary, task_setup
 from benchmarks.report import pyplot
-from generate import generate_autoregressive, generate_speculative
+from generate import GenerationResult, generate_autoregressive, generate_speculative
 
 STUDY_SETTINGS = [(1, None), (2, 8), (3, 16), (4, 24)]  # (k, tree cap): the tree settings of `bench.py task`
 
 
-def perfect_drafter_cr(reference: list, gamma: int) -> float:
+def perfect_drafter_cr(reference: list[GenerationResult], gamma: int) -> float:
     """The CR of a drafter that is never wrong, on these outputs: the prefill commits one token, every later call
     γ + 1 (the whole draft and the bonus token), so an output of L tokens takes 1 + ceil((L - 1) / (γ + 1)) calls."""
     calls = sum(1 + math.ceil((len(r.tokens) - 1) / (gamma + 1)) for r in reference)
